@@ -1,0 +1,159 @@
+//! The command line: parsing, dispatch, and the exit codes.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Role};
+use crate::keys::PrivateKey;
+
+pub const DEFAULT_CONFIG: &str = "/etc/townlink/townlink.toml";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for check: the config is valid)
+  1  failure: invalid config, or an error while running (the message says what and where)
+  2  usage error (unknown command or option)";
+
+#[derive(Debug, Parser)]
+#[command(name = "townlink", version, about = "Hub-and-spoke WireGuard WAN with uplink failover", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (role hub or annex, from the config file).
+    Run {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every problem with its key path.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print a new WireGuard private key (same encoding as `wg genkey`).
+    Genkey,
+    /// Read a private key on standard input, print its public key (as `wg pubkey`).
+    Pubkey,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Genkey => {
+            println!("{}", PrivateKey::generate().to_base64_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pubkey => pubkey(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    match config::load(path) {
+        Ok(c) => {
+            let summary = match &c.role {
+                Role::Hub(h) => format!(
+                    "hub on {} port {}, {} site(s)",
+                    c.tunnel.interface,
+                    c.tunnel.listen_port.unwrap_or_default(),
+                    h.sites.len()
+                ),
+                Role::Annex(a) => format!(
+                    "annex {} on {}, hub {}, uplinks {}",
+                    a.name,
+                    c.tunnel.interface,
+                    a.hubs[0].endpoint,
+                    a.uplinks
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            println!("{}: valid ({summary})", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn pubkey() -> anyhow::Result<ExitCode> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the private key from standard input")?;
+    let key: PrivateKey = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("standard input does not hold a private key: it {e}"))?;
+    println!("{}", key.public_key());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    // Validate before touching anything: an invalid file changes nothing.
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("nothing was changed on the system");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = wait_for_stop_signal().await {
+                tracing::error!(error = %e, "cannot listen for signals");
+            }
+            signals.cancel();
+        });
+        crate::daemon::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,644 @@
+//! Validation of a raw config: collects every problem, with its key path and
+//! a hint, and builds the typed [`Config`] only when there is none.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use super::raw::{RawConfig, RawHub, RawRouting, RawSite, RawTunnel, RawUplink};
+use super::*;
+use crate::sites::{overlaps, Site, SiteConflict};
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    fn required<T>(&mut self, path: &str, value: Option<T>, hint: &str) -> Option<T> {
+        if value.is_none() {
+            self.push(path, "missing", Some(hint));
+        }
+        value
+    }
+
+    fn name(&mut self, path: &str, value: Option<&String>) -> Option<Name> {
+        let value = self.required(path, value, "add a short name, e.g. name = \"annex-1\"")?;
+        Name::new(value)
+            .map_err(|e| self.push(path, format!("{value:?} {e}"), None))
+            .ok()
+    }
+
+    fn interface(&mut self, path: &str, value: Option<&String>) -> Option<InterfaceName> {
+        let value = self.required(path, value, "the Linux interface name, e.g. \"eth1\"")?;
+        InterfaceName::new(value)
+            .map_err(|e| self.push(path, format!("{value:?} {e}"), None))
+            .ok()
+    }
+
+    fn ip(&mut self, path: &str, value: &str) -> Option<IpAddr> {
+        value
+            .parse::<IpAddr>()
+            .map_err(|_| {
+                self.push(
+                    path,
+                    format!("{value:?} is not an IP address"),
+                    Some("write a plain address such as 10.99.0.1, without prefix length"),
+                )
+            })
+            .ok()
+    }
+
+    /// A prefix such as `192.168.1.0/24`, with no host bits set.
+    fn prefix(&mut self, path: &str, value: &str) -> Option<IpNet> {
+        let net = match value.parse::<IpNet>() {
+            Ok(n) => n,
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{value:?} is not a CIDR prefix"),
+                    Some("write address/length, e.g. 192.168.1.0/24"),
+                );
+                return None;
+            }
+        };
+        if net.trunc() != net {
+            self.push(
+                path,
+                format!("{value} has host bits set"),
+                Some(&format!("did you mean {}?", net.trunc())),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
+    /// A list of prefixes, none overlapping another nor the tunnel network.
+    fn prefixes(
+        &mut self,
+        path: &str,
+        values: Option<&Vec<String>>,
+        tunnel: Option<IpNet>,
+    ) -> Vec<IpNet> {
+        let nets: Vec<(usize, IpNet)> = values
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, v)| self.prefix(&format!("{path}[{i}]"), v).map(|n| (i, n)))
+            .collect();
+        if let Some(t) = tunnel.map(|t| t.trunc()) {
+            for (i, n) in &nets {
+                if overlaps(n, &t) {
+                    self.push(
+                        format!("{path}[{i}]"),
+                        format!("{n} overlaps the tunnel network {t}"),
+                        None,
+                    );
+                }
+            }
+        }
+        for (a, (i, x)) in nets.iter().enumerate() {
+            for (j, y) in nets.iter().skip(a + 1) {
+                if overlaps(x, y) {
+                    self.push(
+                        format!("{path}[{j}]"),
+                        format!("{y} overlaps {x} ({path}[{i}])"),
+                        Some("list each prefix once, without overlaps"),
+                    );
+                }
+            }
+        }
+        nets.into_iter().map(|(_, n)| n).collect()
+    }
+
+    fn int<T: TryFrom<i64>>(&mut self, path: &str, value: i64, min: i64, max: i64) -> Option<T> {
+        if value < min || value > max {
+            self.push(path, format!("{value} is out of range {min}..={max}"), None);
+            return None;
+        }
+        T::try_from(value).ok()
+    }
+
+    fn public_key(&mut self, path: &str, value: Option<&String>) -> Option<PublicKey> {
+        let value = self.required(
+            path,
+            value,
+            "the peer's public key, as printed by `townlink pubkey` or `wg pubkey`",
+        )?;
+        value
+            .parse::<PublicKey>()
+            .map_err(|e| {
+                self.push(
+                    path,
+                    format!("key {e}"),
+                    Some("copy the 44-character key again, with its trailing '='"),
+                )
+            })
+            .ok()
+    }
+
+    fn private_key(
+        &mut self,
+        path: &str,
+        value: Option<&String>,
+        base: &Path,
+    ) -> Option<PrivateKey> {
+        let value = self.required(
+            path,
+            value,
+            "point to a file made by `townlink genkey > FILE` (mode 0600)",
+        )?;
+        let file = base.join(value);
+        let shown = file.display();
+        let meta = match std::fs::metadata(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                self.push(
+                    path,
+                    format!("cannot read {shown}: {e}"),
+                    Some("create it with: umask 077; townlink genkey > FILE"),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        if meta.permissions().mode() & 0o077 != 0 {
+            self.push(
+                path,
+                format!(
+                    "{shown} is readable by others (mode {:04o})",
+                    meta.permissions().mode() & 0o7777
+                ),
+                Some(&format!("chmod 600 {shown}")),
+            );
+            ok = false;
+        }
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                self.push(path, format!("cannot read {shown}: {e}"), None);
+                return None;
+            }
+        };
+        match text.parse::<PrivateKey>() {
+            Ok(k) if ok => Some(k),
+            Ok(_) => None,
+            Err(e) => {
+                // Never echo the file's content: it is meant to be a secret.
+                self.push(
+                    path,
+                    format!("{shown} does not hold a WireGuard private key: the content {e}"),
+                    Some("generate one with: umask 077; townlink genkey > FILE"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Validates a raw config; `problems` holds what parsing already found
+/// (unknown keys). Returns the typed config only if no problem is found.
+pub fn validate(
+    raw: RawConfig,
+    base: &Path,
+    problems: Vec<Problem>,
+) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker { problems };
+    let role = c.required(
+        "role",
+        raw.role.as_deref(),
+        "role = \"hub\" or role = \"annex\"",
+    );
+    let is_hub = match role {
+        Some("hub") => Some(true),
+        Some("annex") => Some(false),
+        Some(other) => {
+            c.push(
+                "role",
+                format!("{other:?} is not a role"),
+                Some("role = \"hub\" or role = \"annex\""),
+            );
+            None
+        }
+        None => None,
+    };
+
+    let (facts, tunnel) = match &raw.tunnel {
+        Some(t) => tunnel(&mut c, t, base, is_hub),
+        None => {
+            c.push(
+                "tunnel",
+                "missing section",
+                Some("add a [tunnel] section: interface, private_key_file, address"),
+            );
+            (TunnelFacts::default(), None)
+        }
+    };
+    let routing = routing(
+        &mut c,
+        raw.routing.as_ref().unwrap_or(&RawRouting::default()),
+    );
+
+    let role = match is_hub {
+        Some(true) => {
+            for (key, present) in [
+                ("name", raw.name.is_some()),
+                ("lan", raw.lan.is_some()),
+                ("hub", raw.hub.is_some()),
+                ("uplink", raw.uplink.is_some()),
+            ] {
+                if present {
+                    c.push(
+                        key,
+                        "is an annex setting, not valid with role = \"hub\"",
+                        Some("remove it, or set role = \"annex\""),
+                    );
+                }
+            }
+            hub(&mut c, &raw, &facts).map(Role::Hub)
+        }
+        Some(false) => {
+            if raw.site.is_some() {
+                c.push(
+                    "site",
+                    "is a hub setting, not valid with role = \"annex\"",
+                    Some("remove it, or set role = \"hub\""),
+                );
+            }
+            annex(&mut c, &raw, &facts, &routing).map(Role::Annex)
+        }
+        None => None,
+    };
+
+    match (tunnel, role) {
+        (Some(tunnel), Some(role)) if c.problems.is_empty() => Ok(Config {
+            tunnel,
+            routing,
+            role,
+        }),
+        _ => {
+            debug_assert!(!c.problems.is_empty());
+            Err(c.problems)
+        }
+    }
+}
+
+/// What the other sections need to know of the tunnel, each fact present
+/// when its own key is valid (so that one bad key hides no other problem).
+#[derive(Default)]
+struct TunnelFacts {
+    interface: Option<InterfaceName>,
+    address: Option<IpNet>,
+    public_key: Option<PublicKey>,
+}
+
+fn tunnel(
+    c: &mut Checker,
+    t: &RawTunnel,
+    base: &Path,
+    is_hub: Option<bool>,
+) -> (TunnelFacts, Option<TunnelConfig>) {
+    let interface = c.interface("tunnel.interface", t.interface.as_ref());
+    let private_key = c.private_key("tunnel.private_key_file", t.private_key_file.as_ref(), base);
+    let address = c
+        .required(
+            "tunnel.address",
+            t.address.as_ref(),
+            "this router's tunnel address with the tunnel network's length, e.g. \"10.99.0.1/24\"",
+        )
+        .and_then(|a| match a.parse::<IpNet>() {
+            Ok(n) if n.addr() == n.network() && n.prefix_len() < n.max_prefix_len() => {
+                c.push(
+                    "tunnel.address",
+                    format!("{a} is the network address, not a host address"),
+                    Some("e.g. 10.99.0.1/24"),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                c.push(
+                    "tunnel.address",
+                    format!("{a:?} is not address/length"),
+                    Some("e.g. 10.99.0.1/24"),
+                );
+                None
+            }
+        });
+    let listen_port = match (t.listen_port, is_hub) {
+        (None, Some(true)) => {
+            c.push(
+                "tunnel.listen_port",
+                "missing: a hub must listen on a fixed UDP port",
+                Some("listen_port = 51820"),
+            );
+            None
+        }
+        (None, _) => None,
+        (Some(p), _) => c.int::<u16>("tunnel.listen_port", p, 1, 65535),
+    };
+    let mtu = t
+        .mtu
+        .map_or(Some(DEFAULT_MTU), |m| c.int("tunnel.mtu", m, 1280, 1500));
+    let threads = t
+        .threads
+        .map_or(Some(DEFAULT_THREADS), |n| c.int("tunnel.threads", n, 1, 16));
+    let facts = TunnelFacts {
+        interface: interface.clone(),
+        address,
+        public_key: private_key.as_ref().map(PrivateKey::public_key),
+    };
+    let config = (|| {
+        Some(TunnelConfig {
+            interface: interface?,
+            private_key: private_key?,
+            address: address?,
+            listen_port: if is_hub == Some(true) {
+                Some(listen_port?)
+            } else {
+                listen_port
+            },
+            mtu: mtu?,
+            threads: threads?,
+        })
+    })();
+    (facts, config)
+}
+
+fn routing(c: &mut Checker, r: &RawRouting) -> RoutingConfig {
+    let d = RoutingConfig::default();
+    let table = r
+        .table
+        .and_then(|t| c.int("routing.table", t, 1, 0x7fff_0000))
+        .unwrap_or(d.table);
+    if (253..=255).contains(&table) {
+        c.push(
+            "routing.table",
+            format!("{table} is a kernel table (default/main/local)"),
+            Some("pick an unused number such as 7400"),
+        );
+    }
+    RoutingConfig {
+        table,
+        fwmark: r
+            .fwmark
+            .and_then(|m| c.int("routing.fwmark", m, 1, 0x7fff_0000))
+            .unwrap_or(d.fwmark),
+        rule_priority: r
+            .rule_priority
+            .and_then(|p| c.int("routing.rule_priority", p, 1, 32000))
+            .unwrap_or(d.rule_priority),
+        forwarding: r.forwarding.unwrap_or(d.forwarding),
+    }
+}
+
+fn hub(c: &mut Checker, raw: &RawConfig, tunnel: &TunnelFacts) -> Option<HubConfig> {
+    let mut sites = SiteSet::new();
+    let mut complete = true;
+    for (i, s) in raw.site.iter().flatten().enumerate() {
+        match site(c, i, s, tunnel) {
+            Some(site) => {
+                if let Err(e) = sites.insert(site) {
+                    let hint = match e {
+                        SiteConflict::Lan { .. } => "each site needs its own LAN prefixes",
+                        _ => "each site needs its own name, key and tunnel address",
+                    };
+                    c.push(format!("site[{i}]"), e.to_string(), Some(hint));
+                }
+            }
+            None => complete = false,
+        }
+    }
+    complete.then_some(HubConfig { sites })
+}
+
+fn site(c: &mut Checker, i: usize, s: &RawSite, tunnel: &TunnelFacts) -> Option<Site> {
+    let p = |k: &str| format!("site[{i}].{k}");
+    let name = c.name(&p("name"), s.name.as_ref());
+    let public_key = c.public_key(&p("public_key"), s.public_key.as_ref());
+    if let (Some(k), Some(own)) = (&public_key, &tunnel.public_key) {
+        if k == own {
+            c.push(
+                p("public_key"),
+                "is the hub's own public key",
+                Some("use the annex's key (`townlink pubkey` on the annex)"),
+            );
+        }
+    }
+    let address = c
+        .required(
+            &p("address"),
+            s.address.as_ref(),
+            "the site's tunnel address, e.g. \"10.99.0.2\"",
+        )
+        .and_then(|a| c.ip(&p("address"), a));
+    if let (Some(a), Some(t)) = (address, tunnel.address) {
+        in_tunnel_network(c, &p("address"), a, t);
+    }
+    let lan = c.prefixes(&p("lan"), s.lan.as_ref(), tunnel.address);
+    Some(Site {
+        name: name?,
+        public_key: public_key?,
+        address: address?,
+        lan,
+    })
+}
+
+fn in_tunnel_network(c: &mut Checker, path: &str, a: IpAddr, t: IpNet) {
+    if !t.contains(&a) {
+        c.push(
+            path,
+            format!("{a} is outside the tunnel network {}", t.trunc()),
+            Some("pick an address of tunnel.address's network"),
+        );
+    } else if a == t.addr() {
+        c.push(
+            path,
+            format!("{a} is this router's own tunnel address"),
+            None,
+        );
+    }
+}
+
+fn annex(
+    c: &mut Checker,
+    raw: &RawConfig,
+    tunnel: &TunnelFacts,
+    routing: &RoutingConfig,
+) -> Option<AnnexConfig> {
+    let name = c.name("name", raw.name.as_ref());
+    let lan = c.prefixes("lan", raw.lan.as_ref(), tunnel.address);
+
+    let raw_hubs = raw.hub.as_deref().unwrap_or_default();
+    if raw_hubs.is_empty() {
+        c.push(
+            "hub",
+            "missing: an annex needs one [[hub]]",
+            Some("add [[hub]] with name, public_key, endpoint, address, routes"),
+        );
+    } else if raw_hubs.len() > 1 {
+        c.push(
+            "hub",
+            format!(
+                "{} hubs configured; this version supports one",
+                raw_hubs.len()
+            ),
+            Some("keep only the main hub for now"),
+        );
+    }
+    let hubs: Vec<Option<HubPeer>> = raw_hubs
+        .iter()
+        .enumerate()
+        .map(|(i, h)| hub_peer(c, i, h, tunnel, &lan))
+        .collect();
+
+    let raw_uplinks = raw.uplink.as_deref().unwrap_or_default();
+    if raw_uplinks.is_empty() {
+        c.push(
+            "uplink",
+            "missing: an annex needs at least one [[uplink]]",
+            Some("add [[uplink]] with name and interface for the fiber and the 4G link"),
+        );
+    }
+    let uplinks: Vec<Option<Uplink>> = raw_uplinks
+        .iter()
+        .enumerate()
+        .map(|(i, u)| uplink(c, i, u))
+        .collect();
+    // Duplicates are checked on the values as written, so that a mistake in
+    // another field of the same uplink does not hide them.
+    for (i, a) in raw_uplinks.iter().enumerate() {
+        for (j, b) in raw_uplinks.iter().enumerate().skip(i + 1) {
+            if let (Some(x), Some(y)) = (&a.name, &b.name) {
+                if x == y {
+                    c.push(
+                        format!("uplink[{j}].name"),
+                        format!("{y} is already the name of uplink[{i}]"),
+                        None,
+                    );
+                }
+            }
+            if let (Some(x), Some(y)) = (&a.interface, &b.interface) {
+                if x == y {
+                    c.push(
+                        format!("uplink[{j}].interface"),
+                        format!("{y} is already the interface of uplink[{i}]"),
+                        None,
+                    );
+                }
+            }
+        }
+        if let (Some(x), Some(t)) = (&a.interface, &tunnel.interface) {
+            if x == t.as_str() {
+                c.push(
+                    format!("uplink[{i}].interface"),
+                    "is the tunnel interface",
+                    Some("an uplink is the physical interface toward the ISP"),
+                );
+            }
+        }
+    }
+    let n = raw_uplinks.len() as u32;
+    if routing.table < 256 && routing.table + n >= 253 {
+        c.push(
+            "routing.table",
+            format!(
+                "tables {}..={} would include the kernel's tables 253-255",
+                routing.table,
+                routing.table + n
+            ),
+            None,
+        );
+    }
+
+    let hubs: Option<Vec<HubPeer>> = hubs.into_iter().collect();
+    let uplinks: Option<Vec<Uplink>> = uplinks.into_iter().collect();
+    Some(AnnexConfig {
+        name: name?,
+        lan,
+        hubs: hubs.filter(|h| !h.is_empty())?,
+        uplinks: uplinks.filter(|u| !u.is_empty())?,
+    })
+}
+
+fn hub_peer(
+    c: &mut Checker,
+    i: usize,
+    h: &RawHub,
+    tunnel: &TunnelFacts,
+    lan: &[IpNet],
+) -> Option<HubPeer> {
+    let p = |k: &str| format!("hub[{i}].{k}");
+    let name = c.name(&p("name"), h.name.as_ref());
+    let public_key = c.public_key(&p("public_key"), h.public_key.as_ref());
+    let endpoint = c
+        .required(
+            &p("endpoint"),
+            h.endpoint.as_ref(),
+            "the hub's public address and port, e.g. \"hub.example.net:51820\"",
+        )
+        .and_then(|e| {
+            Endpoint::parse(e)
+                .map_err(|m| c.push(p("endpoint"), m, None))
+                .ok()
+        });
+    let address = c
+        .required(
+            &p("address"),
+            h.address.as_ref(),
+            "the hub's tunnel address, e.g. \"10.99.0.1\"",
+        )
+        .and_then(|a| c.ip(&p("address"), a));
+    if let (Some(a), Some(t)) = (address, tunnel.address) {
+        in_tunnel_network(c, &p("address"), a, t);
+    }
+    let routes = c.prefixes(&p("routes"), h.routes.as_ref(), None);
+    for (j, r) in routes.iter().enumerate() {
+        if let Some(l) = lan.iter().find(|l| l.contains(r)) {
+            c.push(
+                format!("{}[{j}]", p("routes")),
+                format!("{r} lies inside this annex's own LAN {l}"),
+                Some("routes are what the hub serves: records server, other sites; not the local LAN"),
+            );
+        }
+    }
+    let keepalive = h.keepalive.map_or(Some(DEFAULT_KEEPALIVE), |k| {
+        c.int(&p("keepalive"), k, 0, 3600)
+    });
+    Some(HubPeer {
+        name: name?,
+        public_key: public_key?,
+        endpoint: endpoint?,
+        address: address?,
+        routes,
+        keepalive: keepalive?,
+    })
+}
+
+fn uplink(c: &mut Checker, i: usize, u: &RawUplink) -> Option<Uplink> {
+    let p = |k: &str| format!("uplink[{i}].{k}");
+    let name = c.name(&p("name"), u.name.as_ref());
+    let interface = c.interface(&p("interface"), u.interface.as_ref());
+    let gateway = match &u.gateway {
+        None => Some(None),
+        Some(g) => c.ip(&p("gateway"), g).map(Some),
+    };
+    let priority = u
+        .priority
+        .map_or(Some(i as u32), |v| c.int(&p("priority"), v, 0, 1000));
+    Some(Uplink {
+        name: name?,
+        interface: interface?,
+        gateway: gateway?,
+        priority: priority?,
+    })
+}

@@ -1,0 +1,372 @@
+//! The router's configuration: one TOML file, role `hub` or `annex`.
+//!
+//! [`load`] reads the file and returns either a fully validated [`Config`]
+//! or every [`Problem`] found, each with its key path and a hint.
+//! The reference of every key is `docs/configuration.md`; commented examples
+//! are in `config/`.
+
+mod check;
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::keys::{PrivateKey, PublicKey};
+use crate::sites::{Name, SiteSet};
+
+pub use check::validate;
+
+/// Default MTU of the tunnel interface: 1500 minus the WireGuard/UDP/IPv6 overhead.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Default routing table of the tunnel's UDP socket (`fwmark` → `table`).
+/// Uplink `i` (0-based, in file order) uses table + 1 + i and fwmark + 1 + i.
+pub const DEFAULT_TABLE: u32 = 7400;
+pub const DEFAULT_FWMARK: u32 = 0x7400;
+pub const DEFAULT_RULE_PRIORITY: u32 = 7400;
+/// Default persistent keepalive towards the hub, seconds.
+pub const DEFAULT_KEEPALIVE: u16 = 25;
+/// Default number of boringtun worker threads (see `docs/performance.md`).
+pub const DEFAULT_THREADS: usize = 1;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tunnel: TunnelConfig,
+    pub routing: RoutingConfig,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub enum Role {
+    Hub(HubConfig),
+    Annex(AnnexConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    pub interface: InterfaceName,
+    pub private_key: PrivateKey,
+    pub address: IpNet,
+    /// UDP port of the tunnel; `None` lets the kernel choose (annexes).
+    pub listen_port: Option<u16>,
+    pub mtu: u16,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub table: u32,
+    pub fwmark: u32,
+    pub rule_priority: u32,
+    /// Turn on IPv4/IPv6 forwarding while running (restored at stop).
+    pub forwarding: bool,
+}
+
+impl RoutingConfig {
+    /// Table and fwmark of the uplink at `index` in the config.
+    pub fn uplink_table(&self, index: usize) -> u32 {
+        self.table + 1 + index as u32
+    }
+    pub fn uplink_fwmark(&self, index: usize) -> u32 {
+        self.fwmark + 1 + index as u32
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            table: DEFAULT_TABLE,
+            fwmark: DEFAULT_FWMARK,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            forwarding: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub sites: SiteSet,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnnexConfig {
+    pub name: Name,
+    pub lan: Vec<IpNet>,
+    /// The hubs, main first. Only one is supported for now (design: backup site).
+    pub hubs: Vec<HubPeer>,
+    /// Uplinks in file order; the index defines the uplink's table and mark.
+    pub uplinks: Vec<Uplink>,
+}
+
+impl AnnexConfig {
+    /// The uplink preferred when all are healthy: lowest priority value,
+    /// then first in the file.
+    pub fn preferred_uplink(&self) -> (usize, &Uplink) {
+        self.uplinks
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, u)| (u.priority, *i))
+            .expect("validation guarantees at least one uplink")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubPeer {
+    pub name: Name,
+    pub public_key: PublicKey,
+    pub endpoint: Endpoint,
+    /// The hub's address inside the tunnel network.
+    pub address: IpAddr,
+    /// Prefixes reached through this hub (records server, other annexes).
+    pub routes: Vec<IpNet>,
+    pub keepalive: u16,
+}
+
+impl HubPeer {
+    /// What the annex accepts from, and routes to, this hub.
+    pub fn allowed_ips(&self) -> Vec<IpNet> {
+        let mut ips = vec![IpNet::from(self.address)];
+        ips.extend(self.routes.iter().copied());
+        ips
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub name: Name,
+    pub interface: InterfaceName,
+    /// Next hop; `None` means learned from the kernel, or none at all on a
+    /// point-to-point link (route scope link).
+    pub gateway: Option<IpAddr>,
+    pub priority: u32,
+}
+
+/// A Linux interface name (at most 15 bytes, no '/', no white space).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 15 {
+            return Err("must be 1 to 15 characters long".into());
+        }
+        if text == "."
+            || text == ".."
+            || text
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err("may not contain '/', ':' or white space".into());
+        }
+        Ok(InterfaceName(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// `host:port` of a hub; the host may be a name, resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Endpoint {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| "expected host:port, e.g. hub.example.net:51820".to_string())?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err("port 0 is not a valid endpoint port".into());
+        }
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid_host {
+            return Err(format!(
+                "{host:?} is neither an IP address nor a host name (IPv6: [addr]:port)"
+            ));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// Resolves to the first address (IPv4 preferred).
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `uplink[1].gateway`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n    hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that could not be used: the file and every problem in it.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{} found",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a config file. Relative paths inside the file
+/// (`private_key_file`) are taken relative to the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![Problem {
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+            hint: Some(
+                "give the path of an existing file with -c (default /etc/townlink/townlink.toml)"
+                    .into(),
+            ),
+        }])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(fail)
+}
+
+/// Parses and validates config text; `base` resolves relative file paths.
+pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut unknown = Vec::new();
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| vec![toml_problem(text, &e)])?;
+    let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |p| {
+        unknown.push(key_path(&p));
+    })
+    .map_err(|e| vec![toml_problem(text, &e)])?;
+    let unknown = unknown
+        .into_iter()
+        .map(|path| Problem {
+            path,
+            message: "unknown key".into(),
+            hint: Some("check the spelling against docs/configuration.md".into()),
+        })
+        .collect();
+    validate(raw, base, unknown)
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    Problem {
+        path: String::new(),
+        message: match line {
+            Some(l) => format!("line {l}: {}", e.message()),
+            None => e.message().to_string(),
+        },
+        hint: Some(
+            "fix the TOML syntax or the value's type first; the other checks run after".into(),
+        ),
+    }
+}
+
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+#[cfg(test)]
+mod tests;

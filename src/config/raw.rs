@@ -1,0 +1,61 @@
+//! The config file as written: every field optional and loosely typed, so
+//! that validation (in `check`) can report every problem at once instead of
+//! stopping at the first.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub role: Option<String>,
+    pub name: Option<String>,
+    pub lan: Option<Vec<String>>,
+    pub tunnel: Option<RawTunnel>,
+    pub routing: Option<RawRouting>,
+    pub hub: Option<Vec<RawHub>>,
+    pub uplink: Option<Vec<RawUplink>>,
+    pub site: Option<Vec<RawSite>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTunnel {
+    pub interface: Option<String>,
+    pub private_key_file: Option<String>,
+    pub address: Option<String>,
+    pub listen_port: Option<i64>,
+    pub mtu: Option<i64>,
+    pub threads: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRouting {
+    pub table: Option<i64>,
+    pub fwmark: Option<i64>,
+    pub rule_priority: Option<i64>,
+    pub forwarding: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHub {
+    pub name: Option<String>,
+    pub public_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub address: Option<String>,
+    pub routes: Option<Vec<String>>,
+    pub keepalive: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawUplink {
+    pub name: Option<String>,
+    pub interface: Option<String>,
+    pub gateway: Option<String>,
+    pub priority: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSite {
+    pub name: Option<String>,
+    pub public_key: Option<String>,
+    pub address: Option<String>,
+    pub lan: Option<Vec<String>>,
+}

@@ -1,0 +1,220 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+/// A directory with a private key file `k.key` (mode 0600).
+fn dir_with_key() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    std::fs::write(&key, PrivateKey::generate().to_base64_secret()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dir
+}
+
+/// Parses an example file from `config/`, pointing its key file at `dir`.
+fn example(name: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name),
+    )
+    .unwrap();
+    parse(&text.replace("/etc/townlink/private.key", "k.key"), dir)
+}
+
+fn paths(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.path.as_str()).collect()
+}
+
+#[test]
+fn examples_are_valid_and_get_defaults() {
+    let dir = dir_with_key();
+    let annex = example("annex.toml", dir.path()).unwrap();
+    assert_eq!(annex.tunnel.mtu, DEFAULT_MTU);
+    assert_eq!(annex.tunnel.listen_port, None);
+    assert_eq!(annex.routing, RoutingConfig::default());
+    let Role::Annex(a) = &annex.role else {
+        panic!("annex expected")
+    };
+    assert_eq!(a.hubs.len(), 1);
+    assert_eq!(a.hubs[0].keepalive, DEFAULT_KEEPALIVE);
+    assert_eq!(a.hubs[0].endpoint.to_string(), "hub.example.net:51820");
+    assert_eq!(a.uplinks[1].gateway, None, "lte learns its gateway");
+    assert_eq!(a.preferred_uplink().1.name.as_str(), "fiber");
+
+    let hub = example("hub.toml", dir.path()).unwrap();
+    let Role::Hub(h) = &hub.role else {
+        panic!("hub expected")
+    };
+    assert_eq!(h.sites.len(), 2);
+    assert_eq!(hub.tunnel.listen_port, Some(51820));
+}
+
+#[test]
+fn unknown_keys_are_reported_with_their_path() {
+    let dir = dir_with_key();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
+            .unwrap()
+            .replace("/etc/townlink/private.key", "k.key")
+            .replace("priority = 1\n", "priority = 1\ngatway = \"1.2.3.4\"\n")
+            .replace("[tunnel]\n", "[tunnel]\nmtuu = 1400\n");
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(paths(&problems), vec!["tunnel.mtuu", "uplink[1].gatway"]);
+    assert!(problems.iter().all(|p| p.message == "unknown key"));
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let problems = parse("role = \"hub\"\n[tunnel\n", Path::new(".")).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].message.starts_with("line 2:"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn wrong_type_is_reported() {
+    let problems = parse(
+        "role = \"hub\"\n[tunnel]\nlisten_port = \"x\"\n",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].message.contains("line 3"), "{}", problems[0]);
+}
+
+#[test]
+fn hub_site_mistakes_are_all_listed() {
+    let dir = dir_with_key();
+    let own = std::fs::read_to_string(dir.path().join("k.key"))
+        .unwrap()
+        .parse::<PrivateKey>()
+        .unwrap()
+        .public_key();
+    let other = PrivateKey::generate().public_key();
+    let text = format!(
+        r#"role = "hub"
+[tunnel]
+interface = "tl0"
+private_key_file = "k.key"
+address = "10.99.0.1/24"
+listen_port = 51820
+[[site]]
+name = "a"
+public_key = "{other}"
+address = "10.99.0.2"
+lan = ["192.168.1.0/24"]
+[[site]]
+name = "a"
+public_key = "{own}"
+address = "10.98.0.3"
+lan = ["192.168.1.7/24", "10.99.0.0/25"]
+"#
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "site[1].public_key",
+            "site[1].address",
+            "site[1].lan[0]",
+            "site[1].lan[1]",
+            "site[1]"
+        ],
+        "{shown:#?}"
+    );
+    assert!(
+        shown[2].contains("did you mean 192.168.1.0/24?"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[3].contains("overlaps the tunnel network 10.99.0.0/24"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[4].contains("a site named a already exists"),
+        "{shown:#?}"
+    );
+
+    // With those fixed and the name changed, the LAN overlap remains.
+    let text = text
+        .replace(
+            &format!("name = \"a\"\npublic_key = \"{own}\""),
+            &format!("name = \"b\"\npublic_key = \"{own}\""),
+        )
+        .replace(
+            &format!("public_key = \"{own}\""),
+            &format!("public_key = \"{}\"", PrivateKey::generate().public_key()),
+        )
+        .replace("10.98.0.3", "10.99.0.3")
+        .replace("\"192.168.1.7/24\", \"10.99.0.0/25\"", "\"192.168.1.0/25\"");
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(paths(&problems), vec!["site[1]"]);
+    assert!(
+        problems[0]
+            .message
+            .contains("LAN prefix 192.168.1.0/25 overlaps 192.168.1.0/24 of site a"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn missing_everything_is_listed_at_once() {
+    let problems = parse("role = \"annex\"\n", Path::new(".")).unwrap_err();
+    assert_eq!(paths(&problems), vec!["tunnel", "name", "hub", "uplink"]);
+    let problems = parse("", Path::new(".")).unwrap_err();
+    assert_eq!(paths(&problems), vec!["role", "tunnel"]);
+}
+
+#[test]
+fn missing_key_file_and_hub_listen_port() {
+    let problems = parse(
+        "role = \"hub\"\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"nope.key\"\naddress = \"10.99.0.1/24\"\n",
+        Path::new("/nonexistent"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec!["tunnel.private_key_file", "tunnel.listen_port"]
+    );
+    assert!(problems[0].message.contains("/nonexistent/nope.key"));
+}
+
+#[test]
+fn key_file_content_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    std::fs::write(&key, "SECRET-NOT-A-KEY").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let problems = parse(
+        "role = \"hub\"\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"k.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = 1\n",
+        dir.path(),
+    )
+    .unwrap_err();
+    assert_eq!(paths(&problems), vec!["tunnel.private_key_file"]);
+    assert!(!problems[0].to_string().contains("SECRET"));
+}
+
+#[test]
+fn endpoints() {
+    assert_eq!(
+        Endpoint::parse("198.18.0.2:51820").unwrap().to_string(),
+        "198.18.0.2:51820"
+    );
+    assert_eq!(
+        Endpoint::parse("[2001:db8::1]:51820").unwrap().to_string(),
+        "[2001:db8::1]:51820"
+    );
+    assert!(Endpoint::parse("hub.example.net").is_err());
+    assert!(Endpoint::parse("hub.example.net:0").is_err());
+    assert!(Endpoint::parse("hub..net:1").is_err());
+    assert!(
+        Endpoint::parse("2001:db8::1:51820").is_err(),
+        "IPv6 needs brackets"
+    );
+}

@@ -1,0 +1,184 @@
+//! The annex's start-up: uplink next hops, policy routing, the hub peer,
+//! and the handshake keeper that pushes traffic into the tunnel whenever
+//! the session with the hub is missing (boringtun trap 7).
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::Installed;
+use crate::config::{AnnexConfig, Config, HubPeer};
+use crate::routing::{self, NextHop};
+use crate::sysctl;
+use crate::tunnel::{PeerConfig, Tunnel};
+
+/// How often the handshake keeper looks at the tunnel.
+const KEEPER_PERIOD: Duration = Duration::from_secs(2);
+/// A session older than this is about to be rejected (WireGuard's
+/// REJECT_AFTER_TIME is 180 s; rekeying starts at 120 s): push traffic.
+const STALE_HANDSHAKE: Duration = Duration::from_secs(135);
+/// The UDP port of the datagram pushed into the tunnel (discard).
+const KICK_PORT: u16 = 9;
+
+/// Sends one datagram to the hub through the tunnel, so that boringtun
+/// starts a handshake (it sends none on its own when a peer is added or
+/// after a route change).
+pub fn kick(hub: IpAddr) {
+    let bind: SocketAddr = match hub {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    let sent = UdpSocket::bind(bind).and_then(|s| s.send_to(b"townlink", (hub, KICK_PORT)));
+    if let Err(e) = sent {
+        tracing::warn!(hub = %hub, error = %e, "could not push traffic into the tunnel");
+    }
+}
+
+/// The next hop of every uplink: from the config, else learned from the kernel.
+async fn next_hops(
+    annex: &AnnexConfig,
+    installed: &Installed,
+    ipv6: bool,
+) -> anyhow::Result<Vec<NextHop>> {
+    let mut hops = Vec::new();
+    for (i, up) in annex.uplinks.iter().enumerate() {
+        let gateway = match up.gateway {
+            Some(gw) => {
+                installed
+                    .net
+                    .require_link(up.interface.as_str())
+                    .await
+                    .with_context(|| {
+                        format!("uplink[{i}] {} (interface {})", up.name, up.interface)
+                    })?;
+                Some(gw)
+            }
+            None => {
+                let learned = installed
+                    .net
+                    .learn_gateway(up.interface.as_str(), ipv6)
+                    .await
+                    .with_context(|| {
+                        format!("uplink[{i}] {} (interface {})", up.name, up.interface)
+                    })?;
+                match learned {
+                    Some(gw) => {
+                        tracing::info!(uplink = %up.name, gateway = %gw, "gateway learned from the kernel")
+                    }
+                    None => {
+                        tracing::info!(uplink = %up.name, "no gateway on this interface: routing directly on the link")
+                    }
+                }
+                learned
+            }
+        };
+        hops.push(NextHop {
+            interface: up.interface.as_str().to_string(),
+            gateway,
+        });
+    }
+    Ok(hops)
+}
+
+fn hub_peer(hub: &HubPeer, endpoint: SocketAddr) -> PeerConfig {
+    PeerConfig {
+        public_key: hub.public_key,
+        endpoint: Some(endpoint),
+        allowed_ips: hub.allowed_ips(),
+        keepalive: Some(hub.keepalive),
+    }
+}
+
+pub(super) async fn start(
+    config: &Config,
+    annex: &AnnexConfig,
+    installed: &mut Installed,
+) -> anyhow::Result<()> {
+    // Only one hub for now; the plan and the peers are per hub already.
+    let hub = &annex.hubs[0];
+    let endpoint = hub
+        .endpoint
+        .resolve()
+        .await
+        .with_context(|| format!("resolving hub[0].endpoint {}", hub.endpoint))?;
+    let ipv6 = endpoint.is_ipv6();
+    let hops = next_hops(annex, installed, ipv6).await?;
+    for up in &annex.uplinks {
+        let changed = sysctl::loosen_rp_filter(up.interface.as_str())
+            .with_context(|| format!("setting loose reverse-path filtering on {}", up.interface))?;
+        installed.sysctls.extend(changed);
+    }
+
+    let (active, active_uplink) = annex.preferred_uplink();
+    let (routes, rules) = routing::annex_plan(
+        annex,
+        &config.routing,
+        config.tunnel.interface.as_str(),
+        &hops,
+        active,
+        ipv6,
+    );
+    for rule in &rules {
+        installed.net.add_rule(rule).await?;
+    }
+    for route in &routes {
+        installed.net.replace_route(route).await?;
+    }
+    tracing::info!(uplink = %active_uplink.name, interface = %active_uplink.interface, "tunnel routed through uplink");
+
+    let tunnel = installed
+        .tunnel
+        .as_ref()
+        .expect("tunnel is created before the role starts");
+    tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
+    tracing::info!(hub = %hub.name, endpoint = %endpoint, "hub peer added");
+    kick(hub.address);
+    installed.tasks.spawn(keep_handshake(
+        tunnel.clone(),
+        hub.clone(),
+        installed.stop.clone(),
+    ));
+    Ok(())
+}
+
+/// Watches the session with the hub and pushes traffic into the tunnel
+/// while there is none (start-up, after an outage longer than boringtun's
+/// 90 s of handshake attempts, after the hub restarted).
+pub(super) async fn keep_handshake(tunnel: Arc<Tunnel>, hub: HubPeer, stop: CancellationToken) {
+    let mut established = false;
+    let mut tick = tokio::time::interval(KEEPER_PERIOD);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = match tunnel.status().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tunnel status");
+                continue;
+            }
+        };
+        let age = status
+            .peers
+            .iter()
+            .find(|p| p.public_key == hub.public_key)
+            .and_then(|p| p.last_handshake)
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let fresh = age.is_some_and(|a| a < STALE_HANDSHAKE);
+        if fresh != established {
+            established = fresh;
+            if fresh {
+                tracing::info!(hub = %hub.name, "handshake with the hub established");
+            } else {
+                tracing::warn!(hub = %hub.name, "no recent handshake with the hub: pushing traffic into the tunnel");
+            }
+        }
+        if !fresh {
+            kick(hub.address);
+        }
+    }
+}

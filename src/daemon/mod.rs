@@ -1,0 +1,157 @@
+//! `townlink run`: bring the router up, keep it up, take it down cleanly.
+//!
+//! Start-up order: refuse if the tunnel interface already exists (another
+//! instance, or a foreign interface), remove what a crashed run left
+//! (routes and rules tagged with townlink's protocol), create the tunnel,
+//! configure it, add addresses, routes and rules, then the role's tasks.
+//! Shutdown, on the cancellation token or after a failed start-up, undoes
+//! it in reverse: tasks, rules, routes, interface (with its addresses),
+//! kernel settings. Nothing is left half-done.
+
+mod annex;
+mod hub;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Role};
+use crate::netlink::Netlink;
+use crate::sysctl;
+use crate::tunnel::{Tuning, Tunnel};
+
+/// What start-up changed, so that shutdown can undo exactly that.
+struct Installed {
+    net: Netlink,
+    tunnel: Option<Arc<Tunnel>>,
+    sysctls: Vec<sysctl::Changed>,
+    tasks: TaskTracker,
+    /// Cancels the role's tasks (child of the daemon's token).
+    stop: CancellationToken,
+}
+
+impl Installed {
+    async fn teardown(mut self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 5 s");
+        }
+        match self.net.purge().await {
+            Ok((routes, rules)) => {
+                tracing::info!(routes, rules, "removed townlink routes and rules")
+            }
+            Err(e) => tracing::error!(error = %e, "could not remove every townlink route and rule"),
+        }
+        if let Some(tunnel) = self.tunnel.take() {
+            let name = tunnel.name().to_string();
+            match Arc::try_unwrap(tunnel) {
+                Ok(tunnel) => tunnel.close().await,
+                Err(_) => tracing::error!(interface = %name, "tunnel still in use at stop"),
+            }
+            match self.net.link_index(&name).await {
+                Ok(None) => tracing::info!(interface = %name, "tunnel interface removed"),
+                Ok(Some(_)) => {
+                    tracing::error!(interface = %name, "tunnel interface still present after stop")
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %name, error = %e, "could not check the tunnel interface")
+                }
+            }
+        }
+        for changed in self.sysctls.iter().rev() {
+            sysctl::restore(changed);
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled. On a start-up error,
+/// everything done so far is undone before the error is returned.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let net = Netlink::connect()?;
+    let name = config.tunnel.interface.as_str();
+    if net.link_index(name).await?.is_some() {
+        bail!(
+            "interface {name} already exists: another townlink is running, or another program uses \
+             this name (stop it, or set tunnel.interface to a free name)"
+        );
+    }
+    let (routes, rules) = net
+        .purge()
+        .await
+        .context("removing what an earlier run left")?;
+    if routes + rules > 0 {
+        tracing::warn!(
+            routes,
+            rules,
+            "removed routes and rules left by an earlier run"
+        );
+    }
+
+    let mut installed = Installed {
+        net: net.clone(),
+        tunnel: None,
+        sysctls: Vec::new(),
+        tasks: TaskTracker::new(),
+        stop: shutdown.child_token(),
+    };
+    let started = tokio::select! {
+        r = start(&config, &mut installed) => r,
+        _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
+    };
+    if let Err(e) = started {
+        installed.teardown().await;
+        return Err(e);
+    }
+    tracing::info!(
+        role = match config.role { Role::Hub(_) => "hub", Role::Annex(_) => "annex" },
+        interface = %name,
+        "townlink is up"
+    );
+    shutdown.cancelled().await;
+    tracing::info!("stopping");
+    installed.teardown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()> {
+    let t = &config.tunnel;
+    let name = t.interface.as_str();
+    let annex = matches!(config.role, Role::Annex(_));
+    let tunnel = Tunnel::create(
+        name,
+        Tuning {
+            threads: t.threads,
+            connected_socket: false,
+        },
+    )?;
+    let tunnel = &**installed.tunnel.insert(Arc::new(tunnel));
+    // Only the annex steers its tunnel socket by mark.
+    let fwmark = annex.then_some(config.routing.fwmark);
+    tunnel
+        .configure(&t.private_key, t.listen_port, fwmark)
+        .await?;
+
+    let net = &installed.net;
+    let index = net.require_link(name).await?;
+    net.add_address(index, name, t.address).await?;
+    net.set_up(index, name, t.mtu).await?;
+
+    if config.routing.forwarding {
+        let changed =
+            sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        installed.sysctls.extend(changed);
+    }
+
+    match &config.role {
+        Role::Hub(hub) => hub::start(config, hub, installed).await,
+        Role::Annex(annex) => annex::start(config, annex, installed).await,
+    }
+}

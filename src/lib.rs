@@ -1,0 +1,22 @@
+//! townlink: a hub-and-spoke WireGuard WAN for town-hall annexes.
+//!
+//! Read the modules in data-flow order (see `docs/architecture.md`):
+//! - [`config`]: the TOML file, validated into typed settings;
+//! - [`keys`]: WireGuard keys (`genkey`, `pubkey`, validation);
+//! - [`sites`]: the hub's set of annexes;
+//! - [`tunnel`]: the boringtun device, driven through in-process UAPI;
+//! - [`netlink`]: links, addresses, routes and rules of the kernel;
+//! - [`routing`]: what routes and rules a config needs (pure);
+//! - [`sysctl`]: forwarding and reverse-path settings, restored at stop;
+//! - [`daemon`]: `townlink run`: start-up, steady state, ordered shutdown;
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod keys;
+pub mod netlink;
+pub mod routing;
+pub mod sites;
+pub mod sysctl;
+pub mod tunnel;

@@ -1,0 +1,212 @@
+//! What townlink installs in the kernel for a config: routes and rules,
+//! computed without I/O so that the plan can be tested and reviewed.
+//!
+//! Annex (uplinks in file order, index `i`):
+//! - main table: every prefix reached through the hub → tunnel interface;
+//! - table `T_WG`: default → the active uplink (failover replaces this route);
+//! - table `T_WG + 1 + i`: default → uplink `i` (its prober uses it);
+//! - rules: `fwmark M_WG → T_WG`, `fwmark M_WG + 1 + i → T_WG + 1 + i`.
+//!
+//! Hub: main table: every site's LAN prefix → tunnel interface.
+//!
+//! Every route and rule carries protocol [`PROTOCOL`], so that a later start
+//! can find and remove what a crashed run left, and nothing else.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::{AnnexConfig, RoutingConfig};
+use crate::sites::SiteSet;
+
+/// The `rtm_protocol` of townlink's routes and rules (`ip route show proto 116`).
+pub const PROTOCOL: u8 = 116;
+/// The kernel's main table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// A route townlink owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub destination: IpNet,
+    pub table: u32,
+    pub interface: String,
+    /// `None`: directly on the link (scope link), e.g. the tunnel or a
+    /// point-to-point 4G interface.
+    pub gateway: Option<IpAddr>,
+}
+
+/// A policy rule townlink owns: `fwmark → table`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub fwmark: u32,
+    pub table: u32,
+    pub priority: u32,
+    pub ipv6: bool,
+}
+
+/// An uplink's next hop, once learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub interface: String,
+    pub gateway: Option<IpAddr>,
+}
+
+fn default_route(ipv6: bool) -> IpNet {
+    if ipv6 {
+        "::/0".parse().expect("literal")
+    } else {
+        "0.0.0.0/0".parse().expect("literal")
+    }
+}
+
+/// The route that sends the tunnel's own packets out of an uplink.
+pub fn tunnel_uplink_route(routing: &RoutingConfig, hop: &NextHop, ipv6: bool) -> RouteSpec {
+    RouteSpec {
+        destination: default_route(ipv6),
+        table: routing.table,
+        interface: hop.interface.clone(),
+        gateway: hop.gateway,
+    }
+}
+
+/// Routes and rules of an annex; `hops[i]` is uplink `i`'s next hop and
+/// `active` the uplink whose route goes into the tunnel's table.
+pub fn annex_plan(
+    annex: &AnnexConfig,
+    routing: &RoutingConfig,
+    tunnel_interface: &str,
+    hops: &[NextHop],
+    active: usize,
+    ipv6_endpoint: bool,
+) -> (Vec<RouteSpec>, Vec<RuleSpec>) {
+    let mut routes = Vec::new();
+    for hub in &annex.hubs {
+        for prefix in &hub.routes {
+            routes.push(RouteSpec {
+                destination: *prefix,
+                table: MAIN_TABLE,
+                interface: tunnel_interface.to_string(),
+                gateway: None,
+            });
+        }
+    }
+    routes.push(tunnel_uplink_route(routing, &hops[active], ipv6_endpoint));
+    let mut rules = vec![RuleSpec {
+        fwmark: routing.fwmark,
+        table: routing.table,
+        priority: routing.rule_priority,
+        ipv6: ipv6_endpoint,
+    }];
+    for (i, hop) in hops.iter().enumerate() {
+        routes.push(RouteSpec {
+            destination: default_route(ipv6_endpoint),
+            table: routing.uplink_table(i),
+            interface: hop.interface.clone(),
+            gateway: hop.gateway,
+        });
+        rules.push(RuleSpec {
+            fwmark: routing.uplink_fwmark(i),
+            table: routing.uplink_table(i),
+            priority: routing.rule_priority + 1 + i as u32,
+            ipv6: ipv6_endpoint,
+        });
+    }
+    (routes, rules)
+}
+
+/// Routes of a hub: each site's LAN through the tunnel. (The sites' tunnel
+/// addresses are covered by the tunnel interface's own prefix route.)
+pub fn hub_routes(sites: &SiteSet, tunnel_interface: &str) -> Vec<RouteSpec> {
+    sites
+        .iter()
+        .flat_map(|s| s.lan.iter())
+        .map(|prefix| RouteSpec {
+            destination: *prefix,
+            table: MAIN_TABLE,
+            interface: tunnel_interface.to_string(),
+            gateway: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Endpoint, HubPeer, Uplink};
+    use crate::sites::Name;
+
+    fn annex() -> AnnexConfig {
+        let key = crate::keys::PrivateKey::generate().public_key();
+        AnnexConfig {
+            name: Name::new("annex-1").unwrap(),
+            lan: vec!["192.168.1.0/24".parse().unwrap()],
+            hubs: vec![HubPeer {
+                name: Name::new("main").unwrap(),
+                public_key: key,
+                endpoint: Endpoint::parse("198.18.0.2:51820").unwrap(),
+                address: "10.99.0.1".parse().unwrap(),
+                routes: vec![
+                    "10.50.0.0/24".parse().unwrap(),
+                    "192.168.2.0/24".parse().unwrap(),
+                ],
+                keepalive: 25,
+            }],
+            uplinks: ["fiber", "lte"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Uplink {
+                    name: Name::new(n).unwrap(),
+                    interface: crate::config::InterfaceName::new(&format!("eth{i}")).unwrap(),
+                    gateway: None,
+                    priority: i as u32,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn annex_plan_steers_tunnel_and_each_uplink() {
+        let routing = RoutingConfig::default();
+        let hops = vec![
+            NextHop {
+                interface: "eth0".into(),
+                gateway: Some("198.18.11.1".parse().unwrap()),
+            },
+            NextHop {
+                interface: "eth1".into(),
+                gateway: None,
+            },
+        ];
+        let (routes, rules) = annex_plan(&annex(), &routing, "tl0", &hops, 1, false);
+        let main: Vec<_> = routes.iter().filter(|r| r.table == MAIN_TABLE).collect();
+        assert_eq!(main.len(), 2);
+        assert!(main
+            .iter()
+            .all(|r| r.interface == "tl0" && r.gateway.is_none()));
+        let tunnel = routes.iter().find(|r| r.table == 7400).unwrap();
+        assert_eq!(
+            tunnel.interface, "eth1",
+            "the active uplink carries the tunnel"
+        );
+        assert_eq!(tunnel.destination, "0.0.0.0/0".parse::<IpNet>().unwrap());
+        assert_eq!(
+            routes.iter().find(|r| r.table == 7401).unwrap().gateway,
+            hops[0].gateway
+        );
+        assert_eq!(
+            routes.iter().find(|r| r.table == 7402).unwrap().interface,
+            "eth1"
+        );
+        assert_eq!(
+            rules
+                .iter()
+                .map(|r| (r.fwmark, r.table, r.priority))
+                .collect::<Vec<_>>(),
+            vec![
+                (0x7400, 7400, 7400),
+                (0x7401, 7401, 7401),
+                (0x7402, 7402, 7402)
+            ]
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The hub's set of sites (annexes).
+//!
+//! One type for every source of sites: the `[[site]]` tables of the hub's
+//! config today, the enrollment registry later. Every insertion is checked
+//! against the sites already present, so that no source can create two sites
+//! with the same name, key or tunnel address, or overlapping LAN prefixes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::keys::PublicKey;
+
+/// A site or uplink name: used in logs, status and metric labels, so it is
+/// short and plain.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(String);
+
+impl Name {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > Self::MAX_LEN {
+            return Err(format!("must be 1 to {} characters long", Self::MAX_LEN));
+        }
+        let ok = text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok || !text.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(
+                "may contain only a-z, 0-9, '-' and '_', and must start with a letter or digit"
+                    .into(),
+            );
+        }
+        Ok(Name(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// One annex as the hub knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: Name,
+    pub public_key: PublicKey,
+    /// The site's address inside the tunnel network.
+    pub address: IpAddr,
+    /// Prefixes behind the site, routed to it through the tunnel.
+    pub lan: Vec<IpNet>,
+}
+
+impl Site {
+    /// Every prefix the hub accepts from and routes to this site.
+    pub fn allowed_ips(&self) -> Vec<IpNet> {
+        let mut ips = vec![IpNet::from(self.address)];
+        ips.extend(self.lan.iter().copied());
+        ips
+    }
+}
+
+/// Why a site cannot join the set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiteConflict {
+    #[error("a site named {0} already exists")]
+    Name(Name),
+    #[error("public key already used by site {0}")]
+    PublicKey(Name),
+    #[error("tunnel address {address} already used by site {site}")]
+    Address { address: IpAddr, site: Name },
+    #[error("LAN prefix {prefix} overlaps {other} of site {site}")]
+    Lan {
+        prefix: IpNet,
+        other: IpNet,
+        site: Name,
+    },
+}
+
+/// The sites of a hub, ordered by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteSet {
+    sites: BTreeMap<Name, Site>,
+}
+
+impl SiteSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a site after checking it against every site already present.
+    pub fn insert(&mut self, site: Site) -> Result<(), SiteConflict> {
+        for other in self.sites.values() {
+            if other.name == site.name {
+                return Err(SiteConflict::Name(site.name));
+            }
+            if other.public_key == site.public_key {
+                return Err(SiteConflict::PublicKey(other.name.clone()));
+            }
+            if other.address == site.address {
+                return Err(SiteConflict::Address {
+                    address: site.address,
+                    site: other.name.clone(),
+                });
+            }
+            for prefix in &site.lan {
+                if let Some(o) = other.lan.iter().find(|o| overlaps(prefix, o)) {
+                    return Err(SiteConflict::Lan {
+                        prefix: *prefix,
+                        other: *o,
+                        site: other.name.clone(),
+                    });
+                }
+            }
+        }
+        self.sites.insert(site.name.clone(), site);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, name: &Name) -> Option<Site> {
+        self.sites.remove(name)
+    }
+
+    pub fn get(&self, name: &Name) -> Option<&Site> {
+        self.sites.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Site> {
+        self.sites.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+}
+
+/// Whether two prefixes share at least one address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> PublicKey {
+        // Public keys of distinct generated private keys are valid points.
+        let mut seed = [n; 32];
+        seed[0] &= 248;
+        let private: crate::keys::PrivateKey =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, seed)
+                .parse()
+                .unwrap();
+        private.public_key()
+    }
+
+    fn site(name: &str, k: u8, addr: &str, lan: &[&str]) -> Site {
+        Site {
+            name: Name::new(name).unwrap(),
+            public_key: key(k),
+            address: addr.parse().unwrap(),
+            lan: lan.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn refuses_every_kind_of_conflict() {
+        let mut set = SiteSet::new();
+        set.insert(site("a", 1, "10.99.0.2", &["192.168.1.0/24"]))
+            .unwrap();
+        assert!(matches!(
+            set.insert(site("a", 2, "10.99.0.3", &[])),
+            Err(SiteConflict::Name(_))
+        ));
+        assert!(matches!(
+            set.insert(site("b", 1, "10.99.0.3", &[])),
+            Err(SiteConflict::PublicKey(_))
+        ));
+        assert!(matches!(
+            set.insert(site("b", 2, "10.99.0.2", &[])),
+            Err(SiteConflict::Address { .. })
+        ));
+        assert!(matches!(
+            set.insert(site("b", 2, "10.99.0.3", &["192.168.0.0/16"])),
+            Err(SiteConflict::Lan { .. })
+        ));
+        set.insert(site("b", 2, "10.99.0.3", &["192.168.2.0/24"]))
+            .unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.remove(&Name::new("a").unwrap()).is_some());
+        set.insert(site("c", 1, "10.99.0.2", &["192.168.1.0/24"]))
+            .unwrap();
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert!(Name::new("annex-1").is_ok());
+        assert!(Name::new("Annex").is_err());
+        assert!(Name::new("-x").is_err());
+        assert!(Name::new("").is_err());
+        assert!(Name::new(&"a".repeat(33)).is_err());
+        assert!(Name::new("a b").is_err());
+    }
+}
