@@ -117,6 +117,22 @@ pub fn link(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
     b.ip(&["link", "set", ib, "up"]);
 }
 
+/// The townlink binary: `$TOWNLINK_BIN`, else the one cargo built for the
+/// tests, else the one next to the running example (`target/*/examples/..`).
+pub fn townlink_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOWNLINK_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = option_env!("CARGO_BIN_EXE_townlink") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("townlink"))
+        .expect("target directory")
+}
+
 /// A townlink process, stopped on drop (SIGTERM, then SIGKILL).
 pub struct Daemon {
     pub name: String,
@@ -128,14 +144,9 @@ impl Daemon {
     pub fn start(ns: &Netns, config: &Path, log: PathBuf) -> Daemon {
         let out = File::create(&log).expect("log file");
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_townlink"),
-                "run",
-                "-c",
-            ])
+            .args(["netns", "exec", &ns.name])
+            .arg(townlink_bin())
+            .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "info,townlink=debug")
             .stdout(out.try_clone().expect("log file"))
