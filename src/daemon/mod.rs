@@ -23,6 +23,10 @@ use crate::netlink::Netlink;
 use crate::sysctl;
 use crate::tunnel::{Tuning, Tunnel};
 
+/// Receive/send buffer of the tunnel's UDP socket: with the kernel default
+/// the receiver drops packets under load (see docs/performance.md).
+const TUNNEL_SOCKET_BUFFER: usize = 4 << 20;
+
 /// What start-up changed, so that shutdown can undo exactly that.
 struct Installed {
     net: Netlink,
@@ -129,7 +133,10 @@ async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()>
         name,
         Tuning {
             threads: t.threads,
+            // Per-peer connected sockets would not get the larger buffers,
+            // and annexes must not use them anyway (trap 6).
             connected_socket: false,
+            socket_buffer: TUNNEL_SOCKET_BUFFER,
         },
     )?;
     let tunnel = &**installed.tunnel.insert(Arc::new(tunnel));

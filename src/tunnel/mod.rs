@@ -6,6 +6,7 @@
 //! close. Replacing boringtun's device (e.g. by a loop over
 //! `boringtun::noise::Tunn`) changes this module only.
 
+mod sockbuf;
 pub mod uapi;
 
 use std::os::fd::IntoRawFd;
@@ -50,11 +51,15 @@ pub struct Tuning {
     /// `false` on annexes (trap 6: a connected socket can keep the old
     /// uplink's source address after a route change).
     pub connected_socket: bool,
+    /// Receive and send buffer of the device's UDP sockets, bytes; 0 keeps
+    /// the kernel default.
+    pub socket_buffer: usize,
 }
 
 /// A running tunnel interface.
 pub struct Tunnel {
     name: String,
+    tuning: Tuning,
     control: Mutex<UnixStream>,
     device: Option<DeviceHandle>,
 }
@@ -91,6 +96,7 @@ impl Tunnel {
         let control = UnixStream::from_std(ours).map_err(io)?;
         Ok(Tunnel {
             name: name.to_string(),
+            tuning,
             control: Mutex::new(control),
             device: Some(device),
         })
@@ -147,7 +153,23 @@ impl Tunnel {
         fwmark: Option<u32>,
     ) -> Result<(), TunnelError> {
         self.set(&uapi::set_device(private_key, listen_port, fwmark))
-            .await
+            .await?;
+        if self.tuning.socket_buffer > 0 {
+            // The sockets exist now, and are never reopened: the port is set once.
+            let port = match listen_port {
+                Some(p) => p,
+                None => self.status().await?.listen_port.unwrap_or_default(),
+            };
+            match sockbuf::enlarge(port, self.tuning.socket_buffer) {
+                Ok(n) => {
+                    tracing::debug!(interface = %self.name, port, sockets = n, bytes = self.tuning.socket_buffer, "tunnel socket buffers enlarged")
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %self.name, port, error = %e, "could not enlarge the tunnel socket buffers")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds a peer that is not present yet.
