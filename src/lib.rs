@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod decision;
 pub mod keys;
 pub mod netlink;
 pub mod routing;
