@@ -291,9 +291,7 @@ impl Engine {
 
     /// Feeds one probe outcome.
     pub fn observe(&mut self, now: Time, sample: Sample) -> Option<Decision> {
-        let Some(l) = self.links.get_mut(sample.uplink) else {
-            return None;
-        };
+        let l = self.links.get_mut(sample.uplink)?;
         match sample.outcome {
             Outcome::Echo { rtt } => {
                 l.window.push_back((sample.sent, Some(rtt)));
