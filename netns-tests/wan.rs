@@ -236,7 +236,9 @@ interface = "missing-key-file-is-next"
         "uplink[0].gateway: \"198.18.11.x\" is not an IP address",
         "uplink[1].name: fiber is already the name of uplink[0]",
         "interface: \"missing-key-file-is-next\" must be 1 to 15 characters long",
-        "10 problems found",
+        "probe: missing section",
+        "hub[0].fingerprint: missing",
+        "12 problems found",
     ] {
         assert!(
             stderr.contains(expected),
@@ -256,7 +258,7 @@ interface = "missing-key-file-is-next"
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&check.stderr).contains("10 problems found"));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("12 problems found"));
     let good = std::process::Command::new(env!("CARGO_BIN_EXE_townlink"))
         .args(["check", "-c"])
         .arg(&annex.config)

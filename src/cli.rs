@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Role};
+use crate::fsutil;
 use crate::keys::PrivateKey;
+use crate::probe::tls::Identity;
 
 pub const DEFAULT_CONFIG: &str = "/etc/townlink/townlink.toml";
 
@@ -42,6 +44,22 @@ enum Command {
     Genkey,
     /// Read a private key on standard input, print its public key (as `wg pubkey`).
     Pubkey,
+    /// Make this router's probe certificate and key (PEM); print the
+    /// certificate's fingerprint, which the other side pins.
+    Gencert {
+        /// Name written in the certificate (site name, or "hub").
+        #[arg(long)]
+        name: String,
+        /// Where to write the certificate.
+        #[arg(long, default_value = "/etc/townlink/probe.crt")]
+        cert: PathBuf,
+        /// Where to write the private key (mode 0600).
+        #[arg(long, default_value = "/etc/townlink/probe.key")]
+        key: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +72,12 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pubkey => pubkey(),
+        Command::Gencert {
+            name,
+            cert,
+            key,
+            force,
+        } => gencert(&name, &cert, &key, force),
     };
     match result {
         Ok(code) => code,
@@ -87,6 +111,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 ),
             };
             println!("{}: valid ({summary})", path.display());
+            println!("probe certificate: {}", c.probe.identity.fingerprint());
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -94,6 +119,25 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn gencert(name: &str, cert: &Path, key: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    for path in [cert, key] {
+        if path.exists() && !force {
+            anyhow::bail!(
+                "{} exists: the other side may pin its fingerprint; use --force to replace it",
+                path.display()
+            );
+        }
+    }
+    let identity =
+        Identity::generate(name).map_err(|e| anyhow::anyhow!("generating the certificate: {e}"))?;
+    fsutil::write_atomic(key, identity.key_pem_secret().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", key.display()))?;
+    fsutil::write_atomic(cert, identity.cert_pem().as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", cert.display()))?;
+    println!("{}", identity.fingerprint());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pubkey() -> anyhow::Result<ExitCode> {
@@ -111,8 +155,11 @@ fn pubkey() -> anyhow::Result<ExitCode> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=warn"));
+    // Colours only on a terminal: journald and log files get plain text.
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

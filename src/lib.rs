@@ -6,17 +6,24 @@
 //! - [`sites`]: the hub's set of annexes;
 //! - [`tunnel`]: the boringtun device, driven through in-process UAPI;
 //! - [`netlink`]: links, addresses, routes and rules of the kernel;
+//! - [`probe`]: QUIC probing: hub responder, one prober per uplink;
+//! - [`decision`]: the failover state machine (pure, fake clock in tests);
+//! - [`failover`]: applies decisions: route switch, traffic push;
 //! - [`routing`]: what routes and rules a config needs (pure);
 //! - [`sysctl`]: forwarding and reverse-path settings, restored at stop;
 //! - [`daemon`]: `townlink run`: start-up, steady state, ordered shutdown;
+//! - [`fsutil`]: atomic file writes;
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decision;
+pub mod failover;
+pub mod fsutil;
 pub mod keys;
 pub mod netlink;
+pub mod probe;
 pub mod routing;
 pub mod sites;
 pub mod sysctl;

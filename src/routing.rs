@@ -150,6 +150,10 @@ mod tests {
                     "192.168.2.0/24".parse().unwrap(),
                 ],
                 keepalive: 25,
+                probe_port: 51821,
+                fingerprint: crate::probe::tls::Identity::generate("hub")
+                    .unwrap()
+                    .fingerprint(),
             }],
             uplinks: ["fiber", "lte"]
                 .iter()
@@ -159,8 +163,10 @@ mod tests {
                     interface: crate::config::InterfaceName::new(&format!("eth{i}")).unwrap(),
                     gateway: None,
                     priority: i as u32,
+                    metered: i == 1,
                 })
                 .collect(),
+            failover: crate::decision::Policy::default(),
         }
     }
 

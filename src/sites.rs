@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::keys::PublicKey;
+use crate::probe::tls::Fingerprint;
 
 /// A site or uplink name: used in logs, status and metric labels, so it is
 /// short and plain.
@@ -63,6 +64,9 @@ pub struct Site {
     pub address: IpAddr,
     /// Prefixes behind the site, routed to it through the tunnel.
     pub lan: Vec<IpNet>,
+    /// Fingerprint of the site's probe certificate; without it, the site's
+    /// probes are refused (it still gets its tunnel).
+    pub certificate: Option<Fingerprint>,
 }
 
 impl Site {
@@ -83,6 +87,8 @@ pub enum SiteConflict {
     PublicKey(Name),
     #[error("tunnel address {address} already used by site {site}")]
     Address { address: IpAddr, site: Name },
+    #[error("certificate already used by site {0}")]
+    Certificate(Name),
     #[error("LAN prefix {prefix} overlaps {other} of site {site}")]
     Lan {
         prefix: IpNet,
@@ -110,6 +116,9 @@ impl SiteSet {
             }
             if other.public_key == site.public_key {
                 return Err(SiteConflict::PublicKey(other.name.clone()));
+            }
+            if site.certificate.is_some() && other.certificate == site.certificate {
+                return Err(SiteConflict::Certificate(other.name.clone()));
             }
             if other.address == site.address {
                 return Err(SiteConflict::Address {
@@ -178,6 +187,7 @@ mod tests {
             public_key: key(k),
             address: addr.parse().unwrap(),
             lan: lan.iter().map(|p| p.parse().unwrap()).collect(),
+            certificate: None,
         }
     }
 

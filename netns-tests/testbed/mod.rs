@@ -244,6 +244,35 @@ pub fn write_key(path: &Path) -> PrivateKey {
 
 pub const RECORDS: &str = "10.50.0.10";
 pub const HUB_PORT: u16 = 51820;
+pub const PROBE_PORT: u16 = 51821;
+
+/// Settings of the annexes' configs that tests change.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Extra lines of `[probe]`, e.g. `metered_interval = "2s"`.
+    pub annex_probe: String,
+    /// Extra lines of `[failover]`, e.g. `holddown = "5s"`.
+    pub annex_failover: String,
+}
+
+/// Writes `NAME.crt` and `NAME.key` (mode 0600) into `dir`; returns the
+/// certificate's fingerprint.
+pub fn write_identity(dir: &Path, name: &str) -> String {
+    let id = townlink::probe::tls::Identity::generate(name).expect("certificate");
+    townlink::fsutil::write_atomic(
+        &dir.join(format!("{name}.crt")),
+        id.cert_pem().as_bytes(),
+        0o644,
+    )
+    .expect("cert");
+    townlink::fsutil::write_atomic(
+        &dir.join(format!("{name}.key")),
+        id.key_pem_secret().as_bytes(),
+        0o600,
+    )
+    .expect("key");
+    id.fingerprint().to_string()
+}
 
 /// One annex: its namespaces and addresses.
 pub struct Annex {
@@ -267,8 +296,15 @@ pub struct Wan {
 }
 
 impl Wan {
-    /// Builds the topology for `annexes` annexes and writes every config.
+    /// Builds the topology for `annexes` annexes and writes every config,
+    /// with the default settings.
     pub fn build(annexes: usize) -> Wan {
+        Wan::build_with(annexes, &Options::default())
+    }
+
+    /// Builds the topology with extra lines in the annexes' `[probe]` and
+    /// `[failover]` sections.
+    pub fn build_with(annexes: usize, options: &Options) -> Wan {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the netns tests need root (network namespaces); run them as root"
@@ -339,6 +375,7 @@ impl Wan {
         ]);
 
         let hub_key = write_key(&dir.path().join("hub.key"));
+        let hub_fp = write_identity(dir.path(), "hub-probe");
         let mut sites = String::new();
         let mut list = Vec::new();
         for n in 1..=annexes {
@@ -380,8 +417,9 @@ impl Wan {
             lan.ip(&["route", "add", "default", "via", &format!("192.168.{n}.1")]);
 
             let key = write_key(&dir.path().join(format!("annex{n}.key")));
+            let cert = write_identity(dir.path(), &format!("annex{n}-probe"));
             sites.push_str(&format!(
-                "\n[[site]]\nname = \"annex-{n}\"\npublic_key = \"{}\"\naddress = \"10.99.0.{}\"\nlan = [\"192.168.{n}.0/24\"]\n",
+                "\n[[site]]\nname = \"annex-{n}\"\npublic_key = \"{}\"\naddress = \"10.99.0.{}\"\nlan = [\"192.168.{n}.0/24\"]\ncertificate = \"{cert}\"\n",
                 key.public_key(),
                 n + 1
             ));
@@ -398,12 +436,21 @@ interface = "tl0"
 private_key_file = "annex{n}.key"
 address = "10.99.0.{addr}/24"
 
+[probe]
+certificate_file = "annex{n}-probe.crt"
+key_file = "annex{n}-probe.key"
+{probe_extra}
+
+[failover]
+{failover_extra}
+
 [[hub]]
 name = "main"
 public_key = "{hub_pub}"
 endpoint = "198.18.0.2:{HUB_PORT}"
 address = "10.99.0.1"
 routes = ["10.50.0.0/24", "192.168.0.0/16"]
+fingerprint = "{hub_fp}"
 
 [[uplink]]
 name = "fiber"
@@ -416,9 +463,12 @@ name = "lte"
 interface = "lte0"
 gateway = "100.64.{n}.1"
 priority = 1
+metered = true
 "#,
                     addr = n + 1,
-                    hub_pub = hub_key.public_key()
+                    hub_pub = hub_key.public_key(),
+                    probe_extra = options.annex_probe,
+                    failover_extra = options.annex_failover,
                 ),
             )
             .expect("annex config");
@@ -433,7 +483,7 @@ priority = 1
         std::fs::write(
             &hub_config,
             format!(
-                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n{sites}"
+                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n{sites}"
             ),
         )
         .expect("hub config");
@@ -523,4 +573,205 @@ pub fn echo_within(ns: &Netns, addr: SocketAddr, within: Duration) -> Result<Dur
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(format!("no echo from {addr} within {within:?}: {last}"))
+}
+
+/// A UDP echo server in `ns` on `addr`; runs until the process ends.
+pub fn udp_echo_server(ns: &Netns, addr: &str) -> SocketAddr {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let socket = ns
+        .run(move || std::net::UdpSocket::bind(addr))
+        .expect("bind udp echo");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// A steady stream of small UDP packets from a LAN host to an echo server,
+/// recording when each echo comes back: what a user's traffic sees.
+pub struct UdpStream {
+    echoes: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpStream {
+    /// `pps` packets per second from `ns` to `to`.
+    pub fn start(ns: &Netns, to: SocketAddr, pps: u32) -> UdpStream {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let socket = ns
+            .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+            .expect("bind stream socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let echoes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = socket.try_clone().expect("clone socket");
+        let (stop_tx, stop_rx) = (stop.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let period = Duration::from_secs(1) / pps;
+            let mut seq = 0u64;
+            let mut next = Instant::now();
+            while !stop_tx.load(Ordering::Relaxed) {
+                let _ = sender.send_to(&seq.to_be_bytes(), to);
+                seq += 1;
+                next += period;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        let record = echoes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop_rx.load(Ordering::Relaxed) {
+                if socket.recv(&mut buf).is_ok() {
+                    record.lock().expect("lock").push(Instant::now());
+                }
+            }
+        });
+        UdpStream { echoes, stop }
+    }
+
+    pub fn count(&self) -> usize {
+        self.echoes.lock().expect("lock").len()
+    }
+
+    /// Waits until at least `n` more echoes arrived (at most `within`).
+    pub fn wait_for_echoes(&self, n: usize, within: Duration) -> Result<(), String> {
+        let target = self.count() + n;
+        let deadline = Instant::now() + within;
+        while self.count() < target {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {n} echoes within {within:?}",
+                    self.count() + n - target
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The longest time without echo between `from` and the last echo,
+    /// counting from `from` itself.
+    pub fn longest_gap_since(&self, from: Instant) -> Duration {
+        let echoes = self.echoes.lock().expect("lock");
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for t in echoes.iter().filter(|t| **t >= from) {
+            longest = longest.max(t.saturating_duration_since(last));
+            last = *t;
+        }
+        longest
+    }
+
+    /// The first echo at or after `from`, if any.
+    pub fn first_echo_after(&self, from: Instant) -> Option<Instant> {
+        self.echoes
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|t| **t >= from)
+            .copied()
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// iptables rules in an isp namespace, removed on drop (or with the namespace).
+pub struct Impairment<'a> {
+    ns: &'a Netns,
+    rules: Vec<Vec<String>>,
+}
+
+impl<'a> Impairment<'a> {
+    /// Applies `match_and_target` (e.g. `["-j", "DROP"]`) to everything
+    /// forwarded to or from `iface` in `ns`.
+    pub fn new(ns: &'a Netns, iface: &str, match_and_target: &[&str]) -> Impairment<'a> {
+        let mut rules = Vec::new();
+        for dir in ["-i", "-o"] {
+            let mut rule: Vec<String> = vec!["FORWARD".into(), dir.into(), iface.into()];
+            rule.extend(match_and_target.iter().map(|s| s.to_string()));
+            let mut args = vec!["iptables", "-I"];
+            args.extend(rule.iter().map(String::as_str));
+            ns.exec(&args);
+            rules.push(rule);
+        }
+        Impairment { ns, rules }
+    }
+
+    /// Drops everything.
+    pub fn blackhole(ns: &'a Netns, iface: &str) -> Impairment<'a> {
+        Impairment::new(ns, iface, &["-j", "DROP"])
+    }
+
+    /// Drops each packet with probability `p` (each direction).
+    pub fn loss(ns: &'a Netns, iface: &str, p: f64) -> Impairment<'a> {
+        let p = format!("{p}");
+        Impairment::new(
+            ns,
+            iface,
+            &[
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+}
+
+impl Drop for Impairment<'_> {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let mut args = vec!["netns", "exec", &self.ns.name, "iptables", "-D"];
+            args.extend(rule.iter().map(String::as_str));
+            let _ = Command::new("ip").args(&args).status();
+        }
+    }
+}
+
+impl Daemon {
+    /// Waits until the log has a line containing every one of `parts`;
+    /// returns that line.
+    pub fn wait_for_log(&self, parts: &[&str], within: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log_lines(parts).into_iter().next() {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no log line with {parts:?} within {within:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every log line containing all of `parts`.
+    pub fn log_lines(&self, parts: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Annex {
+    /// The interface the tunnel's own packets leave by (table 7400).
+    pub fn tunnel_uplink(&self) -> String {
+        let routes = self.ns.ip_json(&["route", "show", "table", "7400"]);
+        routes[0]["dev"].as_str().unwrap_or_default().to_string()
+    }
 }

@@ -7,8 +7,13 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawHub, RawRouting, RawSite, RawTunnel, RawUplink};
+use std::time::Duration;
+
+use super::raw::{
+    RawConfig, RawFailover, RawHub, RawProbe, RawRouting, RawSite, RawTunnel, RawUplink,
+};
 use super::*;
+use crate::decision::{Policy, Sla};
 use crate::sites::{overlaps, Site, SiteConflict};
 
 struct Checker {
@@ -146,6 +151,34 @@ impl Checker {
             .ok()
     }
 
+    /// A file holding a secret: it must exist and be readable by its owner only.
+    fn secret_file(&mut self, path: &str, file: &Path) -> bool {
+        let shown = file.display();
+        let meta = match std::fs::metadata(file) {
+            Ok(m) => m,
+            Err(e) => {
+                self.push(
+                    path,
+                    format!("cannot read {shown}: {e}"),
+                    Some("create it (see docs/configuration.md)"),
+                );
+                return false;
+            }
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            self.push(
+                path,
+                format!(
+                    "{shown} is readable by others (mode {:04o})",
+                    meta.permissions().mode() & 0o7777
+                ),
+                Some(&format!("chmod 600 {shown}")),
+            );
+            return false;
+        }
+        true
+    }
+
     fn private_key(
         &mut self,
         path: &str,
@@ -158,30 +191,10 @@ impl Checker {
             "point to a file made by `townlink genkey > FILE` (mode 0600)",
         )?;
         let file = base.join(value);
-        let shown = file.display();
-        let meta = match std::fs::metadata(&file) {
-            Ok(m) => m,
-            Err(e) => {
-                self.push(
-                    path,
-                    format!("cannot read {shown}: {e}"),
-                    Some("create it with: umask 077; townlink genkey > FILE"),
-                );
-                return None;
-            }
-        };
-        let mut ok = true;
-        if meta.permissions().mode() & 0o077 != 0 {
-            self.push(
-                path,
-                format!(
-                    "{shown} is readable by others (mode {:04o})",
-                    meta.permissions().mode() & 0o7777
-                ),
-                Some(&format!("chmod 600 {shown}")),
-            );
-            ok = false;
+        if !self.secret_file(path, &file) {
+            return None;
         }
+        let shown = file.display();
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
@@ -190,8 +203,7 @@ impl Checker {
             }
         };
         match text.parse::<PrivateKey>() {
-            Ok(k) if ok => Some(k),
-            Ok(_) => None,
+            Ok(k) => Some(k),
             Err(e) => {
                 // Never echo the file's content: it is meant to be a secret.
                 self.push(
@@ -202,6 +214,51 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A duration such as "100ms", "20s", "5m", within bounds.
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&String>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let Some(text) = value else {
+            return Some(default);
+        };
+        let d = match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{text:?} is not a duration"),
+                    Some("write a number with a unit, e.g. \"300ms\", \"20s\", \"5m\""),
+                );
+                return None;
+            }
+        };
+        if d < min || d > max {
+            self.push(
+                path,
+                format!(
+                    "{text} is out of range {}..={}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn fingerprint(&mut self, path: &str, value: &str) -> Option<Fingerprint> {
+        value
+            .parse::<Fingerprint>()
+            .map_err(|e| self.push(path, e, None))
+            .ok()
     }
 }
 
@@ -247,6 +304,17 @@ pub fn validate(
         &mut c,
         raw.routing.as_ref().unwrap_or(&RawRouting::default()),
     );
+    let probe = match &raw.probe {
+        Some(p) => probe(&mut c, p, base, is_hub),
+        None => {
+            c.push(
+                "probe",
+                "missing section",
+                Some("add [probe] with certificate_file and key_file (made by `townlink gencert`)"),
+            );
+            None
+        }
+    };
 
     let role = match is_hub {
         Some(true) => {
@@ -255,6 +323,7 @@ pub fn validate(
                 ("lan", raw.lan.is_some()),
                 ("hub", raw.hub.is_some()),
                 ("uplink", raw.uplink.is_some()),
+                ("failover", raw.failover.is_some()),
             ] {
                 if present {
                     c.push(
@@ -279,10 +348,11 @@ pub fn validate(
         None => None,
     };
 
-    match (tunnel, role) {
-        (Some(tunnel), Some(role)) if c.problems.is_empty() => Ok(Config {
+    match (tunnel, probe, role) {
+        (Some(tunnel), Some(probe), Some(role)) if c.problems.is_empty() => Ok(Config {
             tunnel,
             routing,
+            probe,
             role,
         }),
         _ => {
@@ -445,11 +515,16 @@ fn site(c: &mut Checker, i: usize, s: &RawSite, tunnel: &TunnelFacts) -> Option<
         in_tunnel_network(c, &p("address"), a, t);
     }
     let lan = c.prefixes(&p("lan"), s.lan.as_ref(), tunnel.address);
+    let certificate = match &s.certificate {
+        None => Some(None),
+        Some(f) => c.fingerprint(&p("certificate"), f).map(Some),
+    };
     Some(Site {
         name: name?,
         public_key: public_key?,
         address: address?,
         lan,
+        certificate: certificate?,
     })
 }
 
@@ -560,6 +635,8 @@ fn annex(
         );
     }
 
+    let failover = failover(c, raw.failover.as_ref().unwrap_or(&RawFailover::default()));
+
     let hubs: Option<Vec<HubPeer>> = hubs.into_iter().collect();
     let uplinks: Option<Vec<Uplink>> = uplinks.into_iter().collect();
     Some(AnnexConfig {
@@ -567,6 +644,156 @@ fn annex(
         lan,
         hubs: hubs.filter(|h| !h.is_empty())?,
         uplinks: uplinks.filter(|u| !u.is_empty())?,
+        failover: failover?,
+    })
+}
+
+fn probe(c: &mut Checker, p: &RawProbe, base: &Path, is_hub: Option<bool>) -> Option<ProbeConfig> {
+    let cert = c.required(
+        "probe.certificate_file",
+        p.certificate_file.as_ref(),
+        "the certificate made by `townlink gencert` (PEM)",
+    );
+    let key = c.required(
+        "probe.key_file",
+        p.key_file.as_ref(),
+        "the certificate's key made by `townlink gencert` (PEM, mode 0600)",
+    );
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (base.join(cert), base.join(key));
+            if c.secret_file("probe.key_file", &key) {
+                Identity::load(&cert, &key)
+                    .map_err(|e| {
+                        c.push("probe", e, Some("make a new pair with `townlink gencert`"))
+                    })
+                    .ok()
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    let listen_port = match (p.listen_port, is_hub) {
+        (Some(_), Some(false)) => {
+            c.push(
+                "probe.listen_port",
+                "is a hub setting",
+                Some("an annex sets hub[0].probe_port"),
+            );
+            None
+        }
+        (Some(port), _) => c.int::<u16>("probe.listen_port", port, 1, 65535),
+        (None, _) => Some(DEFAULT_PROBE_PORT),
+    };
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    let interval = c.duration(
+        "probe.interval",
+        p.interval.as_ref(),
+        ProbeConfig::DEFAULT_INTERVAL,
+        ms(20),
+        s(10),
+    );
+    let standby_interval = c.duration(
+        "probe.standby_interval",
+        p.standby_interval.as_ref(),
+        ProbeConfig::DEFAULT_STANDBY_INTERVAL,
+        ms(20),
+        s(60),
+    );
+    let metered_interval = c.duration(
+        "probe.metered_interval",
+        p.metered_interval.as_ref(),
+        ProbeConfig::DEFAULT_METERED_INTERVAL,
+        ms(20),
+        s(60),
+    );
+    let timeout = c.duration(
+        "probe.timeout",
+        p.timeout.as_ref(),
+        ProbeConfig::DEFAULT_TIMEOUT,
+        ms(20),
+        s(10),
+    );
+    Some(ProbeConfig {
+        identity: identity?,
+        listen_port: listen_port?,
+        interval: interval?,
+        standby_interval: standby_interval?,
+        metered_interval: metered_interval?,
+        timeout: timeout?,
+    })
+}
+
+fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
+    let d = Policy::default();
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    let down_after_lost = f.down_after_lost.map_or(Some(d.down_after_lost), |n| {
+        c.int("failover.down_after_lost", n, 1, 100)
+    });
+    let holddown = c.duration(
+        "failover.holddown",
+        f.holddown.as_ref(),
+        d.holddown,
+        s(0),
+        s(3600),
+    );
+    let window = c.duration(
+        "failover.sla_window",
+        f.sla_window.as_ref(),
+        d.sla.window,
+        ms(500),
+        s(600),
+    );
+    let min_samples = f.sla_min_samples.map_or(Some(d.sla.min_samples), |n| {
+        c.int("failover.sla_min_samples", n, 1, 10_000)
+    });
+    let max_loss = match f.max_loss {
+        None => Some(d.sla.max_loss),
+        Some(l) if (0.0..=1.0).contains(&l) => Some(l),
+        Some(l) => {
+            c.push(
+                "failover.max_loss",
+                format!("{l} is not a ratio from 0 to 1"),
+                Some("e.g. max_loss = 0.10 for 10 %"),
+            );
+            None
+        }
+    };
+    let max_rtt = c.duration(
+        "failover.max_rtt",
+        f.max_rtt.as_ref(),
+        d.sla.max_rtt,
+        ms(1),
+        s(60),
+    );
+    let max_jitter = c.duration(
+        "failover.max_jitter",
+        f.max_jitter.as_ref(),
+        d.sla.max_jitter,
+        ms(1),
+        s(60),
+    );
+    let sustain = c.duration(
+        "failover.sla_sustain",
+        f.sla_sustain.as_ref(),
+        d.sla.sustain,
+        s(0),
+        s(600),
+    );
+    Some(Policy {
+        down_after_lost: down_after_lost?,
+        sla: Sla {
+            window: window?,
+            min_samples: min_samples?,
+            max_loss: max_loss?,
+            max_rtt: max_rtt?,
+            max_jitter: max_jitter?,
+            sustain: sustain?,
+        },
+        holddown: holddown?,
     })
 }
 
@@ -601,6 +828,16 @@ fn hub_peer(
     if let (Some(a), Some(t)) = (address, tunnel.address) {
         in_tunnel_network(c, &p("address"), a, t);
     }
+    let probe_port = h.probe_port.map_or(Some(DEFAULT_PROBE_PORT), |v| {
+        c.int(&p("probe_port"), v, 1, 65535)
+    });
+    let fingerprint = c
+        .required(
+            &p("fingerprint"),
+            h.fingerprint.as_ref(),
+            "the hub's probe certificate fingerprint, printed by `townlink gencert` on the hub",
+        )
+        .and_then(|f| c.fingerprint(&p("fingerprint"), f));
     let routes = c.prefixes(&p("routes"), h.routes.as_ref(), None);
     for (j, r) in routes.iter().enumerate() {
         if let Some(l) = lan.iter().find(|l| l.contains(r)) {
@@ -621,6 +858,8 @@ fn hub_peer(
         address: address?,
         routes,
         keepalive: keepalive?,
+        probe_port: probe_port?,
+        fingerprint: fingerprint?,
     })
 }
 
@@ -640,5 +879,6 @@ fn uplink(c: &mut Checker, i: usize, u: &RawUplink) -> Option<Uplink> {
         interface: interface?,
         gateway: gateway?,
         priority: priority?,
+        metered: u.metered.unwrap_or(false),
     })
 }

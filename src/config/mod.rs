@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+use crate::decision::Policy;
 use crate::keys::{PrivateKey, PublicKey};
+use crate::probe::tls::{Fingerprint, Identity};
 use crate::sites::{Name, SiteSet};
 
 pub use check::validate;
@@ -30,13 +32,40 @@ pub const DEFAULT_RULE_PRIORITY: u32 = 7400;
 pub const DEFAULT_KEEPALIVE: u16 = 25;
 /// Default number of boringtun worker threads (see `docs/performance.md`).
 pub const DEFAULT_THREADS: usize = 1;
+/// Default UDP port of the hub's QUIC probe responder.
+pub const DEFAULT_PROBE_PORT: u16 = 51821;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub tunnel: TunnelConfig,
     pub routing: RoutingConfig,
+    pub probe: ProbeConfig,
     pub role: Role,
+}
+
+/// The probing channel: this router's certificate, and (annex) the rates.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub identity: Identity,
+    /// Hub: the UDP port of the responder.
+    pub listen_port: u16,
+    /// Probe interval on the active uplink (and on every uplink while the
+    /// active one is not up).
+    pub interval: std::time::Duration,
+    /// On a standby uplink that is not metered.
+    pub standby_interval: std::time::Duration,
+    /// On a standby uplink with `metered = true` (4G).
+    pub metered_interval: std::time::Duration,
+    /// A probe without echo within this time is lost.
+    pub timeout: std::time::Duration,
+}
+
+impl ProbeConfig {
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    pub const DEFAULT_STANDBY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+    pub const DEFAULT_METERED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +128,7 @@ pub struct AnnexConfig {
     pub hubs: Vec<HubPeer>,
     /// Uplinks in file order; the index defines the uplink's table and mark.
     pub uplinks: Vec<Uplink>,
+    pub failover: Policy,
 }
 
 impl AnnexConfig {
@@ -123,6 +153,10 @@ pub struct HubPeer {
     /// Prefixes reached through this hub (records server, other annexes).
     pub routes: Vec<IpNet>,
     pub keepalive: u16,
+    /// UDP port of the hub's probe responder (same host as `endpoint`).
+    pub probe_port: u16,
+    /// The hub's probe certificate, pinned.
+    pub fingerprint: Fingerprint,
 }
 
 impl HubPeer {
@@ -142,6 +176,8 @@ pub struct Uplink {
     /// point-to-point link (route scope link).
     pub gateway: Option<IpAddr>,
     pub priority: u32,
+    /// Billed by volume (4G): probed at `probe.metered_interval` on standby.
+    pub metered: bool,
 }
 
 /// A Linux interface name (at most 15 bytes, no '/', no white space).

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub lan: Option<Vec<String>>,
     pub tunnel: Option<RawTunnel>,
     pub routing: Option<RawRouting>,
+    pub probe: Option<RawProbe>,
+    pub failover: Option<RawFailover>,
     pub hub: Option<Vec<RawHub>>,
     pub uplink: Option<Vec<RawUplink>>,
     pub site: Option<Vec<RawSite>>,
@@ -35,6 +37,29 @@ pub struct RawRouting {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct RawProbe {
+    pub certificate_file: Option<String>,
+    pub key_file: Option<String>,
+    pub listen_port: Option<i64>,
+    pub interval: Option<String>,
+    pub standby_interval: Option<String>,
+    pub metered_interval: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFailover {
+    pub down_after_lost: Option<i64>,
+    pub holddown: Option<String>,
+    pub sla_window: Option<String>,
+    pub sla_min_samples: Option<i64>,
+    pub max_loss: Option<f64>,
+    pub max_rtt: Option<String>,
+    pub max_jitter: Option<String>,
+    pub sla_sustain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawHub {
     pub name: Option<String>,
     pub public_key: Option<String>,
@@ -42,6 +67,8 @@ pub struct RawHub {
     pub address: Option<String>,
     pub routes: Option<Vec<String>>,
     pub keepalive: Option<i64>,
+    pub probe_port: Option<i64>,
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +77,7 @@ pub struct RawUplink {
     pub interface: Option<String>,
     pub gateway: Option<String>,
     pub priority: Option<i64>,
+    pub metered: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,4 +86,5 @@ pub struct RawSite {
     pub public_key: Option<String>,
     pub address: Option<String>,
     pub lan: Option<Vec<String>>,
+    pub certificate: Option<String>,
 }

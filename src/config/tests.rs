@@ -1,14 +1,35 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+use crate::probe::tls::Identity;
 
-/// A directory with a private key file `k.key` (mode 0600).
+/// A directory with a private key file `k.key` (mode 0600) and a probe
+/// certificate `p.crt` with its key `p.key`.
 fn dir_with_key() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.key");
     std::fs::write(&key, PrivateKey::generate().to_base64_secret()).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let id = Identity::generate("test").unwrap();
+    crate::fsutil::write_atomic(&dir.path().join("p.crt"), id.cert_pem().as_bytes(), 0o644)
+        .unwrap();
+    crate::fsutil::write_atomic(
+        &dir.path().join("p.key"),
+        id.key_pem_secret().as_bytes(),
+        0o600,
+    )
+    .unwrap();
     dir
+}
+
+/// The `[probe]` section pointing at `dir_with_key`'s files.
+const PROBE: &str = "[probe]\ncertificate_file = \"p.crt\"\nkey_file = \"p.key\"\n";
+
+/// Replaces the example files' absolute paths by `dir_with_key`'s files.
+fn localize(text: &str) -> String {
+    text.replace("/etc/townlink/private.key", "k.key")
+        .replace("/etc/townlink/probe.crt", "p.crt")
+        .replace("/etc/townlink/probe.key", "p.key")
 }
 
 /// Parses an example file from `config/`, pointing its key file at `dir`.
@@ -19,7 +40,7 @@ fn example(name: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
             .join(name),
     )
     .unwrap();
-    parse(&text.replace("/etc/townlink/private.key", "k.key"), dir)
+    parse(&localize(&text), dir)
 }
 
 fn paths(problems: &[Problem]) -> Vec<&str> {
@@ -55,10 +76,10 @@ fn unknown_keys_are_reported_with_their_path() {
     let dir = dir_with_key();
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
-            .unwrap()
-            .replace("/etc/townlink/private.key", "k.key")
-            .replace("priority = 1\n", "priority = 1\ngatway = \"1.2.3.4\"\n")
-            .replace("[tunnel]\n", "[tunnel]\nmtuu = 1400\n");
+            .unwrap();
+    let text = localize(&text)
+        .replace("priority = 1\n", "priority = 1\ngatway = \"1.2.3.4\"\n")
+        .replace("[tunnel]\n", "[tunnel]\nmtuu = 1400\n");
     let problems = parse(&text, dir.path()).unwrap_err();
     assert_eq!(paths(&problems), vec!["tunnel.mtuu", "uplink[1].gatway"]);
     assert!(problems.iter().all(|p| p.message == "unknown key"));
@@ -102,6 +123,7 @@ interface = "tl0"
 private_key_file = "k.key"
 address = "10.99.0.1/24"
 listen_port = 51820
+{PROBE}
 [[site]]
 name = "a"
 public_key = "{other}"
@@ -166,9 +188,12 @@ lan = ["192.168.1.7/24", "10.99.0.0/25"]
 #[test]
 fn missing_everything_is_listed_at_once() {
     let problems = parse("role = \"annex\"\n", Path::new(".")).unwrap_err();
-    assert_eq!(paths(&problems), vec!["tunnel", "name", "hub", "uplink"]);
+    assert_eq!(
+        paths(&problems),
+        vec!["tunnel", "probe", "name", "hub", "uplink"]
+    );
     let problems = parse("", Path::new(".")).unwrap_err();
-    assert_eq!(paths(&problems), vec!["role", "tunnel"]);
+    assert_eq!(paths(&problems), vec!["role", "tunnel", "probe"]);
 }
 
 #[test]
@@ -180,7 +205,7 @@ fn missing_key_file_and_hub_listen_port() {
     .unwrap_err();
     assert_eq!(
         paths(&problems),
-        vec!["tunnel.private_key_file", "tunnel.listen_port"]
+        vec!["tunnel.private_key_file", "tunnel.listen_port", "probe"]
     );
     assert!(problems[0].message.contains("/nonexistent/nope.key"));
 }
@@ -196,7 +221,7 @@ fn key_file_content_is_never_echoed() {
         dir.path(),
     )
     .unwrap_err();
-    assert_eq!(paths(&problems), vec!["tunnel.private_key_file"]);
+    assert_eq!(paths(&problems), vec!["tunnel.private_key_file", "probe"]);
     assert!(!problems[0].to_string().contains("SECRET"));
 }
 

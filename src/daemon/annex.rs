@@ -2,41 +2,29 @@
 //! and the handshake keeper that pushes traffic into the tunnel whenever
 //! the session with the hub is missing (boringtun trap 7).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::Installed;
 use crate::config::{AnnexConfig, Config, HubPeer};
+use crate::decision::Engine;
+use crate::failover::Failover;
+use crate::probe::prober::{self, ProbeCounters, ProberSpec};
+use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
 use crate::sysctl;
-use crate::tunnel::{PeerConfig, Tunnel};
+use crate::tunnel::{self, PeerConfig, Tunnel};
+use tokio::sync::{mpsc, watch};
 
 /// How often the handshake keeper looks at the tunnel.
 const KEEPER_PERIOD: Duration = Duration::from_secs(2);
 /// A session older than this is about to be rejected (WireGuard's
 /// REJECT_AFTER_TIME is 180 s; rekeying starts at 120 s): push traffic.
 const STALE_HANDSHAKE: Duration = Duration::from_secs(135);
-/// The UDP port of the datagram pushed into the tunnel (discard).
-const KICK_PORT: u16 = 9;
-
-/// Sends one datagram to the hub through the tunnel, so that boringtun
-/// starts a handshake (it sends none on its own when a peer is added or
-/// after a route change).
-pub fn kick(hub: IpAddr) {
-    let bind: SocketAddr = match hub {
-        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
-    };
-    let sent = UdpSocket::bind(bind).and_then(|s| s.send_to(b"townlink", (hub, KICK_PORT)));
-    if let Err(e) = sent {
-        tracing::warn!(hub = %hub, error = %e, "could not push traffic into the tunnel");
-    }
-}
-
 /// The next hop of every uplink: from the config, else learned from the kernel.
 async fn next_hops(
     annex: &AnnexConfig,
@@ -135,12 +123,78 @@ pub(super) async fn start(
         .expect("tunnel is created before the role starts");
     tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
     tracing::info!(hub = %hub.name, endpoint = %endpoint, "hub peer added");
-    kick(hub.address);
+    tunnel::push_traffic(hub.address);
     installed.tasks.spawn(keep_handshake(
         tunnel.clone(),
         hub.clone(),
         installed.stop.clone(),
     ));
+    start_failover(config, annex, installed, endpoint, hops, active, ipv6)?;
+    Ok(())
+}
+
+/// One prober per uplink, and the failover task they report to.
+fn start_failover(
+    config: &Config,
+    annex: &AnnexConfig,
+    installed: &mut Installed,
+    endpoint: SocketAddr,
+    hops: Vec<NextHop>,
+    active: usize,
+    ipv6: bool,
+) -> anyhow::Result<()> {
+    let hub = &annex.hubs[0];
+    let crypto = tls::client_config(&config.probe.identity, hub.fingerprint)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?,
+    ));
+    client.transport_config(Arc::new(responder::transport()));
+    let probe_addr = SocketAddr::new(endpoint.ip(), hub.probe_port);
+    let clock = Instant::now();
+    let (samples_tx, samples_rx) = mpsc::channel(1024);
+    let mut intervals = Vec::new();
+    for (i, up) in annex.uplinks.iter().enumerate() {
+        let (tx, rx) = watch::channel(config.probe.interval);
+        intervals.push(tx);
+        let spec = ProberSpec {
+            uplink: i,
+            name: up.name.to_string(),
+            interface: up.interface.to_string(),
+            fwmark: config.routing.uplink_fwmark(i),
+            hub: probe_addr,
+            client: client.clone(),
+            timeout: config.probe.timeout,
+        };
+        installed.tasks.spawn(prober::run(
+            spec,
+            rx,
+            samples_tx.clone(),
+            Arc::new(ProbeCounters::default()),
+            clock,
+            installed.stop.clone(),
+        ));
+    }
+    let names: Vec<(String, u32)> = annex
+        .uplinks
+        .iter()
+        .map(|u| (u.name.to_string(), u.priority))
+        .collect();
+    let engine = Engine::new(annex.failover, &names, active);
+    let failover = Failover {
+        net: installed.net.clone(),
+        routing: config.routing,
+        hops,
+        names: names.into_iter().map(|(n, _)| n).collect(),
+        metered: annex.uplinks.iter().map(|u| u.metered).collect(),
+        ipv6,
+        hub_address: hub.address,
+        probe: config.probe.clone(),
+        intervals,
+    };
+    installed
+        .tasks
+        .spawn(failover.run(engine, samples_rx, clock, installed.stop.clone()));
+    tracing::info!(hub = %probe_addr, uplinks = annex.uplinks.len(), "probing the hub over every uplink");
     Ok(())
 }
 
@@ -178,7 +232,7 @@ pub(super) async fn keep_handshake(tunnel: Arc<Tunnel>, hub: HubPeer, stop: Canc
             }
         }
         if !fresh {
-            kick(hub.address);
+            tunnel::push_traffic(hub.address);
         }
     }
 }

@@ -20,6 +20,25 @@ use tokio::sync::Mutex;
 use crate::keys::{PrivateKey, PublicKey};
 pub use uapi::{DeviceStatus, PeerConfig, PeerStatus};
 
+/// The UDP port of the datagram pushed into the tunnel (discard).
+const PUSH_PORT: u16 = 9;
+
+/// Sends one datagram to `to` (an address routed into the tunnel), so that
+/// boringtun starts a handshake, or so that the peer sees our new source
+/// address after a route change (WireGuard roaming). boringtun sends
+/// nothing on its own in either case (trap 7).
+pub fn push_traffic(to: std::net::IpAddr) {
+    let bind: std::net::SocketAddr = match to {
+        std::net::IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        std::net::IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    let sent =
+        std::net::UdpSocket::bind(bind).and_then(|s| s.send_to(b"townlink", (to, PUSH_PORT)));
+    if let Err(e) = sent {
+        tracing::warn!(to = %to, error = %e, "could not push traffic into the tunnel");
+    }
+}
+
 /// How long one UAPI request may take before the device is declared hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 

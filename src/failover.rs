@@ -1,0 +1,134 @@
+//! Applies the decision engine's choices on an annex.
+//!
+//! Feeds the probers' samples and a regular tick to the [`Engine`]; on a
+//! decision, replaces the default route of the tunnel's table (one netlink
+//! message) and pushes traffic through the tunnel at once, so that the hub
+//! learns the new endpoint (WireGuard roaming; the annex never changes the
+//! peer's endpoint). Also sets each prober's rate: fast on the active
+//! uplink (and on all of them while the active one is not up), slow on a
+//! standby one, slower still on a metered one.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ProbeConfig, RoutingConfig};
+use crate::decision::{Decision, Engine, Health, Sample};
+use crate::netlink::Netlink;
+use crate::routing::{self, NextHop};
+use crate::tunnel;
+
+/// How often time alone is given to the engine (hold-downs, sustained SLA violations).
+const TICK: Duration = Duration::from_millis(50);
+
+/// What the failover task needs besides the engine.
+pub struct Failover {
+    pub net: Netlink,
+    pub routing: RoutingConfig,
+    pub hops: Vec<NextHop>,
+    pub names: Vec<String>,
+    pub metered: Vec<bool>,
+    pub ipv6: bool,
+    /// The hub's tunnel address: where traffic is pushed after a switch.
+    pub hub_address: IpAddr,
+    pub probe: ProbeConfig,
+    /// One per uplink: the interval its prober uses.
+    pub intervals: Vec<watch::Sender<Duration>>,
+}
+
+impl Failover {
+    fn set_rates(&self, engine: &Engine) {
+        let active = engine.active();
+        let urgent = engine.quality(active).health != Health::Up;
+        for (i, tx) in self.intervals.iter().enumerate() {
+            let interval = if i == active || urgent {
+                self.probe.interval
+            } else if self.metered[i] {
+                self.probe.metered_interval
+            } else {
+                self.probe.standby_interval
+            };
+            tx.send_if_modified(|current| {
+                let changed = *current != interval;
+                *current = interval;
+                changed
+            });
+        }
+    }
+
+    /// Points the tunnel's table at uplink `to`; true when the kernel took it.
+    async fn route_to(&self, to: usize) -> bool {
+        let route = routing::tunnel_uplink_route(&self.routing, &self.hops[to], self.ipv6);
+        match self.net.replace_route(&route).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(uplink = %self.names[to], error = %e, "cannot switch the tunnel's route; will retry");
+                false
+            }
+        }
+    }
+
+    async fn apply(&self, d: &Decision) -> bool {
+        let started = Instant::now();
+        let ok = self.route_to(d.to).await;
+        if ok {
+            tunnel::push_traffic(self.hub_address);
+        }
+        tracing::warn!(
+            from = %self.names[d.from],
+            to = %self.names[d.to],
+            class = d.class.as_str(),
+            reason = %d.reason,
+            switch_ms = started.elapsed().as_secs_f64() * 1000.0,
+            applied = ok,
+            "failover"
+        );
+        ok
+    }
+
+    /// Runs until `stop` (or until every prober is gone).
+    pub async fn run(
+        self,
+        mut engine: Engine,
+        mut samples: mpsc::Receiver<Sample>,
+        clock: Instant,
+        stop: CancellationToken,
+    ) {
+        let mut routed = engine.active();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.set_rates(&engine);
+        loop {
+            let decision = tokio::select! {
+                _ = stop.cancelled() => return,
+                s = samples.recv() => match s {
+                    Some(s) => engine.observe(clock.elapsed(), s),
+                    None => return,
+                },
+                _ = tick.tick() => engine.tick(clock.elapsed()),
+            };
+            for c in engine.take_changes() {
+                tracing::info!(
+                    uplink = %self.names[c.uplink],
+                    from = c.from.as_str(),
+                    to = c.to.as_str(),
+                    reason = %c.reason,
+                    "uplink state"
+                );
+            }
+            if let Some(d) = decision {
+                if self.apply(&d).await {
+                    routed = d.to;
+                }
+            } else if routed != engine.active() && self.route_to(engine.active()).await {
+                // An earlier switch failed in the kernel: retried on every event.
+                routed = engine.active();
+                tunnel::push_traffic(self.hub_address);
+                tracing::info!(uplink = %self.names[routed], "tunnel route switched on retry");
+            }
+            self.set_rates(&engine);
+        }
+    }
+}

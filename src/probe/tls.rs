@@ -1,0 +1,398 @@
+//! Certificates of the probing channel, and mutual authentication by
+//! pinned SHA-256 fingerprints.
+//!
+//! Each router has a self-signed certificate (`townlink gencert`). The annex
+//! pins the hub's certificate by its fingerprint; the hub accepts an annex
+//! whose certificate fingerprint is registered for a site. Validity dates
+//! are not checked: a router without a real-time clock may boot years in
+//! the past, and a pinned key needs no dates. Both sides still verify the
+//! TLS handshake signature, so a stolen certificate without its key is of
+//! no use.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::sites::Name;
+
+/// The ALPN protocol of the probing channel.
+pub const ALPN: &[u8] = b"townlink-probe/1";
+/// The server name the annex asks for (not checked: the certificate is pinned).
+pub const SERVER_NAME: &str = "townlink-hub";
+
+/// SHA-256 of a certificate's DER encoding, shown as `sha256:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Fingerprint(bytes)
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = String;
+    /// Accepts `sha256:` + 64 hex digits, with or without the prefix and colons.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex: String = s
+            .trim()
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        let bad =
+            || "expected sha256:<64 hex digits>, as printed by `townlink gencert`".to_string();
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Fingerprint(bytes))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A certificate and its private key, as loaded from PEM files.
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({}, key: <redacted>)", self.fingerprint())
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+
+    /// A new self-signed certificate (ECDSA P-256) for `name`.
+    pub fn generate(name: &str) -> Result<Identity, String> {
+        let certified = rcgen::generate_simple_self_signed(vec![name.to_string()])
+            .map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| e.to_string())?;
+        Ok(Identity {
+            cert: certified.cert.der().clone(),
+            key,
+        })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", self.cert.as_ref())
+    }
+
+    /// The private key in PKCS#8 PEM. The caller must not log it.
+    pub fn key_pem_secret(&self) -> String {
+        pem("PRIVATE KEY", self.key.secret_der())
+    }
+
+    /// Loads a certificate file and its key file (PEM).
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Identity, String> {
+        let cert = CertificateDer::from_pem_file(cert_file)
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", cert_file.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| format!("{}: not a PEM private key: {e}", key_file.display()))?;
+        let identity = Identity { cert, key };
+        // The pair must match: sign with the key, check with the certificate.
+        let provider = provider();
+        let signer = provider
+            .key_provider
+            .load_private_key(identity.key.clone_key())
+            .map_err(|e| format!("{}: unusable private key: {e}", key_file.display()))?;
+        let certified = rustls::sign::CertifiedKey::new(vec![identity.cert.clone()], signer);
+        certified.keys_match().map_err(|_| {
+            format!(
+                "{} and {} do not belong together (generate both with `townlink gencert`)",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+        Ok(identity)
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The fingerprints the hub accepts, each with its site. Shared with the
+/// code that adds and removes sites at run time.
+#[derive(Debug, Default)]
+pub struct AllowedSites {
+    by_fingerprint: RwLock<HashMap<Fingerprint, Name>>,
+}
+
+impl AllowedSites {
+    pub fn set(&self, sites: impl IntoIterator<Item = (Fingerprint, Name)>) {
+        let mut map = self
+            .by_fingerprint
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *map = sites.into_iter().collect();
+    }
+
+    pub fn site(&self, fp: &Fingerprint) -> Option<Name> {
+        self.by_fingerprint
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(fp)
+            .cloned()
+    }
+}
+
+/// The hub's check of an annex: its certificate's fingerprint is registered.
+#[derive(Debug)]
+struct SiteVerifier {
+    allowed: Arc<AllowedSites>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for SiteVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.allowed.site(&Fingerprint::of(end_entity)) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The annex's check of the hub: its certificate is the pinned one.
+#[derive(Debug)]
+struct PinnedHub {
+    pinned: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedHub {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of(end_entity) == self.pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// TLS 1.3 server config of the hub's responder.
+pub fn server_config(
+    identity: &Identity,
+    allowed: Arc<AllowedSites>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = provider();
+    let verifier = Arc::new(SiteVerifier {
+        allowed,
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// TLS 1.3 client config of an annex's prober.
+pub fn client_config(
+    identity: &Identity,
+    hub: Fingerprint,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedHub {
+        pinned: hub,
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_round_trip_and_accept_colons() {
+        let id = Identity::generate("annex-1").unwrap();
+        let fp = id.fingerprint();
+        let shown = fp.to_string();
+        assert!(shown.starts_with("sha256:") && shown.len() == 7 + 64);
+        assert_eq!(shown.parse::<Fingerprint>().unwrap(), fp);
+        let colons: String = shown.as_bytes()[7..]
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(colons.parse::<Fingerprint>().unwrap(), fp);
+        assert!("sha256:1234".parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn pem_files_load_and_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::generate("a").unwrap();
+        let b = Identity::generate("b").unwrap();
+        let write = |n: &str, t: String| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, t).unwrap();
+            p
+        };
+        let (ac, ak, bk) = (
+            write("a.crt", a.cert_pem()),
+            write("a.key", a.key_pem_secret()),
+            write("b.key", b.key_pem_secret()),
+        );
+        assert_eq!(
+            Identity::load(&ac, &ak).unwrap().fingerprint(),
+            a.fingerprint()
+        );
+        let err = Identity::load(&ac, &bk).unwrap_err();
+        assert!(err.contains("do not belong together"), "{err}");
+        assert!(Identity::load(&ak, &ak)
+            .unwrap_err()
+            .contains("not a PEM certificate"));
+        assert!(!format!("{a:?}").contains("PRIVATE"));
+    }
+}
