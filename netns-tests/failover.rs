@@ -24,6 +24,11 @@ fn running(options: &Options) -> (Wan, UdpStream) {
     let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
     stream.wait_for_echoes(50, Duration::from_secs(20)).unwrap();
     assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    // Start-up alone switches nothing, whichever uplink answered first.
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
     (wan, stream)
 }
 
@@ -43,10 +48,7 @@ fn fiber_blackhole_moves_traffic_to_4g_behind_nat() {
     assert!(gap < Duration::from_secs(3), "gap {gap:?}");
     assert_eq!(wan.annex(1).tunnel_uplink(), "lte0");
     let line = annex
-        .wait_for_log(
-            &["failover", "from=fiber", "to=lte"],
-            Duration::from_secs(1),
-        )
+        .wait_for_log(&["failover from=fiber", "to=lte"], Duration::from_secs(1))
         .unwrap();
     assert!(line.contains("fiber: 4 probes lost in"), "{line}");
 
@@ -64,5 +66,152 @@ fn fiber_blackhole_moves_traffic_to_4g_behind_nat() {
         )
         .unwrap();
     eprintln!("hub: {seen}");
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+/// Polls the tunnel's uplink every 50 ms until it is `iface`; returns when.
+fn wait_for_uplink(wan: &Wan, iface: &str, within: Duration) -> Result<Instant, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if wan.annex(1).tunnel_uplink() == iface {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("tunnel not on {iface} within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fiber_restored_returns_once_after_the_holddown() {
+    let (wan, stream) = running(&Options::default());
+    let annex = &wan.daemons[1];
+    let fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
+    wait_for_uplink(&wan, "lte0", Duration::from_secs(10)).unwrap();
+    drop(fiber_down);
+    let restored = Instant::now();
+    // Default hold-down: 10 s of continuous health, after the SLA window
+    // (5 s) has forgotten the outage.
+    let back = wait_for_uplink(&wan, "fiber0", Duration::from_secs(40)).unwrap();
+    let after = back - restored;
+    eprintln!("back on fiber {after:?} after the restore");
+    assert!(
+        after >= Duration::from_secs(10),
+        "returned before the hold-down: {after:?}"
+    );
+    // Exactly once: stay on fiber, one switch each way.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    let switches = annex.log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(
+        switches[1].contains("from=lte") && switches[1].contains("to=fiber"),
+        "{}",
+        switches[1]
+    );
+    assert!(
+        switches[1].contains("class=\"recovered\""),
+        "{}",
+        switches[1]
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn two_percent_loss_on_fiber_does_not_switch() {
+    let (wan, stream) = running(&Options::default());
+    let annex = &wan.daemons[1];
+    let lossy = Impairment::loss(&wan.isp_fiber, "a1", 0.02);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        assert_eq!(
+            wan.annex(1).tunnel_uplink(),
+            "fiber0",
+            "switched after {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(lossy);
+    assert_eq!(annex.log_lines(&["failover from="]), Vec::<String>::new());
+    assert_eq!(
+        annex.log_lines(&["uplink state", "uplink=fiber", "to=\"down\""]),
+        Vec::<String>::new()
+    );
+    // Losses were really applied and seen: the stream lost some echoes.
+    let received = stream.count();
+    assert!(received < 50 * 60 + 50, "no loss seen? {received} echoes");
+}
+
+#[test]
+fn brownout_by_loss_switches_to_4g() {
+    let (wan, _stream) = running(&Options::default());
+    let annex = &wan.daemons[1];
+    let cut = Instant::now();
+    let _lossy = Impairment::loss(&wan.isp_fiber, "a1", 0.30);
+    let switched = wait_for_uplink(&wan, "lte0", Duration::from_secs(20)).unwrap();
+    eprintln!("switched {:?} after 30 % loss began", switched - cut);
+    // One switch, the brownout (no start-up flap before it).
+    let switches = annex.log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 1, "{switches:#?}");
+    assert!(
+        switches[0].contains("failover from=fiber to=lte"),
+        "{}",
+        switches[0]
+    );
+    eprintln!("{}", switches[0]);
+}
+
+#[test]
+fn both_down_then_4g_back_recovers_without_restart() {
+    let (wan, stream) = running(&Options::default());
+    let annex = &wan.daemons[1];
+    let pid = annex.pid();
+    let fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
+    let lte_down = Impairment::blackhole(&wan.isp_4g, "a1");
+    std::thread::sleep(Duration::from_secs(20));
+    let before = stream.count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stream.count(),
+        before,
+        "traffic flowed with both uplinks down?"
+    );
+    drop(lte_down);
+    let back = Instant::now();
+    stream.wait_for_echoes(50, Duration::from_secs(30)).unwrap();
+    let resumed = stream.first_echo_after(back).unwrap() - back;
+    eprintln!("traffic resumed {resumed:?} after 4G came back");
+    assert_eq!(wan.annex(1).tunnel_uplink(), "lte0");
+    assert_eq!(annex.pid(), pid, "same daemon");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon still running"
+    );
+    drop(fiber_down);
+}
+
+#[test]
+fn standby_4g_down_is_reported_without_switch() {
+    // A faster metered interval than the default 20 s, so that the four
+    // lost probes that make the 4G down take seconds, not a minute.
+    let options = Options {
+        annex_probe: "metered_interval = \"1s\"".into(),
+        ..Options::default()
+    };
+    let (wan, stream) = running(&options);
+    let annex = &wan.daemons[1];
+    let _lte_down = Impairment::blackhole(&wan.isp_4g, "a1");
+    let line = annex
+        .wait_for_log(
+            &["uplink state", "uplink=lte", "to=\"down\""],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(line.contains("lte: 4 probes lost"), "{line}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(annex.log_lines(&["failover from="]), Vec::<String>::new());
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
 }

@@ -447,11 +447,10 @@ impl Engine {
                     current.name
                 ),
             ),
-            Some(best) if current.health == Health::Unknown => (
-                best,
-                ReasonClass::Dead,
-                format!("{}: never answered", current.name),
-            ),
+            // The active uplink is not judged yet (start-up): a standby that
+            // answered first is no reason to leave it. Four lost probes
+            // make it down soon enough if it is dead.
+            Some(_) if current.health == Health::Unknown => return None,
             Some(best) => (best, current.down_reason.0, current.down_reason.1.clone()),
             // Nothing is up: an uplink that answers again is better than a
             // dead one, hold-down or not (unless the active one answers too).

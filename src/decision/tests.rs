@@ -421,3 +421,31 @@ fn jitter_follows_rfc3550() {
     let got = e.quality(0).jitter.as_secs_f64() * 1000.0;
     assert!((got - j).abs() < 1e-6, "{got} vs {j}");
 }
+
+#[test]
+fn standby_answering_first_at_start_is_no_reason_to_switch() {
+    let uplinks = [("fiber".to_string(), 0), ("lte".to_string(), 1)];
+    let at = Duration::from_millis;
+    let echo = |uplink, sent| Sample {
+        uplink,
+        sent,
+        outcome: Outcome::Echo { rtt: at(5) },
+    };
+    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
+    assert_eq!(e.observe(at(6), echo(FIBER, at(1))), None);
+    assert_eq!(e.active(), FIBER);
+    // A fiber dead from the start still fails over after four lost probes.
+    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
+    let lost = |n: u64| Sample {
+        uplink: FIBER,
+        sent: at(100 * n),
+        outcome: Outcome::Lost,
+    };
+    for n in 0..3 {
+        assert_eq!(e.observe(at(100 * n + 300), lost(n)), None);
+    }
+    let d = e.observe(at(600), lost(3)).expect("switch");
+    assert_eq!((d.to, d.class), (LTE, ReasonClass::Dead));
+}
