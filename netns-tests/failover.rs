@@ -215,3 +215,119 @@ fn standby_4g_down_is_reported_without_switch() {
     assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn netem_tool_delays_jitters_and_drops() {
+    use testbed::netem::{Netem, Params};
+    let wan = Wan::build(1);
+    // A path that crosses isp-4g without the tunnel: annex → core.
+    wan.annex(1)
+        .ns
+        .ip(&["route", "add", "198.18.2.0/24", "via", "100.64.1.1"]);
+    let echo = udp_echo_server(&wan.core, "198.18.2.1:7003");
+    let socket = wan
+        .annex(1)
+        .ns
+        .run(|| std::net::UdpSocket::bind("100.64.1.2:0"))
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let rtts = |n: usize| -> Vec<Option<Duration>> {
+        (0..n)
+            .map(|i| {
+                let sent = Instant::now();
+                socket.send_to(&(i as u64).to_be_bytes(), echo).unwrap();
+                let mut buf = [0u8; 8];
+                loop {
+                    match socket.recv(&mut buf) {
+                        Ok(_) if buf == (i as u64).to_be_bytes() => return Some(sent.elapsed()),
+                        Ok(_) => continue,
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .collect()
+    };
+    let base: Vec<Duration> = rtts(10)
+        .into_iter()
+        .map(|r| r.expect("no loss without netem"))
+        .collect();
+    assert!(
+        base.iter().all(|r| *r < Duration::from_millis(50)),
+        "{base:?}"
+    );
+
+    // 150 ms ± 30 ms toward the annex: every RTT within [120, 180] ms (+ slack).
+    let params = Params {
+        delay: Duration::from_millis(150),
+        jitter: Duration::from_millis(30),
+        loss: 0.0,
+    };
+    let netem = Netem::start(&wan.isp_4g, &["-o", "a1"], 0, params);
+    let delayed: Vec<Duration> = rtts(20)
+        .into_iter()
+        .map(|r| r.expect("no loss asked"))
+        .collect();
+    assert!(
+        delayed
+            .iter()
+            .all(|r| *r >= Duration::from_millis(118) && *r < Duration::from_millis(260)),
+        "{delayed:?}"
+    );
+    let spread = delayed
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*delayed.iter().min().unwrap());
+    assert!(spread > Duration::from_millis(5), "no jitter? {delayed:?}");
+    assert_eq!(
+        netem
+            .stats
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        20
+    );
+    drop(netem);
+
+    // 50 % loss: some answers, some not.
+    let params = Params {
+        loss: 0.5,
+        ..Params::default()
+    };
+    let _netem = Netem::start(&wan.isp_4g, &["-o", "a1"], 0, params);
+    let answered = rtts(30).iter().filter(|r| r.is_some()).count();
+    assert!(
+        (5..=25).contains(&answered),
+        "{answered} of 30 answered at 50 % loss"
+    );
+}
+
+#[test]
+fn fiber_delay_brownout_switches_to_4g() {
+    use testbed::netem::{Netem, Params};
+    let (wan, stream) = running(&Options::default());
+    let annex = &wan.daemons[1];
+    let cut = Instant::now();
+    // +400 ms toward the annex on the fiber side.
+    let params = Params {
+        delay: Duration::from_millis(400),
+        ..Params::default()
+    };
+    let _slow = Netem::start(&wan.isp_fiber, &["-o", "a1"], 0, params);
+    let switched = wait_for_uplink(&wan, "lte0", Duration::from_secs(15)).unwrap();
+    eprintln!("switched {:?} after +400 ms began", switched - cut);
+    let switches = annex.log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 1, "{switches:#?}");
+    assert!(
+        switches[0].contains("failover from=fiber to=lte"),
+        "{}",
+        switches[0]
+    );
+    assert!(
+        switches[0].contains("late answers at 4"),
+        "the reason names the delay: {}",
+        switches[0]
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}

@@ -10,6 +10,8 @@
 //! configured in the root namespace.
 #![allow(dead_code)]
 
+pub mod netem;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
