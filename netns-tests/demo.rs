@@ -1,7 +1,8 @@
 //! The demo WAN: a hub with the records server behind it, two annexes with
 //! fiber and 4G uplinks (the 4G behind the carrier's NAT), all in network
 //! namespaces of their own. Shows the annexes reaching the records server
-//! and each other, what townlink installed, and a clean stop.
+//! and each other, what townlink installed, a live failover from fiber to
+//! 4G and back, and a clean stop.
 //!
 //! Run it with `sudo scripts/demo` (builds townlink first).
 
@@ -9,7 +10,11 @@ mod testbed;
 
 use std::time::Duration;
 
-use testbed::{echo_server, echo_within, Netns, Wan, RECORDS};
+use std::time::Instant;
+
+use testbed::{
+    echo_server, echo_within, udp_echo_server, Impairment, Netns, UdpStream, Wan, RECORDS,
+};
 
 fn title(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
@@ -81,6 +86,73 @@ fn main() {
         "hub's tunnel interface counters",
         &["-s", "link", "show", "tl0"],
     );
+
+    title("live failover: annex-1's fiber goes dark");
+    let annex1 = &wan.daemons[1];
+    for uplink in ["fiber", "lte"] {
+        let _ = annex1.wait_for_log(
+            &["uplink state", &format!("uplink={uplink}"), "to=\"up\""],
+            Duration::from_secs(30),
+        );
+    }
+    let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
+    let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
+    let _ = stream.wait_for_echoes(50, Duration::from_secs(10));
+    println!(
+        "   a LAN host of annex-1 sends 50 UDP packets/s to the records server, which echoes them"
+    );
+    let cut = Instant::now();
+    let blackhole = Impairment::blackhole(&wan.isp_fiber, "a1");
+    println!("   fiber blackholed at the ISP (iptables DROP)");
+    if stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .is_err()
+    {
+        println!("   FAILED: the stream did not resume");
+        std::process::exit(1);
+    }
+    println!(
+        "   the stream resumed over 4G; longest gap: {:.0?}",
+        stream.longest_gap_since(cut)
+    );
+    for line in annex1.log_lines(&["failover from="]) {
+        println!(
+            "   annex-1: {}",
+            line.split_once("failover ").map_or(line.as_str(), |x| x.1)
+        );
+    }
+    if let Ok(line) = wan.daemons[0].wait_for_log(
+        &["site endpoint changed", "site=annex-1", "198.18.2.2"],
+        Duration::from_secs(5),
+    ) {
+        println!(
+            "   hub:     {} (the carrier's NAT address)",
+            line.split_once("changed ").map_or(line.as_str(), |x| x.1)
+        );
+    }
+    show(
+        &wan.annex(1).ns,
+        "the tunnel's table now",
+        &["route", "show", "table", "7400"],
+    );
+
+    title("fiber restored: back after the hold-down, once");
+    let restored = Instant::now();
+    drop(blackhole);
+    while wan.annex(1).tunnel_uplink() != "fiber0" && restored.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "   back on fiber {:.1?} after the restore (10 s hold-down of continuous health)",
+        restored.elapsed()
+    );
+    if let Some(line) = annex1.log_lines(&["failover from=lte"]).last() {
+        println!(
+            "   annex-1: {}",
+            line.split_once("failover ").map_or(line.as_str(), |x| x.1)
+        );
+    }
+    drop(stream);
 
     title("stopping townlink (SIGTERM) and checking that nothing is left");
     for d in wan.daemons.iter_mut().rev() {

@@ -91,8 +91,7 @@ fn fiber_restored_returns_once_after_the_holddown() {
     wait_for_uplink(&wan, "lte0", Duration::from_secs(10)).unwrap();
     drop(fiber_down);
     let restored = Instant::now();
-    // Default hold-down: 10 s of continuous health, after the SLA window
-    // (5 s) has forgotten the outage.
+    // Default hold-down: 10 s of continuous health from the first answer.
     let back = wait_for_uplink(&wan, "fiber0", Duration::from_secs(40)).unwrap();
     let after = back - restored;
     eprintln!("back on fiber {after:?} after the restore");

@@ -90,6 +90,21 @@ fn stop_and_crash_leave_nothing_behind() {
         wan.daemons[hub].stop(STOP_WITHIN).success(),
         "hub exit status"
     );
+    // Each prober counted its bytes, both ways, and said so at stop.
+    for uplink in ["fiber", "lte"] {
+        let line = wan.daemons[annex].log_lines(&["prober stopped", &format!("uplink={uplink}")]);
+        let count = |field: &str| -> u64 {
+            line.first()
+                .and_then(|l| l.split(&format!("{field}=")).nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            count("sent_bytes") > 0 && count("received_bytes") > 0,
+            "{uplink}: {line:?}"
+        );
+    }
     assert_eq!(
         leftovers(&wan.annex(1).ns),
         Vec::<String>::new(),

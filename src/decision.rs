@@ -50,9 +50,9 @@ impl Default for Policy {
         Policy {
             down_after_lost: 4,
             sla: Sla {
-                window: Duration::from_secs(5),
-                min_samples: 5,
-                max_loss: 0.10,
+                window: Duration::from_secs(10),
+                min_samples: 20,
+                max_loss: 0.15,
                 max_rtt: Duration::from_millis(250),
                 max_jitter: Duration::from_millis(50),
                 sustain: Duration::from_secs(2),

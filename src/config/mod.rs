@@ -64,7 +64,7 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
     pub const DEFAULT_STANDBY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-    pub const DEFAULT_METERED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+    pub const DEFAULT_METERED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
     pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 }
 

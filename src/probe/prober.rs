@@ -298,6 +298,12 @@ pub async fn run(
     if let Some(e) = endpoint {
         let _ = tokio::time::timeout(Duration::from_millis(500), e.wait_idle()).await;
     }
+    tracing::info!(
+        uplink = %spec.name,
+        sent_bytes = counters.sent_bytes.load(Ordering::Relaxed),
+        received_bytes = counters.received_bytes.load(Ordering::Relaxed),
+        "prober stopped"
+    );
 }
 
 #[cfg(test)]

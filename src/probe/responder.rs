@@ -120,6 +120,13 @@ pub async fn serve(
     endpoint.close(0u8.into(), b"hub stopping");
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    tracing::info!(
+        authenticated = counters.authenticated.load(Ordering::Relaxed),
+        refused = counters.refused.load(Ordering::Relaxed),
+        garbage = counters.garbage.load(Ordering::Relaxed),
+        echoed = counters.echoed.load(Ordering::Relaxed),
+        "probe responder stopped"
+    );
 }
 
 async fn echo(conn: &quinn::Connection, counters: &ResponderCounters, stop: &CancellationToken) {
