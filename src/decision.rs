@@ -21,6 +21,11 @@ use std::time::Duration;
 /// A point in time: the time since the daemon started.
 pub type Time = Duration;
 
+/// With no uplink up, how long the best answering uplink must have answered
+/// before it takes the tunnel, so that uplinks coming back at the same
+/// moment are compared by priority rather than by who answered first.
+pub const ALL_DOWN_SETTLE: Duration = Duration::from_millis(500);
+
 /// The thresholds of a link's service level, over a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sla {
@@ -455,7 +460,16 @@ impl Engine {
             // Nothing is up: an uplink that answers again is better than a
             // dead one, hold-down or not (unless the active one answers too).
             None if current.health == Health::Down => {
+                // Uplinks that come back together (the hub was unreachable,
+                // not the uplinks) are compared by priority: the best one
+                // must have answered for ALL_DOWN_SETTLE first.
                 let best = best_with(Health::Recovering)?;
+                let settled = self.links[best]
+                    .healthy_since
+                    .is_some_and(|since| now.saturating_sub(since) >= ALL_DOWN_SETTLE);
+                if !settled {
+                    return None;
+                }
                 (
                     best,
                     ReasonClass::Recovered,

@@ -458,3 +458,23 @@ fn standby_answering_first_at_start_is_no_reason_to_switch() {
     let d = e.observe(at(600), lost(3)).expect("switch");
     assert_eq!((d.to, d.class), (LTE, ReasonClass::Dead));
 }
+
+#[test]
+fn uplinks_back_together_after_all_down_are_compared_by_priority() {
+    // The hub was unreachable (both uplinks down at start-up, as when an
+    // annex starts before its hub); then both answer, the 4G 1 ms first.
+    let mut sim = Sim::new();
+    sim.run(t(3.0), |_, _, _| None);
+    assert_eq!(sim.engine.quality(FIBER).health, Health::Down);
+    assert_eq!(sim.engine.quality(LTE).health, Health::Down);
+    sim.run(t(30.0), |u, _, _| {
+        Some(if u == LTE {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(2)
+        })
+    });
+    assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+    assert_eq!(sim.engine.active(), FIBER);
+    assert_eq!(sim.engine.quality(FIBER).health, Health::Up);
+}
