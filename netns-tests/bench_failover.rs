@@ -23,17 +23,6 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn wait_for_uplink(wan: &Wan, iface: &str, within: Duration) -> Option<Instant> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if wan.annex(1).tunnel_uplink() == iface {
-            return Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -95,7 +84,7 @@ fn main() {
     for i in 0..events {
         let cut = Instant::now();
         let blackhole = Impairment::blackhole(&wan.isp_fiber, "a1");
-        let Some(switched) = wait_for_uplink(&wan, "lte0", Duration::from_secs(10)) else {
+        let Ok(switched) = wan.wait_for_uplink("lte0", Duration::from_secs(10)) else {
             println!("   event {i}: no switch within 10 s");
             continue;
         };
@@ -113,7 +102,8 @@ fn main() {
         gaps.push(gap);
         detections.push(detection);
         drop(blackhole);
-        wait_for_uplink(&wan, "fiber0", Duration::from_secs(60)).expect("back on fiber");
+        wan.wait_for_uplink("fiber0", Duration::from_secs(60))
+            .expect("back on fiber");
         // Let the fiber's window fill with fresh samples before the next cut.
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -130,7 +120,7 @@ fn main() {
         std::thread::sleep(Duration::from_secs(1));
         if wan.annex(1).tunnel_uplink() != "fiber0" {
             false_switches += 1;
-            wait_for_uplink(&wan, "fiber0", Duration::from_secs(60));
+            let _ = wan.wait_for_uplink("fiber0", Duration::from_secs(60));
         }
     }
     drop(lossy);

@@ -69,30 +69,19 @@ fn fiber_blackhole_moves_traffic_to_4g_behind_nat() {
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
 }
 
-/// Polls the tunnel's uplink every 50 ms until it is `iface`; returns when.
-fn wait_for_uplink(wan: &Wan, iface: &str, within: Duration) -> Result<Instant, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        if wan.annex(1).tunnel_uplink() == iface {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("tunnel not on {iface} within {within:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn fiber_restored_returns_once_after_the_holddown() {
     let (wan, stream) = running(&Options::default());
     let annex = &wan.daemons[1];
     let fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
-    wait_for_uplink(&wan, "lte0", Duration::from_secs(10)).unwrap();
+    wan.wait_for_uplink("lte0", Duration::from_secs(10))
+        .unwrap();
     drop(fiber_down);
     let restored = Instant::now();
     // Default hold-down: 10 s of continuous health from the first answer.
-    let back = wait_for_uplink(&wan, "fiber0", Duration::from_secs(40)).unwrap();
+    let back = wan
+        .wait_for_uplink("fiber0", Duration::from_secs(40))
+        .unwrap();
     let after = back - restored;
     eprintln!("back on fiber {after:?} after the restore");
     assert!(
@@ -149,7 +138,9 @@ fn brownout_by_loss_switches_to_4g() {
     let annex = &wan.daemons[1];
     let cut = Instant::now();
     let _lossy = Impairment::loss(&wan.isp_fiber, "a1", 0.30);
-    let switched = wait_for_uplink(&wan, "lte0", Duration::from_secs(20)).unwrap();
+    let switched = wan
+        .wait_for_uplink("lte0", Duration::from_secs(20))
+        .unwrap();
     eprintln!("switched {:?} after 30 % loss began", switched - cut);
     // One switch, the brownout (no start-up flap before it).
     let switches = annex.log_lines(&["failover from="]);
@@ -314,7 +305,9 @@ fn fiber_delay_brownout_switches_to_4g() {
         ..Params::default()
     };
     let _slow = Netem::start(&wan.isp_fiber, &["-o", "a1"], 0, params);
-    let switched = wait_for_uplink(&wan, "lte0", Duration::from_secs(15)).unwrap();
+    let switched = wan
+        .wait_for_uplink("lte0", Duration::from_secs(15))
+        .unwrap();
     eprintln!("switched {:?} after +400 ms began", switched - cut);
     let switches = annex.log_lines(&["failover from="]);
     assert_eq!(switches.len(), 1, "{switches:#?}");

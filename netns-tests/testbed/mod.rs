@@ -770,6 +770,23 @@ impl Daemon {
     }
 }
 
+impl Wan {
+    /// Polls annex 1's tunnel uplink every 10 ms until it is `iface`;
+    /// returns when it was seen.
+    pub fn wait_for_uplink(&self, iface: &str, within: Duration) -> Result<Instant, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.annex(1).tunnel_uplink() == iface {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("tunnel not on {iface} within {within:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Annex {
     /// The interface the tunnel's own packets leave by (table 7400).
     pub fn tunnel_uplink(&self) -> String {
