@@ -184,7 +184,7 @@ fn both_down_then_4g_back_recovers_without_restart() {
 
 #[test]
 fn standby_4g_down_is_reported_without_switch() {
-    // A faster metered interval than the default 20 s, so that the four
+    // A faster metered interval than the default 30 s, so that the four
     // lost probes that make the 4G down take seconds, not a minute.
     let options = Options {
         annex_probe: "metered_interval = \"1s\"".into(),

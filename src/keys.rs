@@ -56,7 +56,7 @@ impl PublicKey {
 
     /// Lower-case hex, the only key encoding sent to the tunnel device.
     pub fn to_hex(&self) -> String {
-        hex_encode(&self.0)
+        hex::encode(self.0)
     }
 
     pub fn to_base64(&self) -> String {
@@ -105,7 +105,7 @@ impl PrivateKey {
 
     /// Hex encoding for the tunnel device. The caller must not log it.
     pub fn to_hex_secret(&self) -> String {
-        hex_encode(&self.0)
+        hex::encode(self.0)
     }
 
     /// The `wg` encoding, for writing a key file. The caller must not log it.
@@ -131,14 +131,6 @@ impl Drop for PrivateKey {
     fn drop(&mut self) {
         self.0.zeroize();
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -54,21 +54,15 @@ impl FromStr for Fingerprint {
             .collect();
         let bad =
             || "expected sha256:<64 hex digits>, as printed by `townlink gencert`".to_string();
-        if hex.len() != 64 {
-            return Err(bad());
-        }
         let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
+        hex::decode_to_slice(&hex, &mut bytes).map_err(|_| bad())?;
         Ok(Fingerprint(bytes))
     }
 }
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        write!(f, "sha256:{}", hex::encode(self.0))
     }
 }
 
@@ -367,6 +361,15 @@ mod tests {
             .join(":");
         assert_eq!(colons.parse::<Fingerprint>().unwrap(), fp);
         assert!("sha256:1234".parse::<Fingerprint>().is_err());
+        // Multi-byte characters are refused, not a panic (config input).
+        assert!(format!("sha256:{}é", "a".repeat(62))
+            .parse::<Fingerprint>()
+            .is_err());
+        assert!("é".repeat(32).parse::<Fingerprint>().is_err());
+        // 64 bytes whose pair boundary falls inside the 'é' (slicing by byte would panic).
+        assert!(format!("{}é{}", "a".repeat(61), "a")
+            .parse::<Fingerprint>()
+            .is_err());
     }
 
     #[test]

@@ -122,13 +122,8 @@ pub struct PeerStatus {
 
 fn hex_key(v: &str) -> Result<PublicKey, UapiError> {
     let bad = || UapiError::Malformed(format!("key {v}"));
-    if v.len() != 64 {
-        return Err(bad());
-    }
     let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&v[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(v, &mut bytes).map_err(|_| bad())?;
     PublicKey::from_bytes(bytes).map_err(|_| bad())
 }
 
