@@ -19,7 +19,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for check: the config is valid)
   1  failure: invalid config, or an error while running (the message says what and where)
-  2  usage error (unknown command or option)";
+  2  usage error (unknown command or option)
+  3  status: the daemon is not running (nothing answers on the control socket)";
 
 #[derive(Debug, Parser)]
 #[command(name = "townlink", version, about = "Hub-and-spoke WireGuard WAN with uplink failover", after_help = EXIT_CODES)]
@@ -39,6 +40,19 @@ enum Command {
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Show what the running daemon sees: uplinks, active path, tunnel,
+    /// checks, last switch; on the hub, every site.
+    Status {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The control socket (default: control.socket of the config file,
+        /// else /run/townlink/townlink.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a new WireGuard private key (same encoding as `wg genkey`).
     Genkey,
@@ -67,6 +81,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => status(&config, socket, json),
         Command::Genkey => {
             println!("{}", PrivateKey::generate().to_base64_secret());
             Ok(ExitCode::SUCCESS)
@@ -118,6 +137,30 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             eprintln!("{e}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Exit code of `status` when no daemon answers.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+fn status(config: &Path, socket: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::control::{client, Request, Response};
+    let socket = socket.unwrap_or_else(|| config::control_socket(config));
+    match client::request(&socket, &Request::Status) {
+        Ok(Response::Status(status)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render(crate::telemetry::now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Response::Error { message }) => anyhow::bail!("the daemon refused: {message}"),
+        Err(e @ client::ClientError::NotRunning { .. }) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(EXIT_NOT_RUNNING))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

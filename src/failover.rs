@@ -17,11 +17,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ProbeConfig, RoutingConfig};
 use crate::decision::{Decision, Engine, Health, Sample};
 use crate::netlink::Netlink;
+use crate::probe::prober::Outgoing;
 use crate::routing::{self, NextHop};
+use crate::telemetry::Telemetry;
 use crate::tunnel;
 
 /// How often time alone is given to the engine (hold-downs, sustained SLA violations).
 const TICK: Duration = Duration::from_millis(50);
+/// How often the annex reports to the hub when nothing changes.
+pub const REPORT_PERIOD: Duration = Duration::from_secs(5);
 
 /// What the failover task needs besides the engine.
 pub struct Failover {
@@ -36,6 +40,9 @@ pub struct Failover {
     pub probe: ProbeConfig,
     /// One per uplink: the interval its prober uses.
     pub intervals: Vec<watch::Sender<Duration>>,
+    pub telemetry: std::sync::Arc<Telemetry>,
+    /// The report for the hub, and the prober that carries it.
+    pub reports: watch::Sender<Outgoing>,
 }
 
 impl Failover {
@@ -54,6 +61,24 @@ impl Failover {
                 let changed = *current != interval;
                 *current = interval;
                 changed
+            });
+        }
+    }
+
+    /// Publishes the engine's view: telemetry at once; the hub's report
+    /// when `now` (a change) or when the last one is [`REPORT_PERIOD`] old.
+    fn publish(&self, engine: &Engine, now: bool, last_report: &mut Instant) {
+        let qualities: Vec<_> = (0..self.names.len()).map(|i| engine.quality(i)).collect();
+        self.telemetry.uplinks(&qualities, engine.active());
+        if now || last_report.elapsed() >= REPORT_PERIOD {
+            *last_report = Instant::now();
+            let datagram = self.telemetry.report().encode().map(bytes::Bytes::from);
+            if datagram.is_none() {
+                tracing::debug!("the report for the hub is too large: not sent");
+            }
+            self.reports.send_replace(Outgoing {
+                uplink: engine.active(),
+                datagram,
             });
         }
     }
@@ -100,6 +125,8 @@ impl Failover {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_rates(&engine);
+        let mut last_report = Instant::now();
+        self.publish(&engine, true, &mut last_report);
         loop {
             let decision = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -109,7 +136,9 @@ impl Failover {
                 },
                 _ = tick.tick() => engine.tick(clock.elapsed()),
             };
-            for c in engine.take_changes() {
+            let changes = engine.take_changes();
+            for c in &changes {
+                self.telemetry.state_change(c);
                 tracing::info!(
                     uplink = %self.names[c.uplink],
                     from = c.from.as_str(),
@@ -118,9 +147,11 @@ impl Failover {
                     "uplink state"
                 );
             }
+            let changed = !changes.is_empty() || decision.is_some();
             if let Some(d) = decision {
                 if self.apply(&d).await {
                     routed = d.to;
+                    self.telemetry.failover(&d);
                 }
             } else if routed != engine.active() && self.route_to(engine.active()).await {
                 // An earlier switch failed in the kernel: retried on every event.
@@ -129,6 +160,7 @@ impl Failover {
                 tracing::info!(uplink = %self.names[routed], "tunnel route switched on retry");
             }
             self.set_rates(&engine);
+            self.publish(&engine, changed, &mut last_report);
         }
     }
 }

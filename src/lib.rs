@@ -11,12 +11,17 @@
 //! - [`failover`]: applies decisions: route switch, traffic push;
 //! - [`routing`]: what routes and rules a config needs (pure);
 //! - [`sysctl`]: forwarding and reverse-path settings, restored at stop;
+//! - [`telemetry`]: metrics (`/metrics`) and the status view;
+//! - [`checks`]: end-to-end checks through the tunnel;
+//! - [`control`]: the local control socket (`townlink status`);
 //! - [`daemon`]: `townlink run`: start-up, steady state, ordered shutdown;
 //! - [`fsutil`]: atomic file writes;
 //! - [`cli`]: the command line.
 
+pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decision;
 pub mod failover;
@@ -27,4 +32,5 @@ pub mod probe;
 pub mod routing;
 pub mod sites;
 pub mod sysctl;
+pub mod telemetry;
 pub mod tunnel;

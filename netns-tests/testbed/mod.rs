@@ -255,6 +255,11 @@ pub struct Options {
     pub annex_probe: String,
     /// Extra lines of `[failover]`, e.g. `holddown = "5s"`.
     pub annex_failover: String,
+    /// Extra sections at the end of every annex's config (`{n}` is
+    /// replaced by the annex's number), e.g. `[metrics]` or `[[check]]`.
+    pub annex_extra: String,
+    /// Extra sections at the end of the hub's config.
+    pub hub_extra: String,
 }
 
 /// Writes `NAME.crt` and `NAME.key` (mode 0600) into `dir`; returns the
@@ -466,7 +471,13 @@ interface = "lte0"
 gateway = "100.64.{n}.1"
 priority = 1
 metered = true
+
+[control]
+socket = "annex{n}.sock"
+
+{annex_extra}
 "#,
+                    annex_extra = options.annex_extra.replace("{n}", &n.to_string()),
                     addr = n + 1,
                     hub_pub = hub_key.public_key(),
                     probe_extra = options.annex_probe,
@@ -485,7 +496,8 @@ metered = true
         std::fs::write(
             &hub_config,
             format!(
-                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n{sites}"
+                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n\n[control]\nsocket = \"hub.sock\"\n{sites}\n{hub_extra}",
+                hub_extra = options.hub_extra
             ),
         )
         .expect("hub config");

@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use std::time::Duration;
 
 use super::raw::{
-    RawConfig, RawFailover, RawHub, RawProbe, RawRouting, RawSite, RawTunnel, RawUplink,
+    RawCheck, RawConfig, RawControl, RawFailover, RawHub, RawMetrics, RawProbe, RawRouting,
+    RawSite, RawTunnel, RawUplink,
 };
 use super::*;
 use crate::decision::{Policy, Sla};
@@ -316,6 +317,10 @@ pub fn validate(
         }
     };
 
+    let control = control(&mut c, raw.control.as_ref(), base);
+    let metrics = metrics(&mut c, raw.metrics.as_ref());
+    let checks = checks(&mut c, raw.check.as_deref().unwrap_or_default());
+
     let role = match is_hub {
         Some(true) => {
             for (key, present) in [
@@ -353,6 +358,9 @@ pub fn validate(
             tunnel,
             routing,
             probe,
+            control,
+            metrics,
+            checks,
             role,
         }),
         _ => {
@@ -360,6 +368,120 @@ pub fn validate(
             Err(c.problems)
         }
     }
+}
+
+fn control(c: &mut Checker, raw: Option<&RawControl>, base: &Path) -> ControlConfig {
+    let raw = raw.map_or((None, None), |r| (r.socket.as_ref(), r.group.as_ref()));
+    let socket = match raw.0 {
+        Some(p) if p.is_empty() => {
+            c.push(
+                "control.socket",
+                "is empty",
+                Some("give a path, e.g. /run/townlink/townlink.sock"),
+            );
+            PathBuf::new()
+        }
+        Some(p) => base.join(p),
+        None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+    };
+    let group = raw.1.cloned();
+    if group.as_deref() == Some("") {
+        c.push(
+            "control.group",
+            "is empty",
+            Some("name a group, or remove the key (mode 0600, root only)"),
+        );
+    }
+    ControlConfig { socket, group }
+}
+
+fn metrics(c: &mut Checker, raw: Option<&RawMetrics>) -> MetricsConfig {
+    let enabled = raw.and_then(|r| r.enabled).unwrap_or(true);
+    let text = raw
+        .and_then(|r| r.listen.as_deref())
+        .unwrap_or(DEFAULT_METRICS_LISTEN);
+    let listen = match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.push(
+                "metrics.listen",
+                format!("{text:?} is not an address:port"),
+                Some("e.g. \"127.0.0.1:9475\", or the management address of the router"),
+            );
+            None
+        }
+    };
+    MetricsConfig {
+        listen: listen.filter(|_| enabled),
+    }
+}
+
+fn checks(c: &mut Checker, raw: &[RawCheck]) -> Vec<CheckConfig> {
+    let mut checks: Vec<CheckConfig> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let path = format!("check[{i}]");
+        let name = c.name(&format!("{path}.name"), r.name.as_ref());
+        if let Some(n) = &name {
+            if checks.iter().any(|k| &k.name == n) {
+                c.push(
+                    format!("{path}.name"),
+                    format!("{n} is used by another check"),
+                    Some("give each check its own name"),
+                );
+            }
+        }
+        let tcp = c
+            .required(
+                &format!("{path}.tcp"),
+                r.tcp.as_ref(),
+                "the address:port to connect to, e.g. \"10.50.0.10:443\"",
+            )
+            .and_then(|t| {
+                t.parse::<SocketAddr>()
+                    .map_err(|_| {
+                        c.push(
+                            format!("{path}.tcp"),
+                            format!("{t:?} is not an address:port"),
+                            Some("write an IP address and a port, e.g. \"10.50.0.10:443\""),
+                        )
+                    })
+                    .ok()
+            });
+        let interval = c.duration(
+            &format!("{path}.interval"),
+            r.interval.as_ref(),
+            CheckConfig::DEFAULT_INTERVAL,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let timeout = c.duration(
+            &format!("{path}.timeout"),
+            r.timeout.as_ref(),
+            CheckConfig::DEFAULT_TIMEOUT,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        );
+        if let (Some(i), Some(t)) = (interval, timeout) {
+            if t > i {
+                c.push(
+                    format!("{path}.timeout"),
+                    "is longer than the check's interval",
+                    Some("make the timeout shorter than the interval"),
+                );
+            }
+        }
+        if let (Some(name), Some(tcp), Some(interval), Some(timeout)) =
+            (name, tcp, interval, timeout)
+        {
+            checks.push(CheckConfig {
+                name,
+                tcp,
+                interval,
+                timeout,
+            });
+        }
+    }
+    checks
 }
 
 /// What the other sections need to know of the tunnel, each fact present

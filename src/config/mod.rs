@@ -41,7 +41,45 @@ pub struct Config {
     pub tunnel: TunnelConfig,
     pub routing: RoutingConfig,
     pub probe: ProbeConfig,
+    pub control: ControlConfig,
+    pub metrics: MetricsConfig,
+    /// End-to-end checks through the tunnel, in file order.
+    pub checks: Vec<CheckConfig>,
     pub role: Role,
+}
+
+/// Default path of the control socket (`townlink status`, site admin).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/townlink/townlink.sock";
+/// Default address of `/metrics`: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9475";
+
+/// The local control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: std::path::PathBuf,
+    /// A group that may use the socket too (mode 0660); without it, mode 0600.
+    pub group: Option<String>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` listens; `None` when `metrics.enabled = false`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// An end-to-end check: a TCP connection through the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub name: Name,
+    pub tcp: SocketAddr,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+}
+
+impl CheckConfig {
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 }
 
 /// The probing channel: this router's certificate, and (annex) the rates.
@@ -351,6 +389,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates config text; `base` resolves relative file paths.
+/// The control socket named by the config file at `path`, for the CLI's
+/// client commands: only `control.socket` is read, so that a config the
+/// daemon would refuse, or one the user cannot fully read (keys), still
+/// tells where the daemon listens. Falls back to the default path.
+pub fn control_socket(path: &Path) -> PathBuf {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        control: Option<raw::RawControl>,
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<Only>(&t).ok())
+        .and_then(|o| o.control?.socket)
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET), |s| base.join(s))
+}
+
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut unknown = Vec::new();
     let deserializer = toml::Deserializer::parse(text).map_err(|e| vec![toml_problem(text, &e)])?;
@@ -405,4 +461,4 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -16,6 +16,9 @@ pub struct RawConfig {
     pub hub: Option<Vec<RawHub>>,
     pub uplink: Option<Vec<RawUplink>>,
     pub site: Option<Vec<RawSite>>,
+    pub control: Option<RawControl>,
+    pub metrics: Option<RawMetrics>,
+    pub check: Option<Vec<RawCheck>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,4 +90,24 @@ pub struct RawSite {
     pub address: Option<String>,
     pub lan: Option<Vec<String>>,
     pub certificate: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawControl {
+    pub socket: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCheck {
+    pub name: Option<String>,
+    pub tcp: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
 }

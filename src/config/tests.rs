@@ -5,7 +5,7 @@ use crate::probe::tls::Identity;
 
 /// A directory with a private key file `k.key` (mode 0600) and a probe
 /// certificate `p.crt` with its key `p.key`.
-fn dir_with_key() -> tempfile::TempDir {
+pub(crate) fn dir_with_key() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.key");
     std::fs::write(&key, PrivateKey::generate().to_base64_secret()).unwrap();
@@ -33,7 +33,7 @@ fn localize(text: &str) -> String {
 }
 
 /// Parses an example file from `config/`, pointing its key file at `dir`.
-fn example(name: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
+pub(crate) fn example(name: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("config")

@@ -13,7 +13,7 @@ use super::Installed;
 use crate::config::{AnnexConfig, Config, HubPeer};
 use crate::decision::Engine;
 use crate::failover::Failover;
-use crate::probe::prober::{self, ProbeCounters, ProberSpec};
+use crate::probe::prober::{self, Outgoing, ProberSpec};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
 use crate::sysctl;
@@ -153,6 +153,7 @@ fn start_failover(
     let clock = Instant::now();
     let (samples_tx, samples_rx) = mpsc::channel(1024);
     let mut intervals = Vec::new();
+    let (reports, reports_rx) = watch::channel(Outgoing::default());
     for (i, up) in annex.uplinks.iter().enumerate() {
         let (tx, rx) = watch::channel(config.probe.interval);
         intervals.push(tx);
@@ -168,8 +169,9 @@ fn start_failover(
         installed.tasks.spawn(prober::run(
             spec,
             rx,
+            reports_rx.clone(),
             samples_tx.clone(),
-            Arc::new(ProbeCounters::default()),
+            Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
             clock,
             installed.stop.clone(),
         ));
@@ -190,6 +192,8 @@ fn start_failover(
         hub_address: hub.address,
         probe: config.probe.clone(),
         intervals,
+        telemetry: installed.telemetry.clone(),
+        reports,
     };
     installed
         .tasks

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Installed;
 use crate::config::{Config, HubConfig};
 use crate::keys::PublicKey;
-use crate::probe::responder::{self, ResponderCounters};
+use crate::probe::responder;
 use crate::probe::tls::AllowedSites;
 use crate::routing;
 use crate::sites::{Name, Site, SiteSet};
@@ -82,11 +82,12 @@ pub(super) async fn start(
         )
     })?;
     tracing::info!(port, "probe responder listening");
-    let counters = Arc::new(ResponderCounters::default());
+    let counters = Arc::new(installed.telemetry.responder_counters());
     installed.tasks.spawn(responder::serve(
         endpoint,
         allowed,
         counters,
+        installed.telemetry.clone(),
         installed.stop.clone(),
     ));
 

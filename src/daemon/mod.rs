@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Role};
+use crate::control;
 use crate::netlink::Netlink;
 use crate::sysctl;
+use crate::telemetry::{self, collector, Telemetry};
 use crate::tunnel::{Tuning, Tunnel};
 
 /// Receive/send buffer of the tunnel's UDP socket: with the kernel default
@@ -35,6 +37,7 @@ struct Installed {
     tasks: TaskTracker,
     /// Cancels the role's tasks (child of the daemon's token).
     stop: CancellationToken,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Installed {
@@ -78,6 +81,13 @@ impl Installed {
 /// Runs the daemon until `shutdown` is cancelled. On a start-up error,
 /// everything done so far is undone before the error is returned.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // First the local listeners: a second instance is refused here, before
+    // it touches the kernel.
+    let control = control::server::bind(&config.control).await?;
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some((telemetry::http::bind(addr).await?, addr)),
+        None => None,
+    };
     let net = Netlink::connect()?;
     let name = config.tunnel.interface.as_str();
     if net.link_index(name).await?.is_some() {
@@ -104,7 +114,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sysctls: Vec::new(),
         tasks: TaskTracker::new(),
         stop: shutdown.child_token(),
+        telemetry: Telemetry::new(&config),
     };
+    tracing::info!(path = %config.control.socket.display(), "control socket ready");
+    installed.tasks.spawn(control::server::serve(
+        control,
+        installed.telemetry.clone(),
+        installed.stop.clone(),
+    ));
+    if let Some((listener, addr)) = metrics {
+        tracing::info!(%addr, "serving /metrics");
+        installed.tasks.spawn(telemetry::http::serve(
+            listener,
+            installed.telemetry.clone(),
+            installed.stop.clone(),
+        ));
+    }
     let started = tokio::select! {
         r = start(&config, &mut installed) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
@@ -157,8 +182,48 @@ async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()>
         installed.sysctls.extend(changed);
     }
 
-    match &config.role {
-        Role::Hub(hub) => hub::start(config, hub, installed).await,
-        Role::Annex(annex) => annex::start(config, annex, installed).await,
+    let sources = match &config.role {
+        Role::Hub(hub) => {
+            hub::start(config, hub, installed).await?;
+            collector::Sources {
+                peers: hub
+                    .sites
+                    .iter()
+                    .map(|s| (s.public_key, s.name.to_string()))
+                    .collect(),
+                interfaces: Vec::new(),
+            }
+        }
+        Role::Annex(annex) => {
+            annex::start(config, annex, installed).await?;
+            collector::Sources {
+                peers: annex
+                    .hubs
+                    .iter()
+                    .map(|h| (h.public_key, h.name.to_string()))
+                    .collect(),
+                interfaces: annex
+                    .uplinks
+                    .iter()
+                    .map(|u| (u.name.to_string(), u.interface.to_string()))
+                    .collect(),
+            }
+        }
+    };
+    let (_sources, sources_rx) = tokio::sync::watch::channel(sources);
+    installed.tasks.spawn(collector::run(
+        installed.telemetry.clone(),
+        installed.tunnel.clone().expect("tunnel created above"),
+        installed.net.clone(),
+        sources_rx,
+        installed.stop.clone(),
+    ));
+    for check in &config.checks {
+        installed.tasks.spawn(crate::checks::run(
+            check.clone(),
+            installed.telemetry.clone(),
+            installed.stop.clone(),
+        ));
     }
+    Ok(())
 }

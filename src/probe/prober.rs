@@ -14,11 +14,11 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::{mpsc, watch};
@@ -28,11 +28,21 @@ use super::tls::SERVER_NAME;
 use super::wire::{self, Probe};
 use crate::decision::{Outcome, Sample};
 
-/// Bytes sent and received by one uplink's prober, IP and UDP headers included.
-#[derive(Debug, Default)]
+/// Bytes sent and received by one uplink's prober, IP and UDP headers
+/// included: the metrics' counters themselves.
+#[derive(Debug, Default, Clone)]
 pub struct ProbeCounters {
-    pub sent_bytes: AtomicU64,
-    pub received_bytes: AtomicU64,
+    pub sent_bytes: Counter,
+    pub received_bytes: Counter,
+}
+
+/// The annex's latest report for the hub, and the uplink whose prober
+/// sends it (the active one: standby uplinks, metered ones above all,
+/// carry probes only).
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    pub uplink: usize,
+    pub datagram: Option<bytes::Bytes>,
 }
 
 /// What a prober needs to know.
@@ -75,10 +85,9 @@ impl AsyncUdpSocket for CountingSocket {
         self.inner.try_send(transmit)?;
         let len = transmit.contents.len();
         let segments = transmit.segment_size.map_or(1, |s| len.div_ceil(s.max(1)));
-        self.counters.sent_bytes.fetch_add(
-            len as u64 + segments as u64 * self.header,
-            Ordering::Relaxed,
-        );
+        self.counters
+            .sent_bytes
+            .inc_by(len as u64 + segments as u64 * self.header);
         Ok(())
     }
 
@@ -94,9 +103,7 @@ impl AsyncUdpSocket for CountingSocket {
                 .iter()
                 .map(|m| m.len as u64 + m.len.div_ceil(m.stride.max(1)) as u64 * self.header)
                 .sum();
-            self.counters
-                .received_bytes
-                .fetch_add(bytes, Ordering::Relaxed);
+            self.counters.received_bytes.inc_by(bytes);
         }
         polled
     }
@@ -164,10 +171,23 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 type Connecting =
     Pin<Box<dyn std::future::Future<Output = Result<quinn::Connection, String>> + Send>>;
 
+/// Sends the annex's report if this prober's uplink is the one to carry it.
+fn send_report(uplink: usize, conn: Option<&quinn::Connection>, out: &Outgoing) {
+    if out.uplink != uplink {
+        return;
+    }
+    if let (Some(c), Some(d)) = (conn, &out.datagram) {
+        if let Err(e) = c.send_datagram(d.clone()) {
+            tracing::debug!(error = %e, "cannot send the report to the hub");
+        }
+    }
+}
+
 /// Runs the prober until `stop`.
 pub async fn run(
     spec: ProberSpec,
     mut interval: watch::Receiver<Duration>,
+    mut reports: watch::Receiver<Outgoing>,
     samples: mpsc::Sender<Sample>,
     counters: Arc<ProbeCounters>,
     clock: Instant,
@@ -183,6 +203,7 @@ pub async fn run(
     // seq → send time, for probes not resolved yet.
     let mut pending: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut next_probe = Instant::now();
+    let mut reporting = true;
 
     loop {
         let every = *interval.borrow();
@@ -190,6 +211,10 @@ pub async fn run(
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = stop.cancelled() => break,
+            r = reports.changed(), if reporting => match r {
+                Ok(()) => send_report(spec.uplink, conn.as_ref(), &reports.borrow_and_update()),
+                Err(_) => reporting = false,
+            },
             _ = interval.changed() => {
                 // A faster rate (this uplink became active) applies at once.
                 let new = *interval.borrow();
@@ -253,6 +278,7 @@ pub async fn run(
                     Ok(c) => {
                         tracing::info!(uplink = %spec.name, hub = %spec.hub, local = ?endpoint.as_ref().and_then(|e| e.local_addr().ok()), "probe connection up");
                         failures = 0;
+                        send_report(spec.uplink, Some(&c), &reports.borrow());
                         conn = Some(c);
                     }
                     Err(e) => {
@@ -300,8 +326,8 @@ pub async fn run(
     }
     tracing::info!(
         uplink = %spec.name,
-        sent_bytes = counters.sent_bytes.load(Ordering::Relaxed),
-        received_bytes = counters.received_bytes.load(Ordering::Relaxed),
+        sent_bytes = counters.sent_bytes.get(),
+        received_bytes = counters.received_bytes.get(),
         "prober stopped"
     );
 }

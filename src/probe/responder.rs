@@ -7,28 +7,29 @@
 //! datagram of the same size.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tls::{self, AllowedSites, Fingerprint, Identity};
-use super::wire;
+use super::wire::{self, Report};
+use crate::telemetry::Telemetry;
 
-/// Counters of the responder, exported as metrics.
-#[derive(Debug, Default)]
+/// Counters of the responder: the metrics' counters themselves.
+#[derive(Debug, Default, Clone)]
 pub struct ResponderCounters {
     /// Connections that completed the handshake with a registered certificate.
-    pub authenticated: AtomicU64,
+    pub authenticated: Counter,
     /// Connection attempts that failed (unknown certificate, bad handshake).
-    pub refused: AtomicU64,
-    /// Datagrams on authenticated connections that were not probes.
-    pub garbage: AtomicU64,
-    pub echoed: AtomicU64,
+    pub refused: Counter,
+    /// Datagrams on authenticated connections that were neither probes nor reports.
+    pub garbage: Counter,
+    pub echoed: Counter,
 }
 
 /// Idle timeout of a probe connection; longer than the slowest probe interval.
@@ -74,6 +75,7 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     allowed: Arc<AllowedSites>,
     counters: Arc<ResponderCounters>,
+    telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
@@ -92,6 +94,7 @@ pub async fn serve(
             continue;
         }
         let (allowed, counters, stop) = (allowed.clone(), counters.clone(), stop.clone());
+        let telemetry = telemetry.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.accept() {
@@ -101,19 +104,19 @@ pub async fn serve(
             let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    counters.refused.inc();
                     tracing::info!(%remote, error = %e, "probe connection refused");
                     return;
                 }
             };
             let Some(site) = peer_fingerprint(&conn).and_then(|fp| allowed.site(&fp)) else {
-                counters.refused.fetch_add(1, Ordering::Relaxed);
+                counters.refused.inc();
                 conn.close(1u8.into(), b"unknown site");
                 return;
             };
-            counters.authenticated.fetch_add(1, Ordering::Relaxed);
+            counters.authenticated.inc();
             tracing::info!(site = %site, %remote, "probe connection up");
-            echo(&conn, &counters, &stop).await;
+            echo(&conn, &site, &counters, &telemetry, &stop).await;
             tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
         });
     }
@@ -121,15 +124,21 @@ pub async fn serve(
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     tracing::info!(
-        authenticated = counters.authenticated.load(Ordering::Relaxed),
-        refused = counters.refused.load(Ordering::Relaxed),
-        garbage = counters.garbage.load(Ordering::Relaxed),
-        echoed = counters.echoed.load(Ordering::Relaxed),
+        authenticated = counters.authenticated.get(),
+        refused = counters.refused.get(),
+        garbage = counters.garbage.get(),
+        echoed = counters.echoed.get(),
         "probe responder stopped"
     );
 }
 
-async fn echo(conn: &quinn::Connection, counters: &ResponderCounters, stop: &CancellationToken) {
+async fn echo(
+    conn: &quinn::Connection,
+    site: &crate::sites::Name,
+    counters: &ResponderCounters,
+    telemetry: &Telemetry,
+    stop: &CancellationToken,
+) {
     loop {
         let datagram = tokio::select! {
             _ = stop.cancelled() => return,
@@ -144,12 +153,15 @@ async fn echo(conn: &quinn::Connection, counters: &ResponderCounters, stop: &Can
                     .send_datagram(bytes::Bytes::copy_from_slice(&reply))
                     .is_ok()
                 {
-                    counters.echoed.fetch_add(1, Ordering::Relaxed);
+                    counters.echoed.inc();
                 }
             }
-            None => {
-                counters.garbage.fetch_add(1, Ordering::Relaxed);
-            }
+            None => match Report::parse(&datagram) {
+                Some(report) => telemetry.site_report(site, report),
+                None => {
+                    counters.garbage.inc();
+                }
+            },
         }
     }
 }

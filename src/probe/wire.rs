@@ -3,14 +3,62 @@
 //! ```text
 //! probe (annex → hub): 0x01 | seq: u64 BE | stamp: u64 BE   (17 bytes)
 //! echo  (hub → annex): 0x02 | seq: u64 BE | stamp: u64 BE   (the probe, type changed)
+//! report (annex → hub): 0x03 | JSON of Report                 (at most 1000 bytes)
 //! ```
 //! `stamp` is the annex's send time in microseconds of its own monotonic
-//! clock; the hub never interprets it. Anything else is garbage: the hub
-//! drops and counts it.
+//! clock; the hub never interprets it. A report tells the hub the annex's
+//! active uplink and what its probes measure; the hub trusts the site
+//! name of the connection's certificate, never a name in the report.
+//! Anything else is garbage: the hub drops and counts it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sites::Name;
+use crate::telemetry::status::ReportedUplink;
 
 pub const PROBE: u8 = 0x01;
 pub const ECHO: u8 = 0x02;
+pub const REPORT: u8 = 0x03;
 pub const LEN: usize = 17;
+/// Largest report: fits a QUIC datagram on a 1280-byte path.
+pub const MAX_REPORT: usize = 1000;
+/// Most uplinks a report may list (bounds the hub's metric series per site).
+pub const MAX_REPORTED_UPLINKS: usize = 8;
+
+/// An annex's report to the hub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub active: String,
+    pub uplinks: Vec<ReportedUplink>,
+}
+
+impl Report {
+    /// The datagram; `None` if it would be larger than [`MAX_REPORT`].
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut b = vec![REPORT];
+        serde_json::to_writer(&mut b, self).ok()?;
+        (b.len() <= MAX_REPORT).then_some(b)
+    }
+
+    /// A well-formed report: plain names, sane numbers, the active uplink listed.
+    pub fn parse(b: &[u8]) -> Option<Report> {
+        if b.len() > MAX_REPORT || b.first() != Some(&REPORT) {
+            return None;
+        }
+        let r: Report = serde_json::from_slice(&b[1..]).ok()?;
+        let finite = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
+        let ok = r.uplinks.len() <= MAX_REPORTED_UPLINKS
+            && r.uplinks.iter().any(|u| u.name == r.active)
+            && r.uplinks.iter().all(|u| {
+                Name::new(&u.name).is_ok()
+                    && Name::new(&u.state).is_ok()
+                    && finite(u.rtt_ms)
+                    && finite(u.loss)
+                    && u.loss.is_none_or(|l| l <= 1.0)
+            });
+        ok.then_some(r)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -63,6 +111,40 @@ mod tests {
         let echo = echo_for(&probe(p)).unwrap();
         assert_eq!(parse_echo(&echo), Some(p));
         assert_eq!(parse_echo(&probe(p)), None, "a probe is not an echo");
+    }
+
+    #[test]
+    fn report_round_trip_and_refusals() {
+        let up = |name: &str| ReportedUplink {
+            name: name.into(),
+            state: "up".into(),
+            rtt_ms: Some(12.5),
+            loss: Some(0.01),
+        };
+        let r = Report {
+            active: "lte".into(),
+            uplinks: vec![up("fiber"), up("lte")],
+        };
+        let b = r.encode().expect("small report");
+        assert_eq!(b[0], REPORT);
+        assert_eq!(Report::parse(&b), Some(r.clone()));
+        // Not a probe: no echo for it.
+        assert_eq!(echo_for(&b), None);
+        // Truncated, active not listed, bad name, bad loss, too many uplinks.
+        assert_eq!(Report::parse(&b[..b.len() - 1]), None);
+        let mut bad = r.clone();
+        bad.active = "dsl".into();
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let mut bad = r.clone();
+        bad.uplinks[0].name = "Fiber Optic".into();
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let mut bad = r.clone();
+        bad.uplinks[0].loss = Some(1.5);
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let mut bad = r;
+        bad.uplinks = (0..9).map(|i| up(&format!("u{i}"))).collect();
+        bad.active = "u0".into();
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
     }
 
     #[test]

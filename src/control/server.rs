@@ -1,0 +1,159 @@
+//! The daemon's side of the control socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Request, Response, MAX_REQUEST};
+use crate::config::ControlConfig;
+use crate::telemetry::Telemetry;
+
+/// A client gets this long to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound socket; the file is removed when this is dropped.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the control socket");
+            }
+        }
+    }
+}
+
+fn group_id(name: &str) -> anyhow::Result<libc::gid_t> {
+    let c = std::ffi::CString::new(name).context("group name contains a NUL byte")?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized memory owned here.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        anyhow::bail!("group {name:?} does not exist (control.group): create it or remove the key");
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Binds the control socket. Refuses when another daemon answers on it;
+/// removes a stale socket file left by a crash.
+pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
+    let path = &config.socket;
+    let shown = path.display();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating {} for the control socket (control.socket)",
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another townlink answers on the control socket {shown}: stop it, or give this \
+                 instance its own control.socket"
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale control socket {shown}"))?;
+        tracing::info!(path = %shown, "removed a stale control socket");
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot create the control socket {shown} (control.socket)"))?;
+    let listener = Listener {
+        listener,
+        path: path.clone(),
+    };
+    let mode = match &config.group {
+        Some(group) => {
+            let gid = group_id(group)?;
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("giving {shown} to group {group}"))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {shown}"))?;
+    Ok(listener)
+}
+
+async fn answer(request: &str, telemetry: &Telemetry) -> Response {
+    match serde_json::from_str::<Request>(request) {
+        Ok(Request::Status) => Response::Status(Box::new(telemetry.snapshot())),
+        Err(e) => Response::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+    }
+}
+
+async fn client(stream: UnixStream, telemetry: &Telemetry) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await?;
+    let response = answer(line.trim(), telemetry).await;
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Serves until `stop`, then removes the socket file.
+pub async fn serve(listener: Listener, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    let clients = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a control connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let telemetry = telemetry.clone();
+        clients.spawn(async move {
+            match tokio::time::timeout(CLIENT_TIMEOUT, client(stream, &telemetry)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "control client failed"),
+                Err(_) => tracing::debug!("control client too slow: dropped"),
+            }
+        });
+    }
+    clients.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), clients.wait()).await;
+    drop(listener);
+}
+
+/// For messages: the socket path.
+pub fn path(listener: &Listener) -> &Path {
+    &listener.path
+}

@@ -1,0 +1,324 @@
+//! The Prometheus metrics of a router: every family, registered once.
+//!
+//! Names follow Prometheus' rules (base units, `_total`, `_seconds`,
+//! `_bytes`, `_ratio`, points in time as `_timestamp_seconds`), labels are
+//! bounded (names from the config or the site registry, a fixed set of
+//! states and reason classes), and every series a router can know of at
+//! start-up is created at start-up. `docs/metrics.md` lists them all; a
+//! unit test walks the registry against both the rules and that list.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use crate::decision::{Health, ReasonClass};
+
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UplinkLabels {
+    pub uplink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UplinkInfoLabels {
+    pub uplink: String,
+    pub interface: String,
+    pub metered: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UplinkStateLabels {
+    pub uplink: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabels {
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteUplinkLabels {
+    pub site: String,
+    pub uplink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Every state an uplink can be in: the values of the `state` label.
+pub const STATES: [Health; 4] = [
+    Health::Unknown,
+    Health::Up,
+    Health::Recovering,
+    Health::Down,
+];
+/// Every reason class of a failover: the values of the `reason` label.
+pub const REASONS: [ReasonClass; 3] = [
+    ReasonClass::Dead,
+    ReasonClass::Brownout,
+    ReasonClass::Recovered,
+];
+
+/// The metric families. Cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    // Annex: uplinks.
+    pub uplink_up: Family<UplinkLabels, Gauge>,
+    pub uplink_active: Family<UplinkLabels, Gauge>,
+    pub uplink_state: Family<UplinkStateLabels, Gauge>,
+    pub uplink_rtt: Family<UplinkLabels, FloatGauge>,
+    pub uplink_jitter: Family<UplinkLabels, FloatGauge>,
+    pub uplink_loss: Family<UplinkLabels, FloatGauge>,
+    pub uplink_probe_sent: Family<UplinkLabels, Counter>,
+    pub uplink_probe_received: Family<UplinkLabels, Counter>,
+    pub uplink_state_changes: Family<UplinkLabels, Counter>,
+    pub uplink_receive: Family<UplinkLabels, Counter>,
+    pub uplink_transmit: Family<UplinkLabels, Counter>,
+    // Annex: failovers.
+    pub failovers: Family<FailoverLabels, Counter>,
+    pub last_failover: FloatGauge,
+    // Both roles: the tunnel's peers (the hub on an annex, every site on the hub).
+    pub peer_receive: Family<PeerLabels, Counter>,
+    pub peer_transmit: Family<PeerLabels, Counter>,
+    pub peer_last_handshake: Family<PeerLabels, FloatGauge>,
+    // Both roles: end-to-end checks.
+    pub check_up: Family<CheckLabels, Gauge>,
+    pub check_latency: Family<CheckLabels, FloatGauge>,
+    // Hub: what each annex reports over its probe connection.
+    pub site_report: Family<SiteLabels, FloatGauge>,
+    pub site_uplink_active: Family<SiteUplinkLabels, Gauge>,
+    pub site_uplink_up: Family<SiteUplinkLabels, Gauge>,
+    pub site_uplink_rtt: Family<SiteUplinkLabels, FloatGauge>,
+    pub site_uplink_loss: Family<SiteUplinkLabels, FloatGauge>,
+    // Hub: the probe responder.
+    pub responder_connections: Family<ResultLabels, Counter>,
+    pub responder_garbage: Counter,
+    pub responder_echoes: Counter,
+}
+
+/// Registers a metric whose name ends in a base unit with that unit, so
+/// that the OpenMetrics `# UNIT` line matches the suffix.
+fn register(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    let units = [
+        ("_seconds", Unit::Seconds),
+        ("_bytes", Unit::Bytes),
+        ("_ratio", Unit::Other("ratio".into())),
+    ];
+    for (suffix, unit) in units {
+        if let Some(base) = name.strip_suffix(suffix) {
+            registry.register_with_unit(base, help, unit, metric);
+            return;
+        }
+    }
+    registry.register(name, help, metric);
+}
+
+impl Metrics {
+    /// The registry holding every family, and `townlink_build_info`.
+    pub fn registry(&self, role: &str) -> Registry {
+        let mut r = Registry::with_prefix("townlink");
+        let m = self.clone();
+        r.register(
+            "build",
+            "Version of townlink and the role it runs as",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                role: role.to_string(),
+            }),
+        );
+        let r_ = &mut r;
+        register(
+            r_,
+            "uplink_up",
+            "1 when the uplink answers probes within its SLA (state up), else 0",
+            m.uplink_up,
+        );
+        register(
+            r_,
+            "uplink_active",
+            "1 for the uplink the tunnel goes through, else 0",
+            m.uplink_active,
+        );
+        register(
+            r_,
+            "uplink_state",
+            "1 for the uplink's current state (unknown, up, recovering, down), 0 for the others",
+            m.uplink_state,
+        );
+        register(
+            r_,
+            "uplink_rtt_seconds",
+            "Mean probe round-trip time over the SLA window (NaN before the first echo)",
+            m.uplink_rtt,
+        );
+        register(
+            r_,
+            "uplink_jitter_seconds",
+            "Mean variation between consecutive probe round-trip times over the SLA window",
+            m.uplink_jitter,
+        );
+        register(
+            r_,
+            "uplink_loss_ratio",
+            "Share of probes lost over the SLA window, 0 to 1 (NaN before enough samples)",
+            m.uplink_loss,
+        );
+        register(
+            r_,
+            "uplink_probe_sent_bytes",
+            "Bytes the uplink's prober sent, IP and UDP headers included",
+            m.uplink_probe_sent,
+        );
+        register(
+            r_,
+            "uplink_probe_received_bytes",
+            "Bytes the uplink's prober received, IP and UDP headers included",
+            m.uplink_probe_received,
+        );
+        register(
+            r_,
+            "uplink_state_changes",
+            "Changes of the uplink's state",
+            m.uplink_state_changes,
+        );
+        register(
+            r_,
+            "uplink_receive_bytes",
+            "Bytes received on the uplink's interface (kernel counter, all traffic)",
+            m.uplink_receive,
+        );
+        register(
+            r_,
+            "uplink_transmit_bytes",
+            "Bytes sent on the uplink's interface (kernel counter, all traffic)",
+            m.uplink_transmit,
+        );
+        register(
+            r_,
+            "failovers",
+            "Switches of the tunnel from one uplink to another, by reason class",
+            m.failovers,
+        );
+        register(
+            r_,
+            "last_failover_timestamp_seconds",
+            "Unix time of the last switch of the tunnel (0: none since start)",
+            m.last_failover,
+        );
+        register(
+            r_,
+            "peer_receive_bytes",
+            "Bytes received from the tunnel peer (the hub on an annex, a site on the hub)",
+            m.peer_receive,
+        );
+        register(
+            r_,
+            "peer_transmit_bytes",
+            "Bytes sent to the tunnel peer",
+            m.peer_transmit,
+        );
+        register(
+            r_,
+            "peer_last_handshake_timestamp_seconds",
+            "Unix time of the last completed handshake with the tunnel peer (0: none)",
+            m.peer_last_handshake,
+        );
+        register(
+            r_,
+            "check_up",
+            "1 when the last end-to-end check succeeded, else 0",
+            m.check_up,
+        );
+        register(
+            r_,
+            "check_latency_seconds",
+            "Time the last successful end-to-end check took (NaN before the first success)",
+            m.check_latency,
+        );
+        register(
+            r_,
+            "site_report_timestamp_seconds",
+            "Unix time of the last report of the site's annex (0: none since the hub started)",
+            m.site_report,
+        );
+        register(
+            r_,
+            "site_uplink_active",
+            "1 for the uplink the site's annex reports its tunnel goes through",
+            m.site_uplink_active,
+        );
+        register(
+            r_,
+            "site_uplink_up",
+            "1 when the site's annex reports this uplink up",
+            m.site_uplink_up,
+        );
+        register(
+            r_,
+            "site_uplink_rtt_seconds",
+            "Probe round-trip time the site's annex reports for this uplink",
+            m.site_uplink_rtt,
+        );
+        register(
+            r_,
+            "site_uplink_loss_ratio",
+            "Probe loss the site's annex reports for this uplink, 0 to 1",
+            m.site_uplink_loss,
+        );
+        register(
+            r_,
+            "responder_connections",
+            "Probe connections to the hub, by result (authenticated, refused)",
+            m.responder_connections,
+        );
+        register(
+            r_,
+            "responder_garbage_datagrams",
+            "Datagrams on authenticated probe connections that were neither probes nor reports",
+            m.responder_garbage,
+        );
+        register(
+            r_,
+            "responder_echoes",
+            "Probes the hub answered",
+            m.responder_echoes,
+        );
+        r
+    }
+}

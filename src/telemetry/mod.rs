@@ -1,0 +1,489 @@
+//! What the daemon knows about itself, for `/metrics` and `townlink status`.
+//!
+//! One [`Telemetry`] per daemon, shared by every task: the failover task
+//! writes uplink qualities and switches, the probers and the responder
+//! count bytes and connections, the [`collector`] copies kernel and tunnel
+//! counters every second, the checks write their results. `/metrics`
+//! ([`http`]) encodes the registry; the control socket serves
+//! [`Telemetry::snapshot`].
+
+pub mod collector;
+pub mod http;
+pub mod metrics;
+pub mod status;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, Role};
+use crate::decision::{Decision, Health, Quality, StateChange};
+use crate::probe::prober::ProbeCounters;
+use crate::probe::responder::ResponderCounters;
+use crate::probe::wire::Report;
+use crate::sites::Name;
+use crate::tunnel::PeerStatus;
+use metrics::*;
+use status::*;
+
+/// Unix time in seconds, as metrics and status show points in time.
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn now() -> f64 {
+    unix(SystemTime::now())
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Sets a counter to a value read elsewhere (a kernel or tunnel counter).
+/// A smaller value means the source was reset (peer re-added, interface
+/// recreated): the counter starts again from it, which Prometheus' `rate()`
+/// handles as a counter reset.
+fn set_counter(c: &prometheus_client::metrics::counter::Counter, v: u64) {
+    c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub struct Telemetry {
+    metrics: Metrics,
+    registry: Registry,
+    status: Mutex<Status>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+fn uplink(name: &str) -> UplinkLabels {
+    UplinkLabels {
+        uplink: name.to_string(),
+    }
+}
+
+fn peer(name: &str) -> PeerLabels {
+    PeerLabels {
+        peer: name.to_string(),
+    }
+}
+
+impl Telemetry {
+    /// Creates every series the config already determines.
+    pub fn new(config: &Config) -> Arc<Telemetry> {
+        let m = Metrics::default();
+        let t = &config.tunnel;
+        let mut status = Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now(),
+            tunnel: TunnelView {
+                interface: t.interface.to_string(),
+                address: t.address.to_string(),
+                listen_port: t.listen_port,
+                peers: Vec::new(),
+            },
+            ..Status::default()
+        };
+        m.last_failover.set(0.0);
+        let role = match &config.role {
+            Role::Annex(annex) => {
+                status.name = Some(annex.name.to_string());
+                let (active, _) = annex.preferred_uplink();
+                for (i, u) in annex.uplinks.iter().enumerate() {
+                    let l = uplink(u.name.as_str());
+                    m.uplink_up.get_or_create(&l).set(0);
+                    m.uplink_active.get_or_create(&l).set((i == active) as i64);
+                    for s in STATES {
+                        m.uplink_state
+                            .get_or_create(&UplinkStateLabels {
+                                uplink: l.uplink.clone(),
+                                state: s.as_str().into(),
+                            })
+                            .set((s == Health::Unknown) as i64);
+                    }
+                    m.uplink_rtt.get_or_create(&l).set(f64::NAN);
+                    m.uplink_jitter.get_or_create(&l).set(0.0);
+                    m.uplink_loss.get_or_create(&l).set(f64::NAN);
+                    for f in [
+                        &m.uplink_probe_sent,
+                        &m.uplink_probe_received,
+                        &m.uplink_state_changes,
+                        &m.uplink_receive,
+                        &m.uplink_transmit,
+                    ] {
+                        let _ = f.get_or_create(&l);
+                    }
+                    for (j, to) in annex.uplinks.iter().enumerate() {
+                        if i == j {
+                            continue;
+                        }
+                        for r in REASONS {
+                            let _ = m.failovers.get_or_create(&FailoverLabels {
+                                from: u.name.to_string(),
+                                to: to.name.to_string(),
+                                reason: r.as_str().into(),
+                            });
+                        }
+                    }
+                    status.uplinks.push(UplinkView {
+                        name: u.name.to_string(),
+                        interface: u.interface.to_string(),
+                        metered: u.metered,
+                        state: Health::Unknown.as_str().into(),
+                        active: i == active,
+                        ..UplinkView::default()
+                    });
+                }
+                status.active = Some(annex.uplinks[active].name.to_string());
+                for h in &annex.hubs {
+                    let _ = m.peer_last_handshake.get_or_create(&peer(h.name.as_str()));
+                    let _ = m.peer_receive.get_or_create(&peer(h.name.as_str()));
+                    let _ = m.peer_transmit.get_or_create(&peer(h.name.as_str()));
+                    status.tunnel.peers.push(PeerView {
+                        name: h.name.to_string(),
+                        ..PeerView::default()
+                    });
+                }
+                "annex"
+            }
+            Role::Hub(hub) => {
+                for r in ["authenticated", "refused"] {
+                    let _ = m
+                        .responder_connections
+                        .get_or_create(&ResultLabels { result: r.into() });
+                }
+                status.responder = Some(ResponderView::default());
+                for s in hub.sites.iter() {
+                    Self::site_series(&m, s.name.as_str());
+                    status.sites.push(SiteView {
+                        name: s.name.to_string(),
+                        address: s.address.to_string(),
+                        peer: PeerView {
+                            name: s.name.to_string(),
+                            ..PeerView::default()
+                        },
+                        report: None,
+                    });
+                }
+                "hub"
+            }
+        };
+        status.role = role.into();
+        for c in &config.checks {
+            let l = CheckLabels {
+                check: c.name.to_string(),
+            };
+            m.check_up.get_or_create(&l).set(0);
+            m.check_latency.get_or_create(&l).set(f64::NAN);
+            status.checks.push(CheckView {
+                name: c.name.to_string(),
+                target: c.tcp.to_string(),
+                ..CheckView::default()
+            });
+        }
+        let registry = m.registry(role);
+        Arc::new(Telemetry {
+            metrics: m,
+            registry,
+            status: Mutex::new(status),
+        })
+    }
+
+    fn site_series(m: &Metrics, site: &str) {
+        let _ = m.peer_last_handshake.get_or_create(&peer(site));
+        let _ = m.peer_receive.get_or_create(&peer(site));
+        let _ = m.peer_transmit.get_or_create(&peer(site));
+        let _ = m.site_report.get_or_create(&SiteLabels {
+            site: site.to_string(),
+        });
+    }
+
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // A panic elsewhere while holding the lock leaves plain data; keep serving it.
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The OpenMetrics text of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    /// The status, with the counters of this instant.
+    pub fn snapshot(&self) -> Status {
+        let mut s = self.status().clone();
+        let m = &self.metrics;
+        for u in &mut s.uplinks {
+            let l = uplink(&u.name);
+            u.state_changes = m.uplink_state_changes.get_or_create(&l).get();
+            u.probe_sent_bytes = m.uplink_probe_sent.get_or_create(&l).get();
+            u.probe_received_bytes = m.uplink_probe_received.get_or_create(&l).get();
+            u.rx_bytes = m.uplink_receive.get_or_create(&l).get();
+            u.tx_bytes = m.uplink_transmit.get_or_create(&l).get();
+        }
+        if let Some(r) = &mut s.responder {
+            let c = |r: &str| {
+                m.responder_connections
+                    .get_or_create(&ResultLabels { result: r.into() })
+                    .get()
+            };
+            r.authenticated = c("authenticated");
+            r.refused = c("refused");
+            r.garbage = m.responder_garbage.get();
+            r.echoed = m.responder_echoes.get();
+        }
+        s
+    }
+
+    /// The byte counters of uplink `name`'s prober.
+    pub fn probe_counters(&self, name: &str) -> ProbeCounters {
+        let l = uplink(name);
+        ProbeCounters {
+            sent_bytes: self.metrics.uplink_probe_sent.get_or_create_owned(&l),
+            received_bytes: self.metrics.uplink_probe_received.get_or_create_owned(&l),
+        }
+    }
+
+    pub fn responder_counters(&self) -> ResponderCounters {
+        let m = &self.metrics;
+        let r = |r: &str| {
+            m.responder_connections
+                .get_or_create_owned(&ResultLabels { result: r.into() })
+        };
+        ResponderCounters {
+            authenticated: r("authenticated"),
+            refused: r("refused"),
+            garbage: m.responder_garbage.clone(),
+            echoed: m.responder_echoes.clone(),
+        }
+    }
+
+    /// The engine's view of every uplink, after each event.
+    pub fn uplinks(&self, qualities: &[Quality], active: usize) {
+        let m = &self.metrics;
+        let mut s = self.status();
+        for (i, (u, q)) in s.uplinks.iter_mut().zip(qualities).enumerate() {
+            let l = uplink(&u.name);
+            m.uplink_up
+                .get_or_create(&l)
+                .set((q.health == Health::Up) as i64);
+            m.uplink_active.get_or_create(&l).set((i == active) as i64);
+            for st in STATES {
+                m.uplink_state
+                    .get_or_create(&UplinkStateLabels {
+                        uplink: u.name.clone(),
+                        state: st.as_str().into(),
+                    })
+                    .set((st == q.health) as i64);
+            }
+            m.uplink_rtt
+                .get_or_create(&l)
+                .set(q.rtt.map_or(f64::NAN, seconds));
+            m.uplink_jitter.get_or_create(&l).set(seconds(q.jitter));
+            m.uplink_loss
+                .get_or_create(&l)
+                .set(q.loss.unwrap_or(f64::NAN));
+            u.state = q.health.as_str().into();
+            u.active = i == active;
+            u.rtt_ms = q.rtt.map(ms);
+            u.jitter_ms = ms(q.jitter);
+            u.loss = q.loss;
+        }
+        s.active = s.uplinks.get(active).map(|u| u.name.clone());
+    }
+
+    pub fn state_change(&self, c: &StateChange) {
+        let mut s = self.status();
+        if let Some(u) = s.uplinks.get_mut(c.uplink) {
+            u.reason = Some(c.reason.clone());
+            self.metrics
+                .uplink_state_changes
+                .get_or_create(&uplink(&u.name))
+                .inc();
+        }
+    }
+
+    /// A switch the kernel took.
+    pub fn failover(&self, d: &Decision) {
+        let at = now();
+        let mut s = self.status();
+        let name = |i: usize| s.uplinks.get(i).map(|u| u.name.clone()).unwrap_or_default();
+        let (from, to) = (name(d.from), name(d.to));
+        self.metrics
+            .failovers
+            .get_or_create(&FailoverLabels {
+                from: from.clone(),
+                to: to.clone(),
+                reason: d.class.as_str().into(),
+            })
+            .inc();
+        self.metrics.last_failover.set(at);
+        s.failovers += 1;
+        s.last_failover = Some(FailoverView {
+            at,
+            from,
+            to,
+            class: d.class.as_str().into(),
+            reason: d.reason.clone(),
+        });
+    }
+
+    /// What an annex sends the hub: its active uplink and their qualities.
+    pub fn report(&self) -> Report {
+        let s = self.status();
+        Report {
+            active: s.active.clone().unwrap_or_default(),
+            uplinks: s
+                .uplinks
+                .iter()
+                .map(|u| ReportedUplink {
+                    name: u.name.clone(),
+                    state: u.state.clone(),
+                    rtt_ms: u.rtt_ms,
+                    loss: u.loss,
+                })
+                .collect(),
+        }
+    }
+
+    /// The kernel counters of uplink `i`'s interface.
+    pub fn uplink_bytes(&self, name: &str, rx: u64, tx: u64) {
+        let l = uplink(name);
+        set_counter(&self.metrics.uplink_receive.get_or_create(&l), rx);
+        set_counter(&self.metrics.uplink_transmit.get_or_create(&l), tx);
+    }
+
+    /// The tunnel's view of a peer named `name` (the hub, or a site).
+    pub fn peer(&self, name: &str, p: &PeerStatus) {
+        let m = &self.metrics;
+        let l = peer(name);
+        set_counter(&m.peer_receive.get_or_create(&l), p.rx_bytes);
+        set_counter(&m.peer_transmit.get_or_create(&l), p.tx_bytes);
+        let handshake = p.last_handshake.map(unix);
+        m.peer_last_handshake
+            .get_or_create(&l)
+            .set(handshake.unwrap_or(0.0));
+        let view = PeerView {
+            name: name.to_string(),
+            endpoint: p.endpoint.map(|e| e.to_string()),
+            last_handshake: handshake,
+            rx_bytes: p.rx_bytes,
+            tx_bytes: p.tx_bytes,
+        };
+        let mut s = self.status();
+        if let Some(v) = s.tunnel.peers.iter_mut().find(|v| v.name == name) {
+            *v = view;
+        } else if let Some(site) = s.sites.iter_mut().find(|v| v.name == name) {
+            site.peer = view;
+        }
+    }
+
+    /// The result of one run of check `name`: the latency, or why it failed.
+    pub fn check(&self, name: &str, result: Result<Duration, String>) {
+        let m = &self.metrics;
+        let l = CheckLabels {
+            check: name.to_string(),
+        };
+        m.check_up.get_or_create(&l).set(result.is_ok() as i64);
+        if let Ok(d) = &result {
+            m.check_latency.get_or_create(&l).set(seconds(*d));
+        }
+        let mut s = self.status();
+        if let Some(c) = s.checks.iter_mut().find(|c| c.name == name) {
+            c.at = Some(now());
+            c.up = Some(result.is_ok());
+            match result {
+                Ok(d) => {
+                    c.latency_ms = Some(ms(d));
+                    c.error = None;
+                }
+                Err(e) => c.error = Some(e),
+            }
+        }
+    }
+
+    /// A report from the annex of `site` (authenticated by its certificate).
+    /// Series of uplinks the site no longer reports are removed.
+    pub fn site_report(&self, site: &Name, report: Report) {
+        let m = &self.metrics;
+        let at = now();
+        let mut s = self.status();
+        let Some(view) = s.sites.iter_mut().find(|v| v.name == site.as_str()) else {
+            return;
+        };
+        let before = view.report.as_ref().map(|r| r.active.as_str());
+        if before != Some(report.active.as_str()) {
+            tracing::info!(
+                site = %site,
+                from = before.unwrap_or("-"),
+                to = %report.active,
+                "site reports its tunnel on another uplink"
+            );
+        }
+        if let Some(old) = &view.report {
+            for u in &old.uplinks {
+                if !report.uplinks.iter().any(|n| n.name == u.name) {
+                    Self::remove_site_uplink(m, site.as_str(), &u.name);
+                }
+            }
+        }
+        for u in &report.uplinks {
+            let l = SiteUplinkLabels {
+                site: site.to_string(),
+                uplink: u.name.clone(),
+            };
+            m.site_uplink_active
+                .get_or_create(&l)
+                .set((u.name == report.active) as i64);
+            m.site_uplink_up
+                .get_or_create(&l)
+                .set((u.state == Health::Up.as_str()) as i64);
+            m.site_uplink_rtt
+                .get_or_create(&l)
+                .set(u.rtt_ms.map_or(f64::NAN, |v| v / 1000.0));
+            m.site_uplink_loss
+                .get_or_create(&l)
+                .set(u.loss.unwrap_or(f64::NAN));
+        }
+        m.site_report
+            .get_or_create(&SiteLabels {
+                site: site.to_string(),
+            })
+            .set(at);
+        view.report = Some(SiteReportView {
+            at,
+            active: report.active,
+            uplinks: report.uplinks,
+        });
+    }
+
+    fn remove_site_uplink(m: &Metrics, site: &str, uplink: &str) {
+        let l = SiteUplinkLabels {
+            site: site.to_string(),
+            uplink: uplink.to_string(),
+        };
+        m.site_uplink_active.remove(&l);
+        m.site_uplink_up.remove(&l);
+        m.site_uplink_rtt.remove(&l);
+        m.site_uplink_loss.remove(&l);
+    }
+}
+
+#[cfg(test)]
+mod tests;

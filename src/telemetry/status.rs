@@ -1,0 +1,259 @@
+//! What `townlink status` shows: the daemon's view, as JSON on the control
+//! socket and as a compact text for a technician.
+//!
+//! Times are Unix seconds (like the metrics), durations milliseconds,
+//! loss a ratio from 0 to 1.
+
+use std::fmt::{self, Write as _};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: String,
+    /// "hub" or "annex".
+    pub role: String,
+    /// The annex's name; none on the hub.
+    pub name: Option<String>,
+    pub started_at: f64,
+    pub tunnel: TunnelView,
+    /// Annex only.
+    pub uplinks: Vec<UplinkView>,
+    /// Annex only: the uplink the tunnel goes through.
+    pub active: Option<String>,
+    pub failovers: u64,
+    pub last_failover: Option<FailoverView>,
+    pub checks: Vec<CheckView>,
+    /// Hub only.
+    pub sites: Vec<SiteView>,
+    /// Hub only.
+    pub responder: Option<ResponderView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TunnelView {
+    pub interface: String,
+    pub address: String,
+    pub listen_port: Option<u16>,
+    /// Annex: the hub. (The hub's peers are in `sites`.)
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub name: String,
+    pub endpoint: Option<String>,
+    pub last_handshake: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UplinkView {
+    pub name: String,
+    pub interface: String,
+    pub metered: bool,
+    pub state: String,
+    pub active: bool,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: f64,
+    pub loss: Option<f64>,
+    pub state_changes: u64,
+    /// Why the uplink is in its state, e.g. "4 probes lost in a row".
+    pub reason: Option<String>,
+    pub probe_sent_bytes: u64,
+    pub probe_received_bytes: u64,
+    /// Kernel counters of the interface.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FailoverView {
+    pub at: f64,
+    pub from: String,
+    pub to: String,
+    /// dead, brownout or recovered.
+    pub class: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckView {
+    pub name: String,
+    pub target: String,
+    /// None until the first attempt ends.
+    pub up: Option<bool>,
+    pub latency_ms: Option<f64>,
+    pub error: Option<String>,
+    pub at: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SiteView {
+    pub name: String,
+    pub address: String,
+    pub peer: PeerView,
+    /// What the annex last reported over its probe connection.
+    pub report: Option<SiteReportView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SiteReportView {
+    pub at: f64,
+    pub active: String,
+    pub uplinks: Vec<ReportedUplink>,
+}
+
+/// One uplink as an annex reports it to the hub (also the wire format).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReportedUplink {
+    pub name: String,
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    pub loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResponderView {
+    pub authenticated: u64,
+    pub refused: u64,
+    pub garbage: u64,
+    pub echoed: u64,
+}
+
+/// "12.3 ms", or "-" when unknown.
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1} ms"))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1} %", v * 100.0))
+}
+
+/// "2026-11-24 21:30:05 UTC (42 s ago)", relative to `now`.
+pub fn when(t: f64, now: f64) -> String {
+    let stamp = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    let ago = (now - t).max(0.0).round() as u64;
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(stamp),
+        humantime::format_duration(std::time::Duration::from_secs(ago))
+    )
+}
+
+impl Status {
+    /// The human view, as of Unix time `now`.
+    pub fn render(&self, now: f64) -> String {
+        let mut o = String::new();
+        let _ = self.write(&mut o, now);
+        o
+    }
+
+    fn write(&self, o: &mut String, now: f64) -> fmt::Result {
+        match &self.name {
+            Some(n) => writeln!(o, "townlink {} · {} {n}", self.version, self.role)?,
+            None => writeln!(o, "townlink {} · {}", self.version, self.role)?,
+        }
+        let t = &self.tunnel;
+        writeln!(o, "tunnel {} {}", t.interface, t.address)?;
+        for p in &t.peers {
+            writeln!(
+                o,
+                "  peer {:<12} {}  handshake {}  rx {} B  tx {} B",
+                p.name,
+                p.endpoint.as_deref().unwrap_or("-"),
+                p.last_handshake.map_or("never".into(), |h| when(h, now)),
+                p.rx_bytes,
+                p.tx_bytes
+            )?;
+        }
+        if !self.uplinks.is_empty() {
+            writeln!(
+                o,
+                "uplinks (active: {})",
+                self.active.as_deref().unwrap_or("-")
+            )?;
+            for u in &self.uplinks {
+                writeln!(
+                    o,
+                    "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>7}  {}",
+                    if u.active { '*' } else { ' ' },
+                    u.name,
+                    u.interface,
+                    u.state,
+                    ms(u.rtt_ms),
+                    ms(Some(u.jitter_ms)),
+                    pct(u.loss),
+                    if u.metered {
+                        format!(
+                            "metered, {} B probing",
+                            u.probe_sent_bytes + u.probe_received_bytes
+                        )
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            match &self.last_failover {
+                Some(f) => writeln!(
+                    o,
+                    "last switch {} → {} at {}: {} ({}); {} since start",
+                    f.from,
+                    f.to,
+                    when(f.at, now),
+                    f.class,
+                    f.reason,
+                    self.failovers
+                )?,
+                None => writeln!(o, "last switch: none since start")?,
+            }
+        }
+        if !self.checks.is_empty() {
+            writeln!(o, "checks")?;
+            for c in &self.checks {
+                let state = match c.up {
+                    None => "pending".to_string(),
+                    Some(true) => format!("ok {}", ms(c.latency_ms)),
+                    Some(false) => format!("FAILED: {}", c.error.as_deref().unwrap_or("?")),
+                };
+                writeln!(o, "  {:<12} tcp {:<22} {state}", c.name, c.target)?;
+            }
+        }
+        if let Some(r) = &self.responder {
+            writeln!(
+                o,
+                "probe responder: {} authenticated, {} refused, {} garbage, {} echoed",
+                r.authenticated, r.refused, r.garbage, r.echoed
+            )?;
+        }
+        if self.role == "hub" {
+            writeln!(o, "sites ({})", self.sites.len())?;
+            for s in &self.sites {
+                let report = match &s.report {
+                    Some(r) => {
+                        let active = r.uplinks.iter().find(|u| u.name == r.active);
+                        format!(
+                            "on {} rtt {} loss {}",
+                            r.active,
+                            ms(active.and_then(|u| u.rtt_ms)),
+                            pct(active.and_then(|u| u.loss))
+                        )
+                    }
+                    None => "no report".into(),
+                };
+                writeln!(
+                    o,
+                    "  {:<12} {:<12} {:<22} handshake {}  {report}",
+                    s.name,
+                    s.address,
+                    s.peer.endpoint.as_deref().unwrap_or("-"),
+                    s.peer
+                        .last_handshake
+                        .map_or("never".into(), |h| when(h, now)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,342 @@
+//! The naming rules of docs/metrics.md, checked on the encoded registry of
+//! both roles, and the status view.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::*;
+use crate::config::tests::{dir_with_key, example};
+use crate::decision::{Decision, ReasonClass};
+
+/// One metric family of the encoded text.
+#[derive(Debug, Default)]
+struct Family {
+    kind: String,
+    unit: Option<String>,
+    help: bool,
+    /// (sample name, labels).
+    samples: Vec<(String, BTreeMap<String, String>)>,
+}
+
+fn labels(text: &str) -> BTreeMap<String, String> {
+    // Our label values never hold '"' or ',' (names are plain), so a
+    // simple split is exact here.
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').expect("label=value");
+            (k.to_string(), v.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+fn parse(text: &str) -> BTreeMap<String, Family> {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    for line in text.lines() {
+        let words: Vec<&str> = line.splitn(4, ' ').collect();
+        match words.as_slice() {
+            ["#", "EOF"] => {}
+            ["#", "TYPE", name, kind] => {
+                families.entry(name.to_string()).or_default().kind = kind.to_string()
+            }
+            ["#", "UNIT", name, unit] => {
+                families.entry(name.to_string()).or_default().unit = Some(unit.to_string())
+            }
+            ["#", "HELP", name, ..] => families.entry(name.to_string()).or_default().help = true,
+            _ => {
+                let (series, _value) = line.rsplit_once(' ').expect("sample line");
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, l)) => (n, self::labels(l.trim_end_matches('}'))),
+                    None => (series, BTreeMap::new()),
+                };
+                let family = families
+                    .keys()
+                    .filter(|f| name.starts_with(f.as_str()))
+                    .max_by_key(|f| f.len())
+                    .unwrap_or_else(|| panic!("sample {name} before its # TYPE"))
+                    .clone();
+                families
+                    .get_mut(&family)
+                    .expect("found above")
+                    .samples
+                    .push((name.to_string(), labels));
+            }
+        }
+    }
+    families
+}
+
+/// An annex and a hub telemetry after some events, as a dashboard sees them.
+fn scrapes() -> (String, String) {
+    let dir = dir_with_key();
+    let annex_config = example("annex.toml", dir.path()).expect("annex example");
+    let hub_config = example("hub.toml", dir.path()).expect("hub example");
+    let annex = Telemetry::new(&annex_config);
+    let hub = Telemetry::new(&hub_config);
+    annex.failover(&Decision {
+        from: 0,
+        to: 1,
+        class: ReasonClass::Dead,
+        reason: "fiber: 4 probes lost in a row".into(),
+        at: Duration::from_secs(3),
+    });
+    annex.check("records", Ok(Duration::from_millis(12)));
+    let site = hub_config_site(&hub_config);
+    hub.site_report(&site, annex.report());
+    (annex.encode(), hub.encode())
+}
+
+fn hub_config_site(config: &crate::config::Config) -> Name {
+    let Role::Hub(h) = &config.role else {
+        panic!("hub expected")
+    };
+    h.sites.iter().next().expect("a site").name.clone()
+}
+
+/// The metric names listed in docs/metrics.md.
+fn documented() -> BTreeSet<String> {
+    let doc = include_str!("../../docs/metrics.md");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(n, _)| n.to_string()))
+        .filter(|n| n.starts_with("townlink_"))
+        .collect()
+}
+
+const LABELS: [&str; 13] = [
+    "uplink",
+    "interface",
+    "metered",
+    "state",
+    "from",
+    "to",
+    "reason",
+    "peer",
+    "check",
+    "site",
+    "result",
+    "version",
+    "role",
+];
+
+fn check_rules(text: &str) -> BTreeSet<String> {
+    let families = parse(text);
+    let mut exported = BTreeSet::new();
+    let unit_words = [
+        "ms",
+        "milliseconds",
+        "percent",
+        "kb",
+        "mb",
+        "kbytes",
+        "minutes",
+        "hours",
+    ];
+    for (name, f) in &families {
+        assert!(name.starts_with("townlink_"), "{name}: prefix townlink_");
+        assert!(f.help, "{name}: has HELP");
+        for w in unit_words {
+            assert!(
+                !name.split('_').any(|part| part == w),
+                "{name}: non-base unit {w}"
+            );
+        }
+        if let Some(unit) = &f.unit {
+            assert!(
+                ["seconds", "bytes", "ratio"].contains(&unit.as_str()),
+                "{name}: unit {unit} is not a base unit"
+            );
+            assert!(
+                name.ends_with(&format!("_{unit}")),
+                "{name}: ends with its unit"
+            );
+        }
+        for suffix in ["seconds", "bytes", "ratio"] {
+            if name.ends_with(&format!("_{suffix}")) {
+                assert_eq!(f.unit.as_deref(), Some(suffix), "{name}: # UNIT line");
+            }
+        }
+        if name.contains("time") {
+            assert!(
+                name.ends_with("_timestamp_seconds"),
+                "{name}: a point in time is _timestamp_seconds"
+            );
+        }
+        if name.ends_with("_loss_ratio") || name.ends_with("_ratio") {
+            assert_eq!(f.kind, "gauge", "{name}: a ratio is a gauge");
+        }
+        assert!(
+            !f.samples.is_empty() || name.starts_with("townlink_site_uplink_"),
+            "{name}: every series exists from the first scrape"
+        );
+        for (sample, labels) in &f.samples {
+            match f.kind.as_str() {
+                "counter" => assert_eq!(sample, &format!("{name}_total"), "counter sample"),
+                "info" => assert_eq!(sample, &format!("{name}_info"), "info sample"),
+                "gauge" => {
+                    assert_eq!(sample, name, "gauge sample");
+                    assert!(
+                        !name.ends_with("_total"),
+                        "{name}: gauge named like a counter"
+                    )
+                }
+                other => panic!("{name}: unexpected type {other}"),
+            }
+            for (k, v) in labels {
+                assert!(
+                    LABELS.contains(&k.as_str()),
+                    "{sample}: unbounded label {k}"
+                );
+                let numeric = v.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
+                assert!(
+                    numeric == v || numeric.parse::<f64>().is_err(),
+                    "{sample}: label {k}={v} carries a unit"
+                );
+            }
+            if let Some(s) = labels.get("state") {
+                assert!(
+                    STATES.iter().any(|h| h.as_str() == s),
+                    "{sample}: state {s}"
+                );
+            }
+            if let Some(r) = labels.get("reason") {
+                assert!(
+                    REASONS.iter().any(|c| c.as_str() == r),
+                    "{sample}: reason {r}"
+                );
+            }
+            exported.insert(sample.clone());
+        }
+    }
+    exported
+}
+
+#[test]
+fn registry_follows_the_naming_rules_and_the_docs() {
+    let (annex, hub) = scrapes();
+    let mut exported = check_rules(&annex);
+    exported.extend(check_rules(&hub));
+    let documented = documented();
+    let missing: Vec<_> = exported.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "exported but not in docs/metrics.md: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in docs/metrics.md but not exported: {stale:?}"
+    );
+}
+
+#[test]
+fn every_series_exists_before_any_event() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let text = annex.encode();
+    // 2 uplinks: 2 directions × 3 reasons, all at 0.
+    let failovers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("townlink_failovers_total{"))
+        .collect();
+    assert_eq!(failovers.len(), 6, "{failovers:?}");
+    assert!(failovers.iter().all(|l| l.ends_with(" 0")), "{failovers:?}");
+    assert!(text.contains("townlink_last_failover_timestamp_seconds 0.0"));
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\"} 1"));
+    assert!(text.contains("townlink_uplink_state{uplink=\"lte\",state=\"unknown\"} 1"));
+    assert!(text.contains("townlink_check_up{check=\"records\"} 0"));
+}
+
+#[test]
+fn a_failover_is_counted_and_shown() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let before = now();
+    annex.failover(&Decision {
+        from: 0,
+        to: 1,
+        class: ReasonClass::Brownout,
+        reason: "fiber: loss 31 % over 10 s".into(),
+        at: Duration::from_secs(30),
+    });
+    let text = annex.encode();
+    assert!(
+        text.contains("townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"brownout\"} 1")
+    );
+    let status = annex.snapshot();
+    assert_eq!(status.failovers, 1);
+    let f = status.last_failover.clone().expect("last failover");
+    assert_eq!(
+        (f.from.as_str(), f.to.as_str(), f.class.as_str()),
+        ("fiber", "lte", "brownout")
+    );
+    assert!(f.at >= before);
+    let shown = status.render(f.at + 5.0);
+    assert!(shown.contains("last switch fiber → lte"), "{shown}");
+    assert!(
+        shown.contains("brownout (fiber: loss 31 % over 10 s)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn hub_keeps_each_sites_report_under_its_certificate_name() {
+    let dir = dir_with_key();
+    let config = example("hub.toml", dir.path()).unwrap();
+    let hub = Telemetry::new(&config);
+    let site = hub_config_site(&config);
+    let report = |active: &str, uplinks: &[&str]| Report {
+        active: active.into(),
+        uplinks: uplinks
+            .iter()
+            .map(|u| ReportedUplink {
+                name: u.to_string(),
+                state: "up".into(),
+                rtt_ms: Some(20.0),
+                loss: Some(0.0),
+            })
+            .collect(),
+    };
+    hub.site_report(&site, report("lte", &["fiber", "lte"]));
+    let text = hub.encode();
+    let active = format!("townlink_site_uplink_active{{site=\"{site}\",uplink=\"lte\"}} 1");
+    assert!(text.contains(&active), "{text}");
+    assert!(text.contains(&format!(
+        "townlink_site_uplink_rtt_seconds{{site=\"{site}\",uplink=\"lte\"}} 0.02"
+    )));
+    // An uplink the site no longer reports disappears.
+    hub.site_report(&site, report("lte", &["lte"]));
+    let text = hub.encode();
+    assert!(!text.contains("uplink=\"fiber\""), "{text}");
+    // A report for a site that is not registered changes nothing.
+    hub.site_report(&Name::new("ghost").unwrap(), report("lte", &["lte"]));
+    assert!(!hub.encode().contains("ghost"));
+    let status = hub.snapshot();
+    let view = status
+        .sites
+        .iter()
+        .find(|s| s.name == site.as_str())
+        .unwrap();
+    assert_eq!(view.report.as_ref().unwrap().active, "lte");
+}
+
+#[test]
+fn status_renders_uplinks_checks_and_sites() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    annex.check("records", Err("connection refused".into()));
+    let s = annex.snapshot();
+    let text = s.render(now());
+    assert!(text.contains("uplinks (active: fiber)"), "{text}");
+    assert!(text.contains("records"), "{text}");
+    assert!(text.contains("FAILED: connection refused"), "{text}");
+    assert!(text.contains("last switch: none since start"), "{text}");
+    // The JSON is the same data, and reads back.
+    let json = serde_json::to_string(&s).unwrap();
+    let back: Status = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+}
