@@ -8,6 +8,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,14 +17,29 @@ use super::Telemetry;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Binds the listener (start-up fails on a bad or busy address).
+/// Binds the listener (start-up fails on a bad or busy address). The
+/// address may be one the router does not have yet, typically its tunnel
+/// address (scraped through the WAN): the socket is bound with
+/// `IP_FREEBIND` and accepts once the tunnel is up.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let fail = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot listen for /metrics on {addr} (metrics.listen): {e}; \
              choose a free local address, or set metrics.enabled = false"
         )
-    })
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if addr.is_ipv4() {
+        socket.set_freebind_v4(true).map_err(fail)?;
+    } else {
+        socket.set_freebind_v6(true).map_err(fail)?;
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(64).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
 }
 
 fn respond(telemetry: &Telemetry, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
