@@ -438,6 +438,29 @@ fn prometheus_scrapes_hub_and_annex_through_a_failover() {
     );
     assert_eq!(targets.len(), 2);
 
+    // Every query of the Grafana dashboard is valid PromQL, on documented metrics.
+    let documented = documented_metrics();
+    for expr in dashboard_queries() {
+        for name in metric_names(&expr) {
+            assert!(
+                documented
+                    .iter()
+                    .any(|d| d == &name || d.starts_with(&format!("{name}_"))),
+                "dashboard uses {name}, which docs/metrics.md does not list"
+            );
+        }
+        let promql = expr
+            .replace("$instance", ".+")
+            .replace("$__rate_interval", "1m");
+        prom.query(&promql);
+    }
+    // The dashboard's per-site view finds the annex.
+    assert_eq!(
+        prom.query(r#"townlink_uplink_active{instance=~".+"} == 1"#)
+            .len(),
+        1
+    );
+
     // Every documented metric is returned by a query.
     let mut missing = Vec::new();
     for name in documented_metrics() {
@@ -450,4 +473,94 @@ fn prometheus_scrapes_hub_and_annex_through_a_failover() {
         "documented metrics Prometheus does not have: {missing:?}\n{}",
         prom.log()
     );
+}
+
+/// Every PromQL expression of docs/monitoring/grafana-wan.json.
+fn dashboard_queries() -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", Value::String(e)) => out.push(e.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring/grafana-wan.json"),
+    )
+    .unwrap();
+    let json: Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    walk(&json, &mut out);
+    assert!(out.len() > 10, "dashboard queries: {out:?}");
+    out
+}
+
+/// The `townlink_*` names an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("townlink_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring"))
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_each_has_a_test() {
+    let checked = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    let tested = promtool(&["test", "rules", "alerts.test.yml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+
+    // Each alert has a test that expects it to fire and one that expects silence.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring");
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 5);
+    for alert in alerts {
+        let cases: Vec<&str> = tests
+            .split("alertname: ")
+            .skip(1)
+            .filter(|c| c.starts_with(alert))
+            .collect();
+        assert!(
+            cases.iter().any(|c| c.contains("exp_alerts: []")),
+            "{alert}: no test where it stays silent"
+        );
+        assert!(
+            cases.iter().any(|c| c.contains("exp_labels:")),
+            "{alert}: no test where it fires"
+        );
+    }
 }

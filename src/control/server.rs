@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,9 +151,4 @@ pub async fn serve(listener: Listener, telemetry: Arc<Telemetry>, stop: Cancella
     clients.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), clients.wait()).await;
     drop(listener);
-}
-
-/// For messages: the socket path.
-pub fn path(listener: &Listener) -> &Path {
-    &listener.path
 }

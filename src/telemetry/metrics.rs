@@ -95,6 +95,8 @@ pub const REASONS: [ReasonClass; 3] = [
 pub struct Metrics {
     // Annex: uplinks.
     pub uplink_up: Family<UplinkLabels, Gauge>,
+    pub uplink_preferred: Family<UplinkLabels, Gauge>,
+    pub uplink_metered: Family<UplinkLabels, Gauge>,
     pub uplink_active: Family<UplinkLabels, Gauge>,
     pub uplink_state: Family<UplinkStateLabels, Gauge>,
     pub uplink_rtt: Family<UplinkLabels, FloatGauge>,
@@ -168,6 +170,18 @@ impl Metrics {
             "uplink_up",
             "1 when the uplink answers probes within its SLA (state up), else 0",
             m.uplink_up,
+        );
+        register(
+            r_,
+            "uplink_preferred",
+            "1 for the uplink the tunnel uses when every uplink is healthy (lowest priority), else 0",
+            m.uplink_preferred,
+        );
+        register(
+            r_,
+            "uplink_metered",
+            "1 for an uplink billed by volume (metered = true, 4G), else 0",
+            m.uplink_metered,
         );
         register(
             r_,

@@ -101,6 +101,10 @@ impl Telemetry {
                 for (i, u) in annex.uplinks.iter().enumerate() {
                     let l = uplink(u.name.as_str());
                     m.uplink_up.get_or_create(&l).set(0);
+                    m.uplink_preferred
+                        .get_or_create(&l)
+                        .set((i == active) as i64);
+                    m.uplink_metered.get_or_create(&l).set(u.metered as i64);
                     m.uplink_active.get_or_create(&l).set((i == active) as i64);
                     for s in STATES {
                         m.uplink_state
