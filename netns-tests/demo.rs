@@ -13,7 +13,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use testbed::{
-    echo_server, echo_within, udp_echo_server, Impairment, Netns, UdpStream, Wan, RECORDS,
+    echo_server, echo_within, http_get, status, udp_echo_server, Impairment, Netns, Options,
+    UdpStream, Wan, RECORDS,
 };
 
 fn title(text: &str) {
@@ -29,8 +30,24 @@ fn show(ns: &Netns, label: &str, args: &[&str]) {
 }
 
 fn main() {
+    // The WAN is dropped (processes stopped, namespaces removed) before the
+    // process exits, whatever the outcome.
+    std::process::exit(demo());
+}
+
+/// Runs the demo; 0 when everything shown worked.
+fn demo() -> i32 {
     title("building the WAN in network namespaces");
-    let mut wan = Wan::build(2);
+    // Every annex checks the records server through the tunnel each second.
+    let mut wan = Wan::build_with(
+        2,
+        &Options {
+            annex_extra: format!(
+                "[[check]]\nname = \"records\"\ntcp = \"{RECORDS}:7000\"\ninterval = \"1s\"\n"
+            ),
+            ..Options::default()
+        },
+    );
     println!(
         "   records server {RECORDS} behind the hub (198.18.0.2); annex-N: fiber 198.18.1N.2, \
          4G 100.64.N.2 (NATed by the carrier), LAN 192.168.N.0/24"
@@ -51,7 +68,7 @@ fn main() {
             ),
             Err(e) => {
                 println!("   LAN host of annex-{n}: FAILED: {e}");
-                std::process::exit(1);
+                return 1;
             }
         }
     }
@@ -61,7 +78,7 @@ fn main() {
         ),
         Err(e) => {
             println!("   annex-2 -> annex-1 FAILED: {e}");
-            std::process::exit(1);
+            return 1;
         }
     }
 
@@ -109,7 +126,7 @@ fn main() {
         .is_err()
     {
         println!("   FAILED: the stream did not resume");
-        std::process::exit(1);
+        return 1;
     }
     println!(
         "   the stream resumed over 4G; longest gap: {:.0?}",
@@ -134,6 +151,64 @@ fn main() {
         &wan.annex(1).ns,
         "the tunnel's table now",
         &["route", "show", "table", "7400"],
+    );
+
+    title("what the technician sees: townlink status");
+    std::thread::sleep(Duration::from_secs(6)); // the next report reaches the hub
+    for (who, socket) in [("annex-1", "annex1.sock"), ("hub", "hub.sock")] {
+        let (code, out, err) = status(&wan.dir.path().join(socket), false);
+        println!("-- {who}: townlink status   (exit {code})");
+        for line in out.lines().chain(err.lines()) {
+            println!("   {line}");
+        }
+    }
+
+    title("what the dashboard sees: /metrics (excerpt; the full list is docs/metrics.md)");
+    let addr = "127.0.0.1:9475".parse().expect("address");
+    let excerpt = |ns: &Netns, who: &str, keep: &[&str]| match http_get(ns, addr, "/metrics") {
+        Ok((200, body)) => {
+            println!(
+                "-- {who}: GET http://{addr}/metrics ({} lines)",
+                body.lines().count()
+            );
+            for line in body
+                .lines()
+                .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+            {
+                // Counters that are still 0 are there too; the excerpt skips them.
+                if !((line.contains("_total") || line.contains("_state{")) && line.ends_with(" 0"))
+                {
+                    println!("   {line}");
+                }
+            }
+        }
+        other => println!("-- {who}: scrape failed: {other:?}"),
+    };
+    excerpt(
+        &wan.annex(1).ns,
+        "annex-1",
+        &[
+            "townlink_build_info",
+            "townlink_uplink_active",
+            "townlink_uplink_state{",
+            "townlink_uplink_rtt_seconds",
+            "townlink_uplink_loss_ratio",
+            "townlink_uplink_probe_",
+            "townlink_failovers_total",
+            "townlink_last_failover",
+            "townlink_peer_last_handshake",
+            "townlink_check_",
+        ],
+    );
+    excerpt(
+        &wan.hub,
+        "hub",
+        &[
+            "townlink_build_info",
+            "townlink_site_",
+            "townlink_peer_last_handshake",
+            "townlink_responder_",
+        ],
     );
 
     title("fiber restored: back after the hold-down, once");
@@ -171,4 +246,5 @@ fn main() {
     );
 
     title("done: removing the namespaces");
+    0
 }

@@ -5,14 +5,13 @@
 mod testbed;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testbed::{echo_server, townlink_bin, Impairment, Netns, Options, Wan, RECORDS};
+use testbed::{echo_server, http_get, status, Impairment, Netns, Options, Wan, RECORDS};
 
 const RECORDS_PORT: u16 = 8080;
 
@@ -56,69 +55,6 @@ fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// `GET path` from inside `ns`: (status code, body).
-fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let path = path.to_string();
-    ns.run(move || {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text)
-            .map_err(|e| format!("read: {e}"))?;
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-        let code = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or("no status code")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Ok((code, body))
-    })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn status(socket: &Path, json: bool) -> (i32, String, String) {
-    let mut cmd = Command::new(townlink_bin());
-    cmd.arg("status").arg("--socket").arg(socket);
-    if json {
-        cmd.arg("--json");
-    }
-    let out = cmd.output().expect("run townlink status");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn status_json(socket: &Path) -> Value {

@@ -454,10 +454,14 @@ fn checks(c: &mut Checker, raw: &[RawCheck]) -> Vec<CheckConfig> {
             Duration::from_secs(1),
             Duration::from_secs(3600),
         );
+        // Without a timeout of its own, a check waits at most until its next run.
+        let default_timeout = interval.map_or(CheckConfig::DEFAULT_TIMEOUT, |i| {
+            i.min(CheckConfig::DEFAULT_TIMEOUT)
+        });
         let timeout = c.duration(
             &format!("{path}.timeout"),
             r.timeout.as_ref(),
-            CheckConfig::DEFAULT_TIMEOUT,
+            default_timeout,
             Duration::from_millis(100),
             Duration::from_secs(60),
         );

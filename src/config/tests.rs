@@ -243,3 +243,78 @@ fn endpoints() {
         "IPv6 needs brackets"
     );
 }
+
+/// The annex example with `extra` appended (new sections at the end).
+fn annex_with(extra: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
+            .unwrap();
+    parse(&format!("{}\n{extra}", localize(&text)), dir)
+}
+
+#[test]
+fn control_metrics_and_checks_get_defaults() {
+    let dir = dir_with_key();
+    let c = example("annex.toml", dir.path()).unwrap();
+    assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    assert_eq!(c.control.group, None);
+    assert_eq!(
+        c.metrics.listen,
+        Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+    );
+    assert_eq!(c.checks.len(), 1);
+    assert_eq!(c.checks[0].name.as_str(), "records");
+    assert_eq!(c.checks[0].interval, CheckConfig::DEFAULT_INTERVAL);
+    assert_eq!(c.checks[0].timeout, CheckConfig::DEFAULT_TIMEOUT);
+
+    let c = annex_with(
+        "[control]\nsocket = \"run/tl.sock\"\ngroup = \"townlink\"\n[metrics]\nenabled = false\n[[check]]\nname = \"fast\"\ntcp = \"10.50.0.10:80\"\ninterval = \"1s\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    // Relative to the config file, like every other path.
+    assert_eq!(c.control.socket, dir.path().join("run/tl.sock"));
+    assert_eq!(c.control.group.as_deref(), Some("townlink"));
+    assert_eq!(c.metrics.listen, None);
+    // Without a timeout of its own, a check waits at most until its next run.
+    assert_eq!(c.checks[1].timeout, std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn control_metrics_and_check_mistakes_are_all_listed() {
+    let dir = dir_with_key();
+    let problems = annex_with(
+        "[control]\nsocket = \"\"\n[metrics]\nlisten = \"localhost\"\n\
+         [[check]]\nname = \"records\"\ntcp = \"10.50.0.10\"\n\
+         [[check]]\nname = \"slow\"\ntcp = \"10.50.0.10:80\"\ninterval = \"5s\"\ntimeout = \"10s\"\n\
+         [[check]]\ntcp = \"10.50.0.10:80\"\n",
+        dir.path(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "control.socket",
+            "metrics.listen",
+            "check[1].name",
+            "check[1].tcp",
+            "check[2].timeout",
+            "check[3].name",
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_cli_finds_the_control_socket_in_the_config() {
+    let dir = dir_with_key();
+    let file = dir.path().join("townlink.toml");
+    std::fs::write(&file, "role = \"annex\"\n[control]\nsocket = \"tl.sock\"\n").unwrap();
+    assert_eq!(control_socket(&file), dir.path().join("tl.sock"));
+    std::fs::write(&file, "role = \"annex\"\n").unwrap();
+    assert_eq!(control_socket(&file), PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    assert_eq!(
+        control_socket(&dir.path().join("missing.toml")),
+        PathBuf::from(DEFAULT_CONTROL_SOCKET)
+    );
+}
