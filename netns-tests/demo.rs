@@ -165,7 +165,13 @@ fn demo() -> i32 {
 
     title("what the dashboard sees: /metrics (excerpt; the full list is docs/metrics.md)");
     let addr = "127.0.0.1:9475".parse().expect("address");
+    // DEMO_FULL_METRICS=1 prints every line of both scrapes.
+    let full = std::env::var_os("DEMO_FULL_METRICS").is_some();
     let excerpt = |ns: &Netns, who: &str, keep: &[&str]| match http_get(ns, addr, "/metrics") {
+        Ok((200, body)) if full => {
+            println!("-- {who}: GET http://{addr}/metrics");
+            body.lines().for_each(|l| println!("   {l}"));
+        }
         Ok((200, body)) => {
             println!(
                 "-- {who}: GET http://{addr}/metrics ({} lines)",

@@ -152,7 +152,8 @@ fn register(
 }
 
 impl Metrics {
-    /// The registry holding every family, and `townlink_build_info`.
+    /// The registry of a role ("annex" or "hub"): the families that
+    /// role exports, and `townlink_build_info`.
     pub fn registry(&self, role: &str) -> Registry {
         let mut r = Registry::with_prefix("townlink");
         let m = self.clone();
@@ -165,96 +166,6 @@ impl Metrics {
             }),
         );
         let r_ = &mut r;
-        register(
-            r_,
-            "uplink_up",
-            "1 when the uplink answers probes within its SLA (state up), else 0",
-            m.uplink_up,
-        );
-        register(
-            r_,
-            "uplink_preferred",
-            "1 for the uplink the tunnel uses when every uplink is healthy (lowest priority), else 0",
-            m.uplink_preferred,
-        );
-        register(
-            r_,
-            "uplink_metered",
-            "1 for an uplink billed by volume (metered = true, 4G), else 0",
-            m.uplink_metered,
-        );
-        register(
-            r_,
-            "uplink_active",
-            "1 for the uplink the tunnel goes through, else 0",
-            m.uplink_active,
-        );
-        register(
-            r_,
-            "uplink_state",
-            "1 for the uplink's current state (unknown, up, recovering, down), 0 for the others",
-            m.uplink_state,
-        );
-        register(
-            r_,
-            "uplink_rtt_seconds",
-            "Mean probe round-trip time over the SLA window (NaN before the first echo)",
-            m.uplink_rtt,
-        );
-        register(
-            r_,
-            "uplink_jitter_seconds",
-            "Mean variation between consecutive probe round-trip times over the SLA window",
-            m.uplink_jitter,
-        );
-        register(
-            r_,
-            "uplink_loss_ratio",
-            "Share of probes lost over the SLA window, 0 to 1 (NaN before enough samples)",
-            m.uplink_loss,
-        );
-        register(
-            r_,
-            "uplink_probe_sent_bytes",
-            "Bytes the uplink's prober sent, IP and UDP headers included",
-            m.uplink_probe_sent,
-        );
-        register(
-            r_,
-            "uplink_probe_received_bytes",
-            "Bytes the uplink's prober received, IP and UDP headers included",
-            m.uplink_probe_received,
-        );
-        register(
-            r_,
-            "uplink_state_changes",
-            "Changes of the uplink's state",
-            m.uplink_state_changes,
-        );
-        register(
-            r_,
-            "uplink_receive_bytes",
-            "Bytes received on the uplink's interface (kernel counter, all traffic)",
-            m.uplink_receive,
-        );
-        register(
-            r_,
-            "uplink_transmit_bytes",
-            "Bytes sent on the uplink's interface (kernel counter, all traffic)",
-            m.uplink_transmit,
-        );
-        register(
-            r_,
-            "failovers",
-            "Switches of the tunnel from one uplink to another, by reason class",
-            m.failovers,
-        );
-        register(
-            r_,
-            "last_failover_timestamp_seconds",
-            "Unix time of the last switch of the tunnel (0: none since start)",
-            m.last_failover,
-        );
         register(
             r_,
             "peer_receive_bytes",
@@ -285,54 +196,148 @@ impl Metrics {
             "Time the last successful end-to-end check took (NaN before the first success)",
             m.check_latency,
         );
-        register(
-            r_,
-            "site_report_timestamp_seconds",
-            "Unix time of the last report of the site's annex (0: none since the hub started)",
-            m.site_report,
-        );
-        register(
-            r_,
-            "site_uplink_active",
-            "1 for the uplink the site's annex reports its tunnel goes through",
-            m.site_uplink_active,
-        );
-        register(
-            r_,
-            "site_uplink_up",
-            "1 when the site's annex reports this uplink up",
-            m.site_uplink_up,
-        );
-        register(
-            r_,
-            "site_uplink_rtt_seconds",
-            "Probe round-trip time the site's annex reports for this uplink",
-            m.site_uplink_rtt,
-        );
-        register(
-            r_,
-            "site_uplink_loss_ratio",
-            "Probe loss the site's annex reports for this uplink, 0 to 1",
-            m.site_uplink_loss,
-        );
-        register(
-            r_,
-            "responder_connections",
-            "Probe connections to the hub, by result (authenticated, refused)",
-            m.responder_connections,
-        );
-        register(
-            r_,
-            "responder_garbage_datagrams",
-            "Datagrams on authenticated probe connections that were neither probes nor reports",
-            m.responder_garbage,
-        );
-        register(
-            r_,
-            "responder_echoes",
-            "Probes the hub answered",
-            m.responder_echoes,
-        );
+        if role == "annex" {
+            register(
+                r_,
+                "uplink_up",
+                "1 when the uplink answers probes within its SLA (state up), else 0",
+                m.uplink_up,
+            );
+            register(
+                r_,
+                "uplink_preferred",
+                "1 for the uplink the tunnel uses when every uplink is healthy (lowest priority), else 0",
+                m.uplink_preferred,
+            );
+            register(
+                r_,
+                "uplink_metered",
+                "1 for an uplink billed by volume (metered = true, 4G), else 0",
+                m.uplink_metered,
+            );
+            register(
+                r_,
+                "uplink_active",
+                "1 for the uplink the tunnel goes through, else 0",
+                m.uplink_active,
+            );
+            register(
+                r_,
+                "uplink_state",
+                "1 for the uplink's current state (unknown, up, recovering, down), 0 for the others",
+                m.uplink_state,
+            );
+            register(
+                r_,
+                "uplink_rtt_seconds",
+                "Mean probe round-trip time over the SLA window (NaN before the first echo)",
+                m.uplink_rtt,
+            );
+            register(
+                r_,
+                "uplink_jitter_seconds",
+                "Mean variation between consecutive probe round-trip times over the SLA window",
+                m.uplink_jitter,
+            );
+            register(
+                r_,
+                "uplink_loss_ratio",
+                "Share of probes lost over the SLA window, 0 to 1 (NaN before enough samples)",
+                m.uplink_loss,
+            );
+            register(
+                r_,
+                "uplink_probe_sent_bytes",
+                "Bytes the uplink's prober sent, IP and UDP headers included",
+                m.uplink_probe_sent,
+            );
+            register(
+                r_,
+                "uplink_probe_received_bytes",
+                "Bytes the uplink's prober received, IP and UDP headers included",
+                m.uplink_probe_received,
+            );
+            register(
+                r_,
+                "uplink_state_changes",
+                "Changes of the uplink's state",
+                m.uplink_state_changes,
+            );
+            register(
+                r_,
+                "uplink_receive_bytes",
+                "Bytes received on the uplink's interface (kernel counter, all traffic)",
+                m.uplink_receive,
+            );
+            register(
+                r_,
+                "uplink_transmit_bytes",
+                "Bytes sent on the uplink's interface (kernel counter, all traffic)",
+                m.uplink_transmit,
+            );
+            register(
+                r_,
+                "failovers",
+                "Switches of the tunnel from one uplink to another, by reason class",
+                m.failovers,
+            );
+            register(
+                r_,
+                "last_failover_timestamp_seconds",
+                "Unix time of the last switch of the tunnel (0: none since start)",
+                m.last_failover,
+            );
+        }
+        if role == "hub" {
+            register(
+                r_,
+                "site_report_timestamp_seconds",
+                "Unix time of the last report of the site's annex (0: none since the hub started)",
+                m.site_report,
+            );
+            register(
+                r_,
+                "site_uplink_active",
+                "1 for the uplink the site's annex reports its tunnel goes through",
+                m.site_uplink_active,
+            );
+            register(
+                r_,
+                "site_uplink_up",
+                "1 when the site's annex reports this uplink up",
+                m.site_uplink_up,
+            );
+            register(
+                r_,
+                "site_uplink_rtt_seconds",
+                "Probe round-trip time the site's annex reports for this uplink",
+                m.site_uplink_rtt,
+            );
+            register(
+                r_,
+                "site_uplink_loss_ratio",
+                "Probe loss the site's annex reports for this uplink, 0 to 1",
+                m.site_uplink_loss,
+            );
+            register(
+                r_,
+                "responder_connections",
+                "Probe connections to the hub, by result (authenticated, refused)",
+                m.responder_connections,
+            );
+            register(
+                r_,
+                "responder_garbage_datagrams",
+                "Datagrams on authenticated probe connections that were neither probes nor reports",
+                m.responder_garbage,
+            );
+            register(
+                r_,
+                "responder_echoes",
+                "Probes the hub answered",
+                m.responder_echoes,
+            );
+        }
         r
     }
 }

@@ -234,6 +234,26 @@ fn registry_follows_the_naming_rules_and_the_docs() {
 }
 
 #[test]
+fn each_role_exports_its_own_families_only() {
+    let (annex, hub) = scrapes();
+    let families = |text: &str| -> Vec<String> { parse(text).into_keys().collect() };
+    for f in families(&annex) {
+        assert!(
+            !f.starts_with("townlink_site_") && !f.starts_with("townlink_responder_"),
+            "annex exports the hub's {f}"
+        );
+    }
+    for f in families(&hub) {
+        assert!(
+            !f.starts_with("townlink_uplink_")
+                && !f.starts_with("townlink_failovers")
+                && !f.starts_with("townlink_last_failover"),
+            "hub exports the annex's {f}"
+        );
+    }
+}
+
+#[test]
 fn every_series_exists_before_any_event() {
     let dir = dir_with_key();
     let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
