@@ -82,7 +82,9 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn status_and_metrics_follow_a_failover() {
+    let t0 = Instant::now();
     let wan = running("127.0.0.1:9475");
+    eprintln!("running after {:?}", t0.elapsed());
     let annex_ns = &wan.annex(1).ns;
     let metrics_addr: SocketAddr = "127.0.0.1:9475".parse().unwrap();
 
@@ -123,6 +125,7 @@ fn status_and_metrics_follow_a_failover() {
     let _fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
     wan.wait_for_uplink("lte0", Duration::from_secs(20))
         .unwrap();
+    eprintln!("switched after {:?}", t0.elapsed());
 
     // The annex's status and metrics show the switch and its reason.
     let s = wait_for("status shows lte active", Duration::from_secs(10), || {
@@ -142,7 +145,7 @@ fn status_and_metrics_follow_a_failover() {
     assert!(text.contains("uplinks (active: lte)"), "{text}");
     assert!(text.contains("last switch fiber → lte"), "{text}");
 
-    let body = wait_for("check passes over 4G", Duration::from_secs(10), || {
+    let body = wait_for("check passes over 4G", Duration::from_secs(20), || {
         let (_, body) = http_get(annex_ns, metrics_addr, "/metrics").ok()?;
         (sample(&body, "townlink_check_up{check=\"records\"}") == Some(1.0)).then_some(body)
     });
@@ -175,11 +178,13 @@ fn status_and_metrics_follow_a_failover() {
             > 0.0
     );
 
+    eprintln!("check up over 4G after {:?}", t0.elapsed());
     // The hub's status shows the site on 4G, as the annex reported it.
-    let hub = wait_for("hub sees the site on lte", Duration::from_secs(15), || {
+    let hub = wait_for("hub sees the site on lte", Duration::from_secs(30), || {
         let s = status_json(&hub_socket(&wan));
         (s["sites"][0]["report"]["active"] == "lte").then_some(s)
     });
+    eprintln!("hub saw the report after {:?}", t0.elapsed());
     assert_eq!(hub["role"], "hub");
     assert_eq!(hub["sites"][0]["name"], "annex-1");
     assert!(
