@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decision;
+pub mod enroll;
 pub mod failover;
 pub mod fsutil;
 pub mod keys;

@@ -19,6 +19,20 @@ use crate::probe::tls::Fingerprint;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(String);
 
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Deserializing validates, like [`Name::new`].
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Name::new(&text).map_err(|e| serde::de::Error::custom(format!("name {text:?} {e}")))
+    }
+}
+
 impl Name {
     pub const MAX_LEN: usize = 32;
 

@@ -34,6 +34,14 @@ pub const SERVER_NAME: &str = "townlink-hub";
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    pub fn from_bytes(bytes: [u8; 32]) -> Fingerprint {
+        Fingerprint(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
         let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
         let mut bytes = [0u8; 32];
