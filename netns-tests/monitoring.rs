@@ -348,6 +348,10 @@ fn prometheus_scrapes_hub_and_annex_through_a_failover() {
         .into_iter()
         .for_each(|t| eprintln!("target {} {}", t["labels"]["job"], t["health"]));
 
+    let dead = r#"townlink_failovers_total{job="annex",from="fiber",to="lte",reason="dead"}"#;
+    let before = prom
+        .value(dead)
+        .expect("the failover counter exists from the start");
     let _fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
     wan.wait_for_uplink("lte0", Duration::from_secs(20))
         .unwrap();
@@ -366,9 +370,11 @@ fn prometheus_scrapes_hub_and_annex_through_a_failover() {
             == Some(1.0))
         .then_some(())
     });
+    let switches = wan.daemons[1].log_lines(&["failover from="]);
     assert_eq!(
-        prom.value(r#"townlink_failovers_total{job="annex",from="fiber",to="lte",reason="dead"}"#),
-        Some(1.0)
+        prom.value(dead),
+        Some(before + 1.0),
+        "one more dead fiber → lte switch; the annex logged: {switches:#?}"
     );
     // Every target up, with an empty lastError (a scrape may fail while the
     // tunnel moves; the next one must succeed).

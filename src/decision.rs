@@ -26,6 +26,23 @@ pub type Time = Duration;
 /// moment are compared by priority rather than by who answered first.
 pub const ALL_DOWN_SETTLE: Duration = Duration::from_millis(500);
 
+/// An uplink that has not answered yet is not declared down before this
+/// time since start: the first QUIC handshake with the hub may take a few
+/// probe intervals (a loaded router, a hub starting at the same time), and
+/// the standby answering first is no reason to leave the preferred uplink.
+/// A preferred uplink dead at boot costs this much more before the switch.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Uplinks that went down within this time of each other went down
+/// together: most likely the hub (or its responder) was unreachable, not
+/// every uplink.
+pub const TOGETHER: Duration = Duration::from_secs(2);
+
+/// After uplinks went down together, the active one gets this long, from
+/// the first answer of another one, to answer again before the tunnel
+/// moves: a hub restart does not move every annex to 4G and back.
+pub const HUB_SETTLE: Duration = Duration::from_secs(5);
+
 /// The thresholds of a link's service level, over a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sla {
@@ -182,6 +199,10 @@ struct Link {
     late_rtt: Option<Duration>,
     breach_since: Option<Time>,
     healthy_since: Option<Time>,
+    /// When it last went down.
+    down_at: Option<Time>,
+    /// Send time of the last probe that was echoed.
+    last_echo_sent: Option<Time>,
 }
 
 impl Link {
@@ -262,6 +283,8 @@ impl Engine {
                     late_rtt: None,
                     breach_since: None,
                     healthy_since: None,
+                    down_at: None,
+                    last_echo_sent: None,
                 })
                 .collect(),
             active,
@@ -299,6 +322,11 @@ impl Engine {
         let l = self.links.get_mut(sample.uplink)?;
         match sample.outcome {
             Outcome::Echo { rtt } => {
+                if l.health == Health::Down && l.consecutive_lost > 0 {
+                    // A dead uplink answers again: judge it on what it does
+                    // from now on, not on the outage still in its window.
+                    l.window.retain(|(sent, _)| *sent > sample.sent);
+                }
                 l.window.push_back((sample.sent, Some(rtt)));
                 l.consecutive_lost = 0;
                 l.first_lost_sent = None;
@@ -309,6 +337,7 @@ impl Engine {
                     l.jitter_s += (d - l.jitter_s) / 16.0;
                 }
                 l.last_rtt = Some(rtt);
+                l.last_echo_sent = l.last_echo_sent.max(Some(sample.sent));
             }
             Outcome::Lost => {
                 l.window.push_back((sample.sent, None));
@@ -344,6 +373,9 @@ impl Engine {
             at: now,
         });
         l.health = to;
+        if to == Health::Down {
+            l.down_at = Some(now);
+        }
     }
 
     fn evaluate(&mut self, i: usize, now: Time) {
@@ -359,7 +391,9 @@ impl Engine {
             (None, Some(_)) => l.breach_since = None,
             _ => {}
         }
-        let dead = l.consecutive_lost >= p.down_after_lost;
+        // Not yet answered, still starting: not down yet (see STARTUP_GRACE).
+        let starting = l.health == Health::Unknown && now < STARTUP_GRACE;
+        let dead = l.consecutive_lost >= p.down_after_lost && !starting;
         let dead_reason = || {
             let span = now.saturating_sub(l.first_lost_sent.unwrap_or(now));
             let mut r = format!(
@@ -456,17 +490,48 @@ impl Engine {
             // answered first is no reason to leave it. Four lost probes
             // make it down soon enough if it is dead.
             Some(_) if current.health == Health::Unknown => return None,
-            Some(best) => (best, current.down_reason.0, current.down_reason.1.clone()),
+            // The active uplink answers again (in hold-down after an
+            // outage it shared with the others, e.g. a hub restart): the
+            // traffic flows, no reason to move it. Two lost probes make it
+            // down again.
+            Some(_) if current.health == Health::Recovering => return None,
+            // The active uplink is down: move to the best one that is up,
+            // once it has answered a probe sent after the active one's
+            // first lost probe. A standby's "up" may be 30 s old (metered probing); if
+            // the hub, not the uplink, is unreachable, the standby's next
+            // probes are lost too and nothing moves (see HUB_SETTLE).
+            Some(best) => {
+                let fresh = match current.first_lost_sent {
+                    Some(first) => self.links[best].last_echo_sent >= Some(first),
+                    // A brownout: the hub answers, the standby's state stands.
+                    None => true,
+                };
+                if !fresh {
+                    return None;
+                }
+                (best, current.down_reason.0, current.down_reason.1.clone())
+            }
             // Nothing is up: an uplink that answers again is better than a
             // dead one, hold-down or not (unless the active one answers too).
             None if current.health == Health::Down => {
                 // Uplinks that come back together (the hub was unreachable,
                 // not the uplinks) are compared by priority: the best one
-                // must have answered for ALL_DOWN_SETTLE first.
+                // must have answered for ALL_DOWN_SETTLE first; and if it
+                // went down together with the active one, the active one
+                // gets HUB_SETTLE to come back.
                 let best = best_with(Health::Recovering)?;
+                let together = match (current.down_at, self.links[best].down_at) {
+                    (Some(a), Some(b)) => a.max(b) - a.min(b) <= TOGETHER,
+                    _ => false,
+                };
+                let settle = if together {
+                    HUB_SETTLE
+                } else {
+                    ALL_DOWN_SETTLE
+                };
                 let settled = self.links[best]
                     .healthy_since
-                    .is_some_and(|since| now.saturating_sub(since) >= ALL_DOWN_SETTLE);
+                    .is_some_and(|since| now.saturating_sub(since) >= settle);
                 if !settled {
                     return None;
                 }

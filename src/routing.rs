@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::{AnnexConfig, RoutingConfig};
-use crate::sites::SiteSet;
+use crate::sites::{Site, SiteSet};
 
 /// The `rtm_protocol` of townlink's routes and rules (`ip route show proto 116`).
 pub const PROTOCOL: u8 = 116;
@@ -119,7 +119,14 @@ pub fn annex_plan(
 pub fn hub_routes(sites: &SiteSet, tunnel_interface: &str) -> Vec<RouteSpec> {
     sites
         .iter()
-        .flat_map(|s| s.lan.iter())
+        .flat_map(|s| site_routes(s, tunnel_interface))
+        .collect()
+}
+
+/// The hub's routes of one site: its LAN prefixes through the tunnel.
+pub fn site_routes(site: &Site, tunnel_interface: &str) -> Vec<RouteSpec> {
+    site.lan
+        .iter()
         .map(|prefix| RouteSpec {
             destination: *prefix,
             table: MAIN_TABLE,

@@ -61,6 +61,15 @@ impl Netns {
         sh(&full)
     }
 
+    /// Runs a program inside the namespace; its output, whatever the exit.
+    pub fn run_output(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
     /// Runs a program inside the namespace.
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", &self.name];
@@ -260,6 +269,9 @@ pub struct Options {
     pub annex_extra: String,
     /// Extra sections at the end of the hub's config.
     pub hub_extra: String,
+    /// The hub starts without `[[site]]` tables: annexes enroll with
+    /// `townlink site add` and `townlink join` (see [`Wan::join`]).
+    pub enrolled_sites: bool,
 }
 
 /// Writes `NAME.crt` and `NAME.key` (mode 0600) into `dir`; returns the
@@ -425,11 +437,13 @@ impl Wan {
 
             let key = write_key(&dir.path().join(format!("annex{n}.key")));
             let cert = write_identity(dir.path(), &format!("annex{n}-probe"));
-            sites.push_str(&format!(
+            if !options.enrolled_sites {
+                sites.push_str(&format!(
                 "\n[[site]]\nname = \"annex-{n}\"\npublic_key = \"{}\"\naddress = \"10.99.0.{}\"\nlan = [\"192.168.{n}.0/24\"]\ncertificate = \"{cert}\"\n",
                 key.public_key(),
                 n + 1
             ));
+            }
             let config = dir.path().join(format!("annex{n}.toml"));
             std::fs::write(
                 &config,
@@ -496,7 +510,7 @@ socket = "annex{n}.sock"
         std::fs::write(
             &hub_config,
             format!(
-                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n\n[control]\nsocket = \"hub.sock\"\n{sites}\n{hub_extra}",
+                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n\n[control]\nsocket = \"hub.sock\"\n\n[enrollment]\nregistry = \"hub-sites.json\"\nendpoints = [\"198.18.0.2:{HUB_PORT}\"]\nroutes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\n{sites}\n{hub_extra}",
                 hub_extra = options.hub_extra
             ),
         )
@@ -535,6 +549,72 @@ socket = "annex{n}.sock"
             .join(format!("annex{n}-{}.log", self.daemons.len()));
         self.daemons.push(Daemon::start(&a.ns, &a.config, log));
         self.daemons.len() - 1
+    }
+
+    /// `townlink site ARGS --socket <hub's socket>`: (exit code, stdout, stderr).
+    pub fn site(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(townlink_bin())
+            .arg("site")
+            .args(args)
+            .arg("--socket")
+            .arg(self.dir.path().join("hub.sock"))
+            .output()
+            .expect("run townlink site");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `townlink site add NAME ARGS --json`: the token (panics on failure).
+    pub fn site_add(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["add", name, "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.site(&all);
+        assert_eq!(code, 0, "site add {name}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("site add JSON");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    /// The directory annex `n` joins into.
+    pub fn join_dir(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("annex{n}-joined"))
+    }
+
+    /// `townlink join TOKEN` inside annex `n`'s namespace, with both
+    /// uplinks named, into [`Wan::join_dir`]: (exit code, stdout, stderr).
+    /// On success, annex `n` runs from the written config (with its own
+    /// control socket added).
+    pub fn join(&mut self, n: usize, token: &str) -> (i32, String, String) {
+        let dir = self.join_dir(n);
+        let out = self.annex(n).ns.run_output(&[
+            townlink_bin().to_str().expect("UTF-8 path"),
+            "join",
+            token,
+            "--dir",
+            dir.to_str().expect("UTF-8 path"),
+            "--uplink",
+            &format!("fiber=fiber0,gateway=198.18.1{n}.1"),
+            "--uplink",
+            &format!("lte=lte0,gateway=100.64.{n}.1,metered"),
+        ]);
+        let result = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        if result.0 == 0 {
+            let config = dir.join("townlink.toml");
+            let mut text = std::fs::read_to_string(&config).expect("written config");
+            text.push_str(&format!(
+                "\n[control]\nsocket = \"{}\"\n",
+                self.dir.path().join(format!("annex{n}.sock")).display()
+            ));
+            std::fs::write(&config, text).expect("config");
+            self.annexes[n - 1].config = config;
+        }
+        result
     }
 
     pub fn annex(&self, n: usize) -> &Annex {

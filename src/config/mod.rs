@@ -155,7 +155,37 @@ impl Default for RoutingConfig {
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// The `[[site]]` tables of the file; enrolled sites are in the registry.
     pub sites: SiteSet,
+    pub enrollment: EnrollmentConfig,
+}
+
+/// Default path of the hub's site registry.
+pub const DEFAULT_REGISTRY: &str = "/var/lib/townlink/sites.json";
+
+/// How the hub enrolls new sites (`townlink site add`, `townlink join`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentConfig {
+    /// The registry file of enrolled sites (owned by the hub).
+    pub registry: PathBuf,
+    /// The hub's public WireGuard endpoints, put in tokens; `site add`
+    /// needs at least one.
+    pub endpoints: Vec<Endpoint>,
+    /// What an enrolled annex routes through the hub (records server, other LANs).
+    pub routes: Vec<IpNet>,
+    /// Where enrolled sites' tunnel addresses come from (default: the tunnel network).
+    pub pool: IpNet,
+    /// Default validity of a token.
+    pub token_ttl: std::time::Duration,
+    /// The name annexes give this hub (`[[hub]] name`).
+    pub hub_name: Name,
+    /// Keepalive an enrolled annex uses toward the hub.
+    pub keepalive: u16,
+}
+
+impl EnrollmentConfig {
+    pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 }
 
 #[derive(Debug, Clone)]

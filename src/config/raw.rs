@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub control: Option<RawControl>,
     pub metrics: Option<RawMetrics>,
     pub check: Option<Vec<RawCheck>>,
+    pub enrollment: Option<RawEnrollment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,4 +111,15 @@ pub struct RawCheck {
     pub tcp: Option<String>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEnrollment {
+    pub registry: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub routes: Option<Vec<String>>,
+    pub pool: Option<String>,
+    pub token_ttl: Option<String>,
+    pub hub_name: Option<String>,
+    pub keepalive: Option<i64>,
 }

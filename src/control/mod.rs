@@ -8,6 +8,9 @@
 pub mod client;
 pub mod server;
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry::status::Status;
@@ -16,13 +19,59 @@ use crate::telemetry::status::Status;
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Hub: reserve a site and issue its token.
+    SiteAdd {
+        name: String,
+        #[serde(default)]
+        lan: Vec<IpNet>,
+        /// Token validity in seconds; the hub's default when absent.
+        expires: Option<u64>,
+    },
+    SiteList,
+    /// Hub: revoke a site live.
+    SiteRemove {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    Error { message: String },
+    /// The token holds a secret: shown to the administrator, never logged.
+    SiteAdded {
+        token: String,
+        site: SiteInfo,
+    },
+    Sites {
+        sites: Vec<SiteInfo>,
+    },
+    SiteRemoved {
+        site: SiteInfo,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// One line of `townlink site list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub name: String,
+    /// pending, joined, connected or revoked.
+    pub state: String,
+    /// "config" (a `[[site]]` table) or "enrolled" (the registry).
+    pub source: String,
+    pub address: IpAddr,
+    pub lan: Vec<IpNet>,
+    /// Pending: when the token expires (Unix s).
+    pub expires: Option<u64>,
+    /// Joined: when.
+    pub joined_at: Option<u64>,
+    /// Revoked: when.
+    pub revoked_at: Option<u64>,
+    /// Unix s of the last tunnel handshake.
+    pub last_handshake: Option<u64>,
 }
 
 /// Longest request line the daemon reads.

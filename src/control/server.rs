@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Request, Response, MAX_REQUEST};
 use crate::config::ControlConfig;
+use crate::daemon::HubSites;
 use crate::telemetry::Telemetry;
 
 /// A client gets this long to send its request and read the answer.
@@ -102,22 +103,65 @@ pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
     Ok(listener)
 }
 
-async fn answer(request: &str, telemetry: &Telemetry) -> Response {
-    match serde_json::from_str::<Request>(request) {
-        Ok(Request::Status) => Response::Status(Box::new(telemetry.snapshot())),
-        Err(e) => Response::Error {
-            message: format!("cannot read the request: {e}"),
+/// What the control socket serves: the status always; site
+/// administration once the hub's sites are running.
+#[derive(Debug)]
+pub struct Handler {
+    pub telemetry: Arc<Telemetry>,
+    pub hub: OnceLock<Arc<HubSites>>,
+}
+
+async fn answer(request: &str, h: &Handler) -> Response {
+    let request = match serde_json::from_str::<Request>(request) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::Error {
+                message: format!("cannot read the request: {e}"),
+            }
+        }
+    };
+    let hub = || {
+        h.hub.get().cloned().ok_or_else(|| {
+            if h.telemetry.snapshot().role == "hub" {
+                "the hub is still starting: try again in a moment".to_string()
+            } else {
+                "this router is an annex: run site commands on the hub".to_string()
+            }
+        })
+    };
+    let error = |message: String| Response::Error { message };
+    match request {
+        Request::Status => Response::Status(Box::new(h.telemetry.snapshot())),
+        Request::SiteAdd { name, lan, expires } => match hub() {
+            Ok(hub) => match hub.add(&name, &lan, expires.map(Duration::from_secs)).await {
+                Ok((token, site)) => Response::SiteAdded { token, site },
+                Err(m) => error(m),
+            },
+            Err(m) => error(m),
+        },
+        Request::SiteList => match hub() {
+            Ok(hub) => Response::Sites {
+                sites: hub.list().await,
+            },
+            Err(m) => error(m),
+        },
+        Request::SiteRemove { name } => match hub() {
+            Ok(hub) => match hub.remove(&name).await {
+                Ok(site) => Response::SiteRemoved { site },
+                Err(m) => error(m),
+            },
+            Err(m) => error(m),
         },
     }
 }
 
-async fn client(stream: UnixStream, telemetry: &Telemetry) -> std::io::Result<()> {
+async fn client(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST as u64))
         .read_line(&mut line)
         .await?;
-    let response = answer(line.trim(), telemetry).await;
+    let response = answer(line.trim(), handler).await;
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
@@ -125,7 +169,7 @@ async fn client(stream: UnixStream, telemetry: &Telemetry) -> std::io::Result<()
 }
 
 /// Serves until `stop`, then removes the socket file.
-pub async fn serve(listener: Listener, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+pub async fn serve(listener: Listener, handler: Arc<Handler>, stop: CancellationToken) {
     let clients = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -139,9 +183,9 @@ pub async fn serve(listener: Listener, telemetry: Arc<Telemetry>, stop: Cancella
                 }
             },
         };
-        let telemetry = telemetry.clone();
+        let handler = handler.clone();
         clients.spawn(async move {
-            match tokio::time::timeout(CLIENT_TIMEOUT, client(stream, &telemetry)).await {
+            match tokio::time::timeout(CLIENT_TIMEOUT, client(stream, &handler)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "control client failed"),
                 Err(_) => tracing::debug!("control client too slow: dropped"),

@@ -10,6 +10,9 @@
 
 mod annex;
 mod hub;
+mod sites;
+
+pub use sites::HubSites;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,9 +120,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         telemetry: Telemetry::new(&config),
     };
     tracing::info!(path = %config.control.socket.display(), "control socket ready");
+    let handler = Arc::new(control::server::Handler {
+        telemetry: installed.telemetry.clone(),
+        hub: Default::default(),
+    });
     installed.tasks.spawn(control::server::serve(
         control,
-        installed.telemetry.clone(),
+        handler.clone(),
         installed.stop.clone(),
     ));
     if let Some((listener, addr)) = metrics {
@@ -131,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ));
     }
     let started = tokio::select! {
-        r = start(&config, &mut installed) => r,
+        r = start(&config, &mut installed, &handler) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
     };
     if let Err(e) = started {
@@ -150,7 +157,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()> {
+async fn start(
+    config: &Config,
+    installed: &mut Installed,
+    handler: &control::server::Handler,
+) -> anyhow::Result<()> {
     let t = &config.tunnel;
     let name = t.interface.as_str();
     let annex = matches!(config.role, Role::Annex(_));
@@ -182,21 +193,16 @@ async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()>
         installed.sysctls.extend(changed);
     }
 
-    let sources = match &config.role {
+    // What the collector reads; the hub changes it as sites come and go.
+    let (sources, sources_rx) = tokio::sync::watch::channel(collector::Sources::default());
+    match &config.role {
         Role::Hub(hub) => {
-            hub::start(config, hub, installed).await?;
-            collector::Sources {
-                peers: hub
-                    .sites
-                    .iter()
-                    .map(|s| (s.public_key, s.name.to_string()))
-                    .collect(),
-                interfaces: Vec::new(),
-            }
+            let sites = hub::start(config, hub, installed, sources).await?;
+            let _ = handler.hub.set(sites);
         }
         Role::Annex(annex) => {
             annex::start(config, annex, installed).await?;
-            collector::Sources {
+            sources.send_replace(collector::Sources {
                 peers: annex
                     .hubs
                     .iter()
@@ -207,10 +213,9 @@ async fn start(config: &Config, installed: &mut Installed) -> anyhow::Result<()>
                     .iter()
                     .map(|u| (u.name.to_string(), u.interface.to_string()))
                     .collect(),
-            }
+            });
         }
-    };
-    let (_sources, sources_rx) = tokio::sync::watch::channel(sources);
+    }
     installed.tasks.spawn(collector::run(
         installed.telemetry.clone(),
         installed.tunnel.clone().expect("tunnel created above"),

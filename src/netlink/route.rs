@@ -70,6 +70,20 @@ impl Netlink {
             )))
     }
 
+    /// Removes one of townlink's routes (e.g. a revoked site's LAN); a
+    /// route that is already gone is fine.
+    pub async fn delete_route(&self, spec: &RouteSpec) -> Result<()> {
+        let msg = self.route_message(spec).await?;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -3 => Ok(()),
+            Err(e) => Err(request(format!(
+                "removing route {} dev {} table {}",
+                spec.destination, spec.interface, spec.table
+            ))(e)),
+        }
+    }
+
     /// Every route (all tables, both families) carrying townlink's protocol.
     pub async fn our_routes(&self) -> Result<Vec<RouteMessage>> {
         let mut ours = Vec::new();

@@ -18,7 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use super::tls::{self, AllowedSites, Fingerprint, Identity};
 use super::wire::{self, Report};
+use crate::enroll::{JoinRequest, JoinResponse};
+use crate::sites::Name;
 use crate::telemetry::Telemetry;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Counters of the responder: the metrics' counters themselves.
 #[derive(Debug, Default, Clone)]
@@ -32,6 +37,9 @@ pub struct ResponderCounters {
     pub echoed: Counter,
 }
 
+/// Longest enrollment exchange.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Idle timeout of a probe connection; longer than the slowest probe interval.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -42,19 +50,19 @@ pub fn transport() -> quinn::TransportConfig {
             .try_into()
             .expect("90 s is a valid idle timeout"),
     ));
-    t.max_concurrent_bidi_streams(0u8.into());
+    // One stream, for an enrollment exchange; small windows: nothing
+    // else travels on streams.
+    t.max_concurrent_bidi_streams(1u8.into());
+    t.stream_receive_window((crate::enroll::MAX_MESSAGE as u32).into());
+    t.receive_window((4 * crate::enroll::MAX_MESSAGE as u32).into());
     t.max_concurrent_uni_streams(0u8.into());
     t.datagram_receive_buffer_size(Some(64 * 1024));
     t
 }
 
 /// Binds the responder's endpoint.
-pub fn endpoint(
-    bind: SocketAddr,
-    identity: &Identity,
-    allowed: Arc<AllowedSites>,
-) -> anyhow::Result<quinn::Endpoint> {
-    let crypto = tls::server_config(identity, allowed)?;
+pub fn endpoint(bind: SocketAddr, identity: &Identity) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = tls::server_config(identity)?;
     let mut config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
     config.transport_config(Arc::new(transport()));
@@ -70,14 +78,60 @@ fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
     certs.first().map(Fingerprint::of)
 }
 
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Handles one enrollment request: (request, the client's certificate, its address).
+pub type Enroller = Arc<
+    dyn Fn(JoinRequest, Fingerprint, SocketAddr) -> BoxFuture<'static, JoinResponse> + Send + Sync,
+>;
+
+/// The live probe connections of every site, so that revoking a site
+/// closes them at once.
+#[derive(Debug, Default)]
+pub struct Sessions(Mutex<HashMap<Name, Vec<quinn::Connection>>>);
+
+impl Sessions {
+    fn track(&self, site: &Name, conn: &quinn::Connection) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(site.clone()).or_default();
+        list.retain(|c| c.close_reason().is_none());
+        list.push(conn.clone());
+    }
+
+    /// Closes every probe connection of `site`; returns how many were open.
+    pub fn close_site(&self, site: &Name) -> usize {
+        let list = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(site)
+            .unwrap_or_default();
+        let open = list.iter().filter(|c| c.close_reason().is_none()).count();
+        for c in list {
+            c.close(2u8.into(), b"site revoked");
+        }
+        open
+    }
+}
+
+/// What the responder serves with.
+#[derive(Clone)]
+pub struct Context {
+    pub allowed: Arc<AllowedSites>,
+    pub sessions: Arc<Sessions>,
+    pub counters: Arc<ResponderCounters>,
+    pub telemetry: Arc<Telemetry>,
+    /// Enrollment, when the hub offers it.
+    pub enroll: Option<Enroller>,
+}
+
 /// Serves until `stop`; then closes every connection.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    allowed: Arc<AllowedSites>,
-    counters: Arc<ResponderCounters>,
-    telemetry: Arc<Telemetry>,
-    stop: CancellationToken,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationToken) {
     let tasks = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -93,8 +147,7 @@ pub async fn serve(
             let _ = incoming.retry();
             continue;
         }
-        let (allowed, counters, stop) = (allowed.clone(), counters.clone(), stop.clone());
-        let telemetry = telemetry.clone();
+        let (cx, stop) = (cx.clone(), stop.clone());
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.accept() {
@@ -104,25 +157,37 @@ pub async fn serve(
             let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
-                    counters.refused.inc();
+                    cx.counters.refused.inc();
                     tracing::info!(%remote, error = %e, "probe connection refused");
                     return;
                 }
             };
-            let Some(site) = peer_fingerprint(&conn).and_then(|fp| allowed.site(&fp)) else {
-                counters.refused.inc();
+            let Some(fingerprint) = peer_fingerprint(&conn) else {
+                cx.counters.refused.inc();
+                conn.close(1u8.into(), b"no certificate");
+                return;
+            };
+            if alpn(&conn).as_deref() == Some(crate::enroll::ALPN) {
+                enroll(&conn, fingerprint, remote, &cx).await;
+                return;
+            }
+            let Some(site) = cx.allowed.site(&fingerprint) else {
+                cx.counters.refused.inc();
+                tracing::info!(%remote, certificate = %fingerprint, "probe connection refused: unknown certificate");
                 conn.close(1u8.into(), b"unknown site");
                 return;
             };
-            counters.authenticated.inc();
+            cx.counters.authenticated.inc();
+            cx.sessions.track(&site, &conn);
             tracing::info!(site = %site, %remote, "probe connection up");
-            echo(&conn, &site, &counters, &telemetry, &stop).await;
+            echo(&conn, &site, &cx.counters, &cx.telemetry, &stop).await;
             tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
         });
     }
     endpoint.close(0u8.into(), b"hub stopping");
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let counters = &cx.counters;
     tracing::info!(
         authenticated = counters.authenticated.get(),
         refused = counters.refused.get(),
@@ -130,6 +195,45 @@ pub async fn serve(
         echoed = counters.echoed.get(),
         "probe responder stopped"
     );
+}
+
+/// One enrollment exchange: a request on one bidirectional stream, the
+/// answer on the same stream.
+async fn enroll(
+    conn: &quinn::Connection,
+    fingerprint: Fingerprint,
+    remote: SocketAddr,
+    cx: &Context,
+) {
+    let Some(enroller) = &cx.enroll else {
+        conn.close(3u8.into(), b"no enrollment here");
+        return;
+    };
+    let exchange = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let bytes = recv
+            .read_to_end(crate::enroll::MAX_MESSAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = match serde_json::from_slice::<JoinRequest>(&bytes) {
+            Ok(request) => enroller(request, fingerprint, remote).await,
+            Err(e) => JoinResponse::Refused {
+                reason: format!("the request is not understood: {e}"),
+            },
+        };
+        let out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+        send.write_all(&out).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        // Let the client read the answer before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(ENROLL_TIMEOUT, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(%remote, error = %e, "enrollment exchange failed"),
+        Err(_) => tracing::info!(%remote, "enrollment exchange took too long: dropped"),
+    }
+    conn.close(0u8.into(), b"done");
 }
 
 async fn echo(

@@ -202,6 +202,42 @@ impl Telemetry {
         })
     }
 
+    /// A site the hub added at run time (enrollment, or at start from the registry).
+    pub fn add_site(&self, name: &str, address: std::net::IpAddr) {
+        Self::site_series(&self.metrics, name);
+        let mut s = self.status();
+        if !s.sites.iter().any(|v| v.name == name) {
+            s.sites.push(SiteView {
+                name: name.to_string(),
+                address: address.to_string(),
+                peer: PeerView {
+                    name: name.to_string(),
+                    ..PeerView::default()
+                },
+                report: None,
+            });
+            s.sites.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
+
+    /// A site the hub removed: its series go too.
+    pub fn remove_site(&self, name: &str) {
+        let m = &self.metrics;
+        m.peer_last_handshake.remove(&peer(name));
+        m.peer_receive.remove(&peer(name));
+        m.peer_transmit.remove(&peer(name));
+        m.site_report.remove(&SiteLabels {
+            site: name.to_string(),
+        });
+        let mut s = self.status();
+        if let Some(i) = s.sites.iter().position(|v| v.name == name) {
+            let view = s.sites.remove(i);
+            for u in view.report.iter().flat_map(|r| &r.uplinks) {
+                Self::remove_site_uplink(m, name, &u.name);
+            }
+        }
+    }
+
     fn site_series(m: &Metrics, site: &str) {
         let _ = m.peer_last_handshake.get_or_create(&peer(site));
         let _ = m.peer_receive.get_or_create(&peer(site));

@@ -1,4 +1,7 @@
-//! The command line: parsing, dispatch, and the exit codes.
+//! The command line: parsing, dispatch, and the exit codes. The commands
+//! that talk to a running daemon are in [`admin`].
+
+mod admin;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -20,13 +23,41 @@ Exit codes:
   0  success (for check: the config is valid)
   1  failure: invalid config, or an error while running (the message says what and where)
   2  usage error (unknown command or option)
-  3  status: the daemon is not running (nothing answers on the control socket)";
+  3  status, site: the daemon is not running (nothing answers on the control socket)";
 
 #[derive(Debug, Parser)]
 #[command(name = "townlink", version, about = "Hub-and-spoke WireGuard WAN with uplink failover", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SiteCommand {
+    /// Reserve a site (tunnel address from the pool) and print its
+    /// one-time token.
+    Add {
+        name: String,
+        /// A LAN prefix behind the site (repeat for several).
+        #[arg(long = "lan", value_name = "CIDR")]
+        lan: Vec<ipnet::IpNet>,
+        /// How long the token is valid (default: enrollment.token_ttl, 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every site with its state: pending, joined, connected, revoked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a site live: its tunnel peer, routes and probes go.
+    Remove {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +84,35 @@ enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Hub: enroll, list and revoke sites (asks the running hub daemon).
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+        #[arg(short, long, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        /// The control socket (default: control.socket of the config file).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+    /// Annex: join the WAN with a token from `townlink site add`: makes
+    /// this router's keys, registers them at the hub, writes the config.
+    Join {
+        /// The token printed by `townlink site add` on the hub.
+        token: String,
+        /// An uplink, preferred first: NAME=INTERFACE[,gateway=IP][,metered]
+        /// (e.g. --uplink fiber=eth1 --uplink lte=wwan0,metered).
+        #[arg(long = "uplink", value_name = "SPEC")]
+        uplinks: Vec<String>,
+        /// Where the config, keys and certificate are written.
+        #[arg(long, default_value = "/etc/townlink")]
+        dir: PathBuf,
+        /// Name of the tunnel interface in the written config.
+        #[arg(long, default_value = "tl0")]
+        interface: String,
+        /// Replace an existing config and keys in --dir.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a new WireGuard private key (same encoding as `wg genkey`).
     Genkey,
@@ -85,7 +145,19 @@ pub fn main() -> ExitCode {
             config,
             socket,
             json,
-        } => status(&config, socket, json),
+        } => admin::status(&config, socket, json),
+        Command::Site {
+            command,
+            config,
+            socket,
+        } => admin::site(&config, socket, command),
+        Command::Join {
+            token,
+            uplinks,
+            dir,
+            interface,
+            force,
+        } => admin::join(&token, &uplinks, &dir, &interface, force),
         Command::Genkey => {
             println!("{}", PrivateKey::generate().to_base64_secret());
             Ok(ExitCode::SUCCESS)
@@ -137,30 +209,6 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             eprintln!("{e}");
             Ok(ExitCode::FAILURE)
         }
-    }
-}
-
-/// Exit code of `status` when no daemon answers.
-pub const EXIT_NOT_RUNNING: u8 = 3;
-
-fn status(config: &Path, socket: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    use crate::control::{client, Request, Response};
-    let socket = socket.unwrap_or_else(|| config::control_socket(config));
-    match client::request(&socket, &Request::Status) {
-        Ok(Response::Status(status)) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status.render(crate::telemetry::now()));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Response::Error { message }) => anyhow::bail!("the daemon refused: {message}"),
-        Err(e @ client::ClientError::NotRunning { .. }) => {
-            eprintln!("{e}");
-            Ok(ExitCode::from(EXIT_NOT_RUNNING))
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,243 @@
+//! The commands that talk to a running daemon over its control socket
+//! (`status`, `site`), and `join`, which talks to the hub.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::SiteCommand;
+use crate::config::{self, InterfaceName};
+use crate::control::{client, Request, Response, SiteInfo};
+use crate::enroll::join::{self, JoinOptions, UplinkSpec};
+use crate::telemetry::status::when;
+
+/// Exit code when no daemon answers on the control socket.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// Sends one request; `Err` carries the exit code to return (after the
+/// message is printed).
+fn ask(socket: &Path, request: &Request) -> anyhow::Result<Result<Response, ExitCode>> {
+    match client::request(socket, request) {
+        Ok(Response::Error { message }) => anyhow::bail!("{message}"),
+        Ok(r) => Ok(Ok(r)),
+        Err(e @ client::ClientError::NotRunning { .. }) => {
+            eprintln!("{e}");
+            Ok(Err(ExitCode::from(EXIT_NOT_RUNNING)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unexpected(r: Response) -> anyhow::Error {
+    anyhow::anyhow!("the daemon answered something unexpected: {r:?}")
+}
+
+pub(super) fn status(
+    config: &Path,
+    socket: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let socket = socket.unwrap_or_else(|| config::control_socket(config));
+    match ask(&socket, &Request::Status)? {
+        Ok(Response::Status(status)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render(crate::telemetry::now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(other) => Err(unexpected(other)),
+        Err(code) => Ok(code),
+    }
+}
+
+fn describe(s: &SiteInfo, now: f64) -> String {
+    let lan: Vec<String> = s.lan.iter().map(|l| l.to_string()).collect();
+    let lan = if lan.is_empty() {
+        "-".into()
+    } else {
+        lan.join(",")
+    };
+    let detail = match s.state.as_str() {
+        "pending" => s
+            .expires
+            .map(|t| {
+                let stamp = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+                );
+                if (t as f64) < now {
+                    format!("token expired at {stamp}")
+                } else {
+                    format!("token valid until {stamp}")
+                }
+            })
+            .unwrap_or_default(),
+        "revoked" => s
+            .revoked_at
+            .map(|t| format!("revoked {}", when(t as f64, now)))
+            .unwrap_or_default(),
+        _ => s
+            .last_handshake
+            .map(|t| format!("handshake {}", when(t as f64, now)))
+            .unwrap_or_else(|| "no handshake yet".into()),
+    };
+    format!(
+        "{:<16} {:<10} {:<9} {:<15} {:<20} {detail}",
+        s.name,
+        s.state,
+        s.source,
+        s.address.to_string(),
+        lan
+    )
+}
+
+pub(super) fn site(
+    config: &Path,
+    socket: Option<PathBuf>,
+    command: SiteCommand,
+) -> anyhow::Result<ExitCode> {
+    let socket = socket.unwrap_or_else(|| config::control_socket(config));
+    let now = crate::telemetry::now();
+    match command {
+        SiteCommand::Add {
+            name,
+            lan,
+            expires,
+            json,
+        } => {
+            let request = Request::SiteAdd {
+                name,
+                lan,
+                expires: expires.map(|d| d.as_secs().max(1)),
+            };
+            match ask(&socket, &request)? {
+                Ok(Response::SiteAdded { token, site }) => {
+                    if json {
+                        let out = serde_json::json!({ "token": token, "site": site });
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                    } else {
+                        let lan: Vec<String> = site.lan.iter().map(|l| l.to_string()).collect();
+                        println!(
+                            "site {} added: tunnel address {}, LAN {}",
+                            site.name,
+                            site.address,
+                            if lan.is_empty() {
+                                "none".into()
+                            } else {
+                                lan.join(", ")
+                            }
+                        );
+                        if let Some(t) = site.expires {
+                            println!(
+                                "one-time token, valid until {}:",
+                                humantime::format_rfc3339_seconds(
+                                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                                )
+                            );
+                        }
+                        println!("\n{token}\n");
+                        println!(
+                            "on the new annex, run:\n  townlink join '{token}' --uplink fiber=eth1 --uplink lte=wwan0,metered"
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(other) => Err(unexpected(other)),
+                Err(code) => Ok(code),
+            }
+        }
+        SiteCommand::List { json } => match ask(&socket, &Request::SiteList)? {
+            Ok(Response::Sites { sites }) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&sites)?);
+                } else if sites.is_empty() {
+                    println!("no sites (add one with `townlink site add NAME`)");
+                } else {
+                    println!(
+                        "{:<16} {:<10} {:<9} {:<15} {:<20} DETAIL",
+                        "NAME", "STATE", "SOURCE", "ADDRESS", "LAN"
+                    );
+                    for s in &sites {
+                        println!("{}", describe(s, now));
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(code) => Ok(code),
+        },
+        SiteCommand::Remove { name, json } => match ask(&socket, &Request::SiteRemove { name })? {
+            Ok(Response::SiteRemoved { site }) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&site)?);
+                } else {
+                    println!(
+                        "site {} revoked: its tunnel peer, routes and probe connections are gone; \
+                             its token and keys are void",
+                        site.name
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(code) => Ok(code),
+        },
+    }
+}
+
+pub(super) fn join(
+    token: &str,
+    uplinks: &[String],
+    dir: &Path,
+    interface: &str,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = join::read_token(token)?;
+    let uplinks = uplinks
+        .iter()
+        .map(|u| u.parse::<UplinkSpec>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--uplink {e}"))?;
+    let interface =
+        InterfaceName::new(interface).map_err(|e| anyhow::anyhow!("--interface {e}"))?;
+    let opts = JoinOptions {
+        dir: dir.to_path_buf(),
+        interface,
+        uplinks,
+        force,
+    };
+    let now = crate::telemetry::now() as u64;
+    if now > token.expires {
+        // The hub decides (this router's clock may be unset); just say it.
+        eprintln!("note: by this router's clock the token has expired; asking the hub anyway");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let joined = runtime.block_on(join::join(&token, &opts))?;
+    let s = &joined.settings;
+    println!(
+        "joined as site {} (tunnel address {}), hub {} at {}",
+        s.site,
+        s.address,
+        s.hub_name,
+        token.endpoints.first().map(String::as_str).unwrap_or("?")
+    );
+    println!(
+        "wrote {} (keys and certificate next to it)",
+        joined.config.display()
+    );
+    if joined.complete {
+        println!(
+            "next: townlink check -c {0} && townlink run -c {0}   (or systemctl start townlink)",
+            joined.config.display()
+        );
+    } else {
+        println!(
+            "next: name this router's uplinks in [[uplink]] sections of {} (see the comment there), \
+             then townlink check",
+            joined.config.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
