@@ -101,7 +101,26 @@ fn join_then_refusals_revocation_and_hub_restart() {
     );
 
     // 3. An expired token is refused.
-    let expiring = wan.site_add("annex-2", &["--lan", "192.168.2.0/24", "--expires", "1s"]);
+    // (The administrator's view: plain text; docs/enrollment.md shows it.)
+    let (code, out, err) = wan.site(&[
+        "add",
+        "annex-2",
+        "--lan",
+        "192.168.2.0/24",
+        "--expires",
+        "1s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("$ townlink site add annex-2 --lan 192.168.2.0/24 --expires 1s\n{out}");
+    assert!(
+        out.contains("site annex-2 added: tunnel address 10.99.0.3, LAN 192.168.2.0/24"),
+        "{out}"
+    );
+    let expiring = out
+        .lines()
+        .find(|l| l.starts_with("tl1."))
+        .expect("the token on a line of its own")
+        .to_string();
     std::thread::sleep(Duration::from_millis(2500));
     let (code, _, err) = wan.join(2, &expiring);
     assert_eq!(code, 1, "{err}");
@@ -135,8 +154,18 @@ fn join_then_refusals_revocation_and_hub_restart() {
     let token2 = wan.site_add("annex-2", &["--lan", "192.168.2.0/24"]);
     let (code, out, err) = wan.join(2, &token2);
     assert_eq!(code, 0, "join annex-2: {out}{err}");
+    eprintln!("$ townlink join <token> --uplink ...\n{out}");
     wan.start_annex(2);
     echo_within(&wan.annex(2).lan, records, Duration::from_secs(10)).unwrap();
+    let (_, table, _) = wan.site(&["list"]);
+    eprintln!("$ townlink site list\n{table}");
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("annex-1") && l.contains("connected")),
+        "{table}"
+    );
     let listed = sites(&wan);
     let a1 = listed.iter().find(|s| s["name"] == "annex-1").unwrap();
     assert_eq!(a1["state"], "connected", "{listed:#?}");
@@ -146,6 +175,7 @@ fn join_then_refusals_revocation_and_hub_restart() {
     let (code, out, err) = wan.site(&["remove", "annex-1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked"), "{out}");
+    eprintln!("$ townlink site remove annex-1\n{out}");
     assert!(
         echo_within(&wan.annex(1).lan, records, Duration::from_secs(3)).is_err(),
         "annex-1 still reaches the records server after its revocation"

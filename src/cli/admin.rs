@@ -192,7 +192,13 @@ pub(super) fn join(
     interface: &str,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let token = join::read_token(token)?;
+    // `-`: read it from standard input (keeps it out of `ps` and the shell history).
+    let mut text = token.to_string();
+    if token == "-" {
+        text.clear();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    }
+    let token = join::read_token(&text)?;
     let uplinks = uplinks
         .iter()
         .map(|u| u.parse::<UplinkSpec>())

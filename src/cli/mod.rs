@@ -21,7 +21,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/townlink/townlink.toml";
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for check: the config is valid)
-  1  failure: invalid config, or an error while running (the message says what and where)
+  1  failure: invalid config, an error while running, a refused join or site command
+     (the message says what and where)
   2  usage error (unknown command or option)
   3  status, site: the daemon is not running (nothing answers on the control socket)";
 
@@ -98,7 +99,8 @@ enum Command {
     /// Annex: join the WAN with a token from `townlink site add`: makes
     /// this router's keys, registers them at the hub, writes the config.
     Join {
-        /// The token printed by `townlink site add` on the hub.
+        /// The token printed by `townlink site add` on the hub, or `-` to
+        /// read it from standard input.
         token: String,
         /// An uplink, preferred first: NAME=INTERFACE[,gateway=IP][,metered]
         /// (e.g. --uplink fiber=eth1 --uplink lte=wwan0,metered).

@@ -318,3 +318,54 @@ fn the_cli_finds_the_control_socket_in_the_config() {
         PathBuf::from(DEFAULT_CONTROL_SOCKET)
     );
 }
+
+#[test]
+fn enrollment_settings_and_mistakes() {
+    let dir = dir_with_key();
+    let hub = example("hub.toml", dir.path()).unwrap();
+    let Role::Hub(h) = &hub.role else {
+        panic!("hub expected")
+    };
+    let e = &h.enrollment;
+    assert_eq!(e.endpoints[0].to_string(), "hub.example.net:51820");
+    assert_eq!(e.routes.len(), 2);
+    assert_eq!(e.pool, "10.99.0.0/24".parse::<IpNet>().unwrap());
+    assert_eq!(e.registry, PathBuf::from(DEFAULT_REGISTRY));
+    assert_eq!(e.token_ttl, EnrollmentConfig::DEFAULT_TOKEN_TTL);
+    assert_eq!(e.hub_name.as_str(), "main");
+
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml"))
+            .unwrap();
+    let text = localize(&text).replace(
+        "endpoints = [\"hub.example.net:51820\"]",
+        "endpoints = [\"hub.example.net\"]\npool = \"10.98.0.0/24\"\ntoken_ttl = \"90d\"\nregistry = \"reg/sites.json\"",
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "enrollment.endpoints[0]",
+            "enrollment.pool",
+            "enrollment.token_ttl"
+        ],
+        "{problems:?}"
+    );
+
+    // A relative registry path starts at the config file's directory.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml"))
+            .unwrap();
+    let text = localize(&text).replace(
+        "[enrollment]\n",
+        "[enrollment]\nregistry = \"reg/sites.json\"\n",
+    );
+    let Role::Hub(h) = parse(&text, dir.path()).unwrap().role else {
+        panic!("hub expected")
+    };
+    assert_eq!(h.enrollment.registry, dir.path().join("reg/sites.json"));
+
+    // Not an annex setting.
+    let problems = annex_with("[enrollment]\nendpoints = []\n", dir.path()).unwrap_err();
+    assert_eq!(paths(&problems), vec!["enrollment"]);
+}
