@@ -189,6 +189,23 @@ fn join_then_refusals_revocation_and_hub_restart() {
         )
         .unwrap();
 
+    // The hub's metrics count the attempts: 2 joins; replay, expiry, forgery refused.
+    let (_, metrics) =
+        testbed::http_get(&wan.hub, "127.0.0.1:9475".parse().unwrap(), "/metrics").unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("townlink_enrollments_total{result=\"joined\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value("townlink_enrollments_total{result=\"refused\"}"),
+        Some(3.0)
+    );
+
     // 7. After a hub restart, every joined site still works; the revoked one not.
     let hub = &mut wan.daemons[0];
     assert!(hub.stop(Duration::from_secs(10)).success());

@@ -408,10 +408,12 @@ impl HubSites {
     ) -> JoinResponse {
         match self.try_join(&request, certificate, remote).await {
             Ok(settings) => {
+                self.telemetry.enrollment(true);
                 tracing::info!(site = %settings.site, %remote, address = %settings.address, "site joined");
                 JoinResponse::Joined(settings)
             }
             Err(reason) => {
+                self.telemetry.enrollment(false);
                 tracing::warn!(site = %request.site, %remote, %reason, "enrollment refused");
                 JoinResponse::Refused { reason }
             }

@@ -127,6 +127,8 @@ pub struct Metrics {
     pub responder_connections: Family<ResultLabels, Counter>,
     pub responder_garbage: Counter,
     pub responder_echoes: Counter,
+    // Hub: enrollment.
+    pub enrollments: Family<ResultLabels, Counter>,
 }
 
 /// Registers a metric whose name ends in a base unit with that unit, so
@@ -336,6 +338,12 @@ impl Metrics {
                 "responder_echoes",
                 "Probes the hub answered",
                 m.responder_echoes,
+            );
+            register(
+                r_,
+                "enrollments",
+                "Enrollment attempts (townlink join), by result (joined, refused)",
+                m.enrollments,
             );
         }
         r

@@ -166,6 +166,11 @@ impl Telemetry {
                         .get_or_create(&ResultLabels { result: r.into() });
                 }
                 status.responder = Some(ResponderView::default());
+                for r in ["joined", "refused"] {
+                    let _ = m
+                        .enrollments
+                        .get_or_create(&ResultLabels { result: r.into() });
+                }
                 for s in hub.sites.iter() {
                     Self::site_series(&m, s.name.as_str());
                     status.sites.push(SiteView {
@@ -200,6 +205,17 @@ impl Telemetry {
             registry,
             status: Mutex::new(status),
         })
+    }
+
+    /// The result of an enrollment attempt.
+    pub fn enrollment(&self, joined: bool) {
+        let result = if joined { "joined" } else { "refused" };
+        self.metrics
+            .enrollments
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// A site the hub added at run time (enrollment, or at start from the registry).
