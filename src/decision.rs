@@ -322,8 +322,10 @@ impl Engine {
         let l = self.links.get_mut(sample.uplink)?;
         match sample.outcome {
             Outcome::Echo { rtt } => {
-                if l.health == Health::Down && l.consecutive_lost > 0 {
-                    // A dead uplink answers again: judge it on what it does
+                if matches!(l.health, Health::Down | Health::Unknown) && l.consecutive_lost > 0 {
+                    // A dead uplink answers again, or a new one answers for
+                    // the first time (probes before its first QUIC
+                    // handshake count as lost): judge it on what it does
                     // from now on, not on the outage still in its window.
                     l.window.retain(|(sent, _)| *sent > sample.sent);
                 }

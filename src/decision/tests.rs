@@ -535,3 +535,21 @@ fn an_active_uplink_that_died_alone_is_left_fast_even_after_all_down() {
     assert_eq!(sim.engine.active(), LTE, "{:#?}", sim.decisions);
     let _ = first;
 }
+
+#[test]
+fn probes_lost_before_the_first_answer_are_no_brownout() {
+    // The fiber's first QUIC handshake takes 0.8 s: 8 probes lost, then
+    // a clean link. Without forgetting them, 8 of the first 20 probes
+    // would be a 40 % loss brownout right after start.
+    let mut sim = Sim::new();
+    sim.run(t(30.0), |u, now, _| {
+        if u == FIBER && now < t(0.8) {
+            None
+        } else {
+            healthy(u)
+        }
+    });
+    assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+    assert_eq!(sim.engine.quality(FIBER).health, Health::Up);
+    assert_eq!(sim.engine.quality(FIBER).loss, Some(0.0));
+}
