@@ -14,6 +14,7 @@
 //! - [`telemetry`]: metrics (`/metrics`) and the status view;
 //! - [`checks`]: end-to-end checks through the tunnel;
 //! - [`control`]: the local control socket (`townlink status`);
+//! - [`service`]: systemd notifications (READY, STATUS, WATCHDOG);
 //! - [`daemon`]: `townlink run`: start-up, steady state, ordered shutdown;
 //! - [`fsutil`]: atomic file writes;
 //! - [`cli`]: the command line.
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod netlink;
 pub mod probe;
 pub mod routing;
+pub mod service;
 pub mod sites;
 pub mod sysctl;
 pub mod telemetry;

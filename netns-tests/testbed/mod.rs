@@ -153,9 +153,23 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(ns: &Netns, config: &Path, log: PathBuf) -> Daemon {
+        Daemon::start_with(ns, config, log, &[], &[])
+    }
+
+    /// Like [`Daemon::start`], with a command in front of townlink (e.g.
+    /// `setpriv ...`, which must exec it) and extra environment variables.
+    pub fn start_with(
+        ns: &Netns,
+        config: &Path,
+        log: PathBuf,
+        prefix: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let out = File::create(&log).expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
+            .args(prefix)
+            .envs(env.iter().copied())
             .arg(townlink_bin())
             .args(["run", "-c"])
             .arg(config)

@@ -150,7 +150,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         interface = %name,
         "townlink is up"
     );
+    crate::service::ready(&installed.telemetry.status_line());
     shutdown.cancelled().await;
+    crate::service::stopping();
     tracing::info!("stopping");
     installed.teardown().await;
     tracing::info!("stopped");

@@ -307,6 +307,42 @@ impl Telemetry {
         s
     }
 
+    /// One line for `systemctl status` (changes only with states, not with
+    /// every RTT): the active uplink and each uplink's state, the checks;
+    /// on the hub, the sites with a recent handshake.
+    pub fn status_line(&self) -> String {
+        let s = self.status();
+        let mut parts = Vec::new();
+        if s.role == "hub" {
+            let now = now();
+            let connected = s
+                .sites
+                .iter()
+                .filter(|v| v.peer.last_handshake.is_some_and(|h| now - h < 180.0))
+                .count();
+            parts.push(format!(
+                "hub: {} sites, {connected} with a handshake in the last 3 min",
+                s.sites.len()
+            ));
+        } else {
+            let uplinks: Vec<String> = s
+                .uplinks
+                .iter()
+                .map(|u| format!("{} {}", u.name, u.state))
+                .collect();
+            parts.push(format!(
+                "tunnel on {} ({})",
+                s.active.as_deref().unwrap_or("-"),
+                uplinks.join(", ")
+            ));
+        }
+        if !s.checks.is_empty() {
+            let ok = s.checks.iter().filter(|c| c.up == Some(true)).count();
+            parts.push(format!("checks {ok}/{} ok", s.checks.len()));
+        }
+        parts.join("; ")
+    }
+
     /// The byte counters of uplink `name`'s prober.
     pub fn probe_counters(&self, name: &str) -> ProbeCounters {
         let l = uplink(name);
