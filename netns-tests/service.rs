@@ -165,3 +165,149 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_systemd() {
         );
     }
 }
+
+fn hup(d: &Daemon) {
+    // `ip netns exec` execs townlink: the PID is townlink's own.
+    unsafe { libc::kill(d.pid(), libc::SIGHUP) };
+}
+
+/// Waits for the `n`-th log line (1-based) containing all of `parts`.
+fn wait_for_nth(d: &Daemon, parts: &[&str], n: usize, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let lines = d.log_lines(parts);
+        if lines.len() >= n {
+            return lines[n - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n}th line with {parts:?} within {within:?}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tunnel_ifindex(ns: &testbed::Netns) -> u64 {
+    ns.ip_json(&["link", "show", "tl0"])[0]["ifindex"]
+        .as_u64()
+        .expect("tl0 exists")
+}
+
+#[test]
+fn reload_applies_what_changed_and_refuses_a_broken_config() {
+    let mut wan = Wan::build(1);
+    let records = echo_server(&wan.records, &format!("{RECORDS}:7000"));
+    wan.start_hub();
+    let annex = wan.start_annex(1);
+    for uplink in ["fiber", "lte"] {
+        wan.daemons[annex]
+            .wait_for_log(
+                &["uplink state", &format!("uplink={uplink}"), "to=\"up\""],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+    }
+    echo_within(&wan.annex(1).lan, records, Duration::from_secs(20)).unwrap();
+    let ifindex = tunnel_ifindex(&wan.annex(1).ns);
+    let config = wan.annex(1).config.clone();
+    let original = std::fs::read_to_string(&config).unwrap();
+
+    // 1. A new check and a new hold-down: applied live.
+    let changed = original.replace("[failover]\n", "[failover]\nholddown = \"5s\"\n")
+        + &format!(
+            "\n[[check]]\nname = \"records\"\ntcp = \"{RECORDS}:7000\"\ninterval = \"1s\"\n"
+        );
+    std::fs::write(&config, &changed).unwrap();
+    hup(&wan.daemons[annex]);
+    let line = wait_for_nth(
+        &wan.daemons[annex],
+        &["reload applied"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("1 check(s)") && line.contains("failover and probe rates"),
+        "{line}"
+    );
+    wan.daemons[annex]
+        .wait_for_log(&["check up", "check=records"], Duration::from_secs(10))
+        .unwrap();
+
+    // 2. A config that fails the check is refused; the daemon runs on.
+    std::fs::write(&config, format!("{changed}bogus = 1\n")).unwrap();
+    hup(&wan.daemons[annex]);
+    let line = wait_for_nth(
+        &wan.daemons[annex],
+        &["reload refused"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("bogus"), "{line}");
+
+    // 3. A change that needs a restart is applied at the next one, and said.
+    std::fs::write(
+        &config,
+        changed.replace("[tunnel]\n", "[tunnel]\nmtu = 1400\n"),
+    )
+    .unwrap();
+    hup(&wan.daemons[annex]);
+    wait_for_nth(
+        &wan.daemons[annex],
+        &["reload applied"],
+        2,
+        Duration::from_secs(10),
+    );
+    let line = wan.daemons[annex]
+        .wait_for_log(&["next restart", "tunnel.mtu"], Duration::from_secs(5))
+        .unwrap();
+    assert!(!line.contains("check"), "{line}");
+
+    // The tunnel was never touched: same interface, no switch, traffic flows.
+    assert_eq!(tunnel_ifindex(&wan.annex(1).ns), ifindex);
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
+    echo_within(&wan.annex(1).lan, records, Duration::from_secs(5)).unwrap();
+    // Still the same daemon, answering on its control socket.
+    let (code, out, err) = testbed::status(&wan.dir.path().join("annex1.sock"), true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"records\""), "{out}");
+
+    // 4. On the hub: a [[site]] removed and added back, live.
+    let hub_config = wan.hub_config.clone();
+    let hub_text = std::fs::read_to_string(&hub_config).unwrap();
+    let start = hub_text.find("[[site]]").expect("a site");
+    let end = hub_text[start..]
+        .find("\n\n")
+        .map_or(hub_text.len(), |e| start + e);
+    std::fs::write(
+        &hub_config,
+        format!("{}{}", &hub_text[..start], &hub_text[end..]),
+    )
+    .unwrap();
+    hup(&wan.daemons[0]);
+    let line = wait_for_nth(
+        &wan.daemons[0],
+        &["reload applied"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("site annex-1 removed"), "{line}");
+    assert!(
+        echo_within(&wan.annex(1).lan, records, Duration::from_secs(3)).is_err(),
+        "the removed site still reaches the records server"
+    );
+    std::fs::write(&hub_config, &hub_text).unwrap();
+    hup(&wan.daemons[0]);
+    let line = wait_for_nth(
+        &wan.daemons[0],
+        &["reload applied"],
+        2,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("site annex-1 added"), "{line}");
+    echo_within(&wan.annex(1).lan, records, Duration::from_secs(45))
+        .unwrap_or_else(|e| panic!("annex-1 after its site came back: {e}"));
+}

@@ -300,6 +300,11 @@ impl Engine {
         &self.policy
     }
 
+    /// A reloaded policy; states and windows carry on under the new rules.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     pub fn quality(&self, uplink: usize) -> Quality {
         let l = &self.links[uplink];
         let (n, loss, rtt) = l.stats();

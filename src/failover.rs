@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, RoutingConfig};
-use crate::decision::{Decision, Engine, Health, Sample};
+use crate::decision::{Decision, Engine, Health, Policy, Sample};
 use crate::netlink::Netlink;
 use crate::probe::prober::Outgoing;
 use crate::routing::{self, NextHop};
@@ -43,6 +43,8 @@ pub struct Failover {
     pub telemetry: std::sync::Arc<Telemetry>,
     /// The report for the hub, and the prober that carries it.
     pub reports: watch::Sender<Outgoing>,
+    /// Reloaded `[failover]` and `[probe]` settings.
+    pub settings: watch::Receiver<(Policy, ProbeConfig)>,
 }
 
 impl Failover {
@@ -115,7 +117,7 @@ impl Failover {
 
     /// Runs until `stop` (or until every prober is gone).
     pub async fn run(
-        self,
+        mut self,
         mut engine: Engine,
         mut samples: mpsc::Receiver<Sample>,
         clock: Instant,
@@ -130,6 +132,13 @@ impl Failover {
         loop {
             let decision = tokio::select! {
                 _ = stop.cancelled() => return,
+                Ok(()) = self.settings.changed() => {
+                    let (policy, probe) = self.settings.borrow_and_update().clone();
+                    engine.set_policy(policy);
+                    self.probe = probe;
+                    tracing::info!("failover and probe settings reloaded");
+                    engine.tick(clock.elapsed())
+                }
                 s = samples.recv() => match s {
                     Some(s) => engine.observe(clock.elapsed(), s),
                     None => return,

@@ -282,7 +282,19 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
             }
             signals.cancel();
         });
-        crate::daemon::run(config, shutdown).await
+        // SIGHUP (systemctl reload): re-read the config.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+                if reload_tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        crate::daemon::run(config, path.to_path_buf(), shutdown, reload_rx).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

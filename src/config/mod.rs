@@ -211,7 +211,7 @@ impl AnnexConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubPeer {
     pub name: Name,
     pub public_key: PublicKey,
@@ -236,7 +236,7 @@ impl HubPeer {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
     pub name: Name,
     pub interface: InterfaceName,

@@ -182,6 +182,8 @@ fn start_failover(
         .map(|u| (u.name.to_string(), u.priority))
         .collect();
     let engine = Engine::new(annex.failover, &names, active);
+    let (settings_tx, settings) = watch::channel((annex.failover, config.probe.clone()));
+    installed.failover_settings = Some(settings_tx);
     let failover = Failover {
         net: installed.net.clone(),
         routing: config.routing,
@@ -194,6 +196,7 @@ fn start_failover(
         intervals,
         telemetry: installed.telemetry.clone(),
         reports,
+        settings,
     };
     installed
         .tasks

@@ -10,6 +10,7 @@
 
 mod annex;
 mod hub;
+mod reload;
 mod sites;
 
 pub use sites::HubSites;
@@ -41,6 +42,12 @@ struct Installed {
     /// Cancels the role's tasks (child of the daemon's token).
     stop: CancellationToken,
     telemetry: Arc<Telemetry>,
+    /// What a reload changes live.
+    failover_settings:
+        Option<tokio::sync::watch::Sender<(crate::decision::Policy, crate::config::ProbeConfig)>>,
+    hub_sites: Option<Arc<HubSites>>,
+    /// Cancels the end-to-end checks (replaced on reload).
+    checks: CancellationToken,
 }
 
 impl Installed {
@@ -83,7 +90,15 @@ impl Installed {
 
 /// Runs the daemon until `shutdown` is cancelled. On a start-up error,
 /// everything done so far is undone before the error is returned.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+///
+/// Each message on `reload` (SIGHUP: `systemctl reload`) re-reads the
+/// config at `path` and applies what can change live (see [`reload`]).
+pub async fn run(
+    config: Config,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
     // First the local listeners: a second instance is refused here, before
     // it touches the kernel.
     let control = control::server::bind(&config.control).await?;
@@ -118,7 +133,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks: TaskTracker::new(),
         stop: shutdown.child_token(),
         telemetry: Telemetry::new(&config),
+        failover_settings: None,
+        hub_sites: None,
+        checks: CancellationToken::new(),
     };
+    installed.checks = installed.stop.child_token();
     tracing::info!(path = %config.control.socket.display(), "control socket ready");
     let handler = Arc::new(control::server::Handler {
         telemetry: installed.telemetry.clone(),
@@ -151,7 +170,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "townlink is up"
     );
     crate::service::ready(&installed.telemetry.status_line());
-    shutdown.cancelled().await;
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => {
+                crate::service::reloading();
+                let status = reload::reload(&path, &mut current, &mut installed).await;
+                crate::service::reloaded(&status);
+            }
+        }
+    }
     crate::service::stopping();
     tracing::info!("stopping");
     installed.teardown().await;
@@ -200,6 +229,7 @@ async fn start(
     match &config.role {
         Role::Hub(hub) => {
             let sites = hub::start(config, hub, installed, sources).await?;
+            installed.hub_sites = Some(sites.clone());
             let _ = handler.hub.set(sites);
         }
         Role::Annex(annex) => {
@@ -225,12 +255,17 @@ async fn start(
         sources_rx,
         installed.stop.clone(),
     ));
+    start_checks(config, installed);
+    Ok(())
+}
+
+/// One task per end-to-end check, under `installed.checks`.
+fn start_checks(config: &Config, installed: &Installed) {
     for check in &config.checks {
         installed.tasks.spawn(crate::checks::run(
             check.clone(),
             installed.telemetry.clone(),
-            installed.stop.clone(),
+            installed.checks.clone(),
         ));
     }
-    Ok(())
 }

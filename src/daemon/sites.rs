@@ -60,6 +60,8 @@ pub struct HubIdentity {
 
 struct Inner {
     config_sites: SiteSet,
+    /// Reloadable with the config (except the registry's path).
+    enrollment: EnrollmentConfig,
     registry: Registry,
     /// Every site with a tunnel peer: the config's and the joined ones.
     active: SiteSet,
@@ -74,7 +76,8 @@ pub struct HubSites {
     sessions: Arc<Sessions>,
     telemetry: Arc<Telemetry>,
     sources: watch::Sender<Sources>,
-    enrollment: EnrollmentConfig,
+    /// The registry file (fixed until a restart).
+    registry_path: std::path::PathBuf,
     hub: HubIdentity,
 }
 
@@ -147,6 +150,7 @@ impl HubSites {
         let hub = Arc::new(HubSites {
             inner: Mutex::new(Inner {
                 config_sites,
+                enrollment: parts.enrollment.clone(),
                 registry,
                 active: SiteSet::new(),
             }),
@@ -157,7 +161,7 @@ impl HubSites {
             sessions: parts.sessions,
             telemetry: parts.telemetry,
             sources: parts.sources,
-            enrollment: parts.enrollment,
+            registry_path: parts.enrollment.registry.clone(),
             hub: parts.hub,
         });
         {
@@ -179,7 +183,7 @@ impl HubSites {
             tracing::info!(
                 sites = inner.active.len(),
                 pending,
-                registry = %hub.enrollment.registry.display(),
+                registry = %hub.registry_path.display(),
                 "sites installed"
             );
         }
@@ -229,6 +233,77 @@ impl HubSites {
         });
     }
 
+    /// A reloaded config: the `[[site]]` tables and `[enrollment]`
+    /// settings. Sites that changed are removed and added again; the
+    /// others keep their sessions. Refused whole if the new sites conflict
+    /// with enrolled ones. Returns what changed, in words.
+    pub async fn reload(
+        &self,
+        config_sites: SiteSet,
+        enrollment: EnrollmentConfig,
+    ) -> Result<Vec<String>, String> {
+        let mut inner = self.inner.lock().await;
+        let mut changes = Vec::new();
+        if enrollment.registry != self.registry_path {
+            changes.push("enrollment.registry: takes effect at the next restart".to_string());
+        }
+        let gone: Vec<Site> = inner
+            .config_sites
+            .iter()
+            .filter(|s| config_sites.get(&s.name) != Some(s))
+            .cloned()
+            .collect();
+        let new: Vec<Site> = config_sites
+            .iter()
+            .filter(|s| inner.config_sites.get(&s.name) != Some(s))
+            .cloned()
+            .collect();
+        let mut active = inner.active.clone();
+        for s in &gone {
+            active.remove(&s.name);
+        }
+        for s in &new {
+            active
+                .insert(s.clone())
+                .map_err(|e| format!("site[{}]: {e}; sites left as they were", s.name))?;
+            if inner
+                .registry
+                .get(&s.name)
+                .is_some_and(|e| !matches!(e.state, EntryState::Revoked { .. }))
+            {
+                return Err(format!(
+                    "site {} is enrolled in the registry too; sites left as they were",
+                    s.name
+                ));
+            }
+        }
+        for s in &gone {
+            self.sessions.close_site(&s.name);
+            if let Err(e) = self.uninstall(s).await {
+                tracing::error!(site = %s.name, error = %e, "not every trace of the site could be removed");
+            }
+            changes.push(format!("site {} removed", s.name));
+        }
+        for s in &new {
+            if let Err(e) = self.install(s).await {
+                tracing::error!(site = %s.name, error = %e, "cannot add the site");
+                active.remove(&s.name);
+                continue;
+            }
+            changes.push(format!("site {} added", s.name));
+        }
+        inner.active = active;
+        inner.config_sites = config_sites;
+        self.publish(&inner.active);
+        let mut e = enrollment;
+        e.registry = self.registry_path.clone();
+        if inner.enrollment != e {
+            inner.enrollment = e;
+            changes.push("enrollment settings".to_string());
+        }
+        Ok(changes)
+    }
+
     /// `site add`: reserves an address and issues a token.
     pub async fn add(
         &self,
@@ -237,7 +312,8 @@ impl HubSites {
         ttl: Option<Duration>,
     ) -> Result<(String, SiteInfo), String> {
         let name = Name::new(name).map_err(|e| format!("site name {name:?} {e}"))?;
-        let e = &self.enrollment;
+        let mut inner = self.inner.lock().await;
+        let e = inner.enrollment.clone();
         if e.endpoints.is_empty() {
             return Err("the hub's config has no enrollment.endpoints: tokens must tell annexes \
                         where the hub is; add e.g. endpoints = [\"hub.example.net:51820\"] and restart"
@@ -255,7 +331,6 @@ impl HubSites {
             return Err("--expires must be between 1s and 30 days".into());
         }
         let now = unix_now();
-        let mut inner = self.inner.lock().await;
         if inner.config_sites.get(&name).is_some() {
             return Err(format!(
                 "site {name} is defined in the hub's config file ([[site]])"
@@ -296,7 +371,7 @@ impl HubSites {
         };
         let before = inner.registry.clone();
         inner.registry.put(entry.clone());
-        if let Err(err) = inner.registry.save(&e.registry) {
+        if let Err(err) = inner.registry.save(&self.registry_path) {
             inner.registry = before;
             return Err(err.to_string());
         }
@@ -382,7 +457,7 @@ impl HubSites {
             revoked_at: unix_now(),
         };
         inner.registry.put(revoked.clone());
-        if let Err(err) = inner.registry.save(&self.enrollment.registry) {
+        if let Err(err) = inner.registry.save(&self.registry_path) {
             inner.registry = before;
             return Err(err.to_string());
         }
@@ -509,7 +584,7 @@ impl HubSites {
             joined_at: now,
         };
         inner.registry.put(joined);
-        if let Err(err) = inner.registry.save(&self.enrollment.registry) {
+        if let Err(err) = inner.registry.save(&self.registry_path) {
             inner.registry = before;
             let _ = self.uninstall(&site).await;
             return Err(format!("the hub could not record the site: {err}"));
@@ -522,10 +597,10 @@ impl HubSites {
             address: IpNet::new(entry.address, self.hub.address.prefix_len())
                 .map_err(|e| e.to_string())?,
             lan: entry.lan,
-            hub_name: self.enrollment.hub_name.to_string(),
+            hub_name: inner.enrollment.hub_name.to_string(),
             hub_address: self.hub.address.addr(),
-            routes: self.enrollment.routes.clone(),
-            keepalive: self.enrollment.keepalive,
+            routes: inner.enrollment.routes.clone(),
+            keepalive: inner.enrollment.keepalive,
         })
     }
 }

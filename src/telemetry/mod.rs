@@ -486,6 +486,42 @@ impl Telemetry {
         }
     }
 
+    /// A reloaded list of checks: series of removed checks go, new ones start at 0.
+    pub fn set_checks(&self, checks: &[crate::config::CheckConfig]) {
+        let m = &self.metrics;
+        let mut s = self.status();
+        for old in &s.checks {
+            if !checks.iter().any(|c| c.name.as_str() == old.name) {
+                let l = CheckLabels {
+                    check: old.name.clone(),
+                };
+                m.check_up.remove(&l);
+                m.check_latency.remove(&l);
+            }
+        }
+        let mut views = Vec::new();
+        for c in checks {
+            let l = CheckLabels {
+                check: c.name.to_string(),
+            };
+            let kept = s
+                .checks
+                .iter()
+                .find(|v| v.name == c.name.as_str() && v.target == c.tcp.to_string())
+                .cloned();
+            if kept.is_none() {
+                m.check_up.get_or_create(&l).set(0);
+                m.check_latency.get_or_create(&l).set(f64::NAN);
+            }
+            views.push(kept.unwrap_or(CheckView {
+                name: c.name.to_string(),
+                target: c.tcp.to_string(),
+                ..CheckView::default()
+            }));
+        }
+        s.checks = views;
+    }
+
     /// The result of one run of check `name`: the latency, or why it failed.
     pub fn check(&self, name: &str, result: Result<Duration, String>) {
         let m = &self.metrics;
