@@ -36,3 +36,11 @@ ensure_rust() {
         cargo install --locked cargo-nextest
     fi
 }
+
+# ensure_cargo_deb: cargo-deb, to build the Debian package.
+ensure_cargo_deb() {
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "==> installing cargo-deb"
+        cargo install --locked cargo-deb
+    fi
+}

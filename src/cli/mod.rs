@@ -116,6 +116,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Assets { dir: PathBuf },
     /// Print a new WireGuard private key (same encoding as `wg genkey`).
     Genkey,
     /// Read a private key on standard input, print its public key (as `wg pubkey`).
@@ -165,6 +168,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pubkey => pubkey(),
+        Command::Assets { dir } => assets(&dir),
         Command::Gencert {
             name,
             cert,
@@ -212,6 +216,30 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Man pages (townlink.1 and one per subcommand) and completions for
+/// bash, zsh and fish, generated from the clap definitions.
+fn assets(dir: &Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "townlink", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    println!("{} {}", man.display(), completions.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn gencert(name: &str, cert: &Path, key: &Path, force: bool) -> anyhow::Result<ExitCode> {
