@@ -192,11 +192,7 @@ fn join_then_refusals_revocation_and_hub_restart() {
     // The hub's metrics count the attempts: 2 joins; replay, expiry, forgery refused.
     let (_, metrics) =
         testbed::http_get(&wan.hub, "127.0.0.1:9475".parse().unwrap(), "/metrics").unwrap();
-    let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-    };
+    let value = |series: &str| testbed::metric_value(&metrics, series);
     assert_eq!(
         value("townlink_enrollments_total{result=\"joined\"}"),
         Some(2.0)

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testbed::{echo_server, http_get, status, Impairment, Netns, Options, Wan, RECORDS};
+use testbed::{
+    echo_server, http_get, metric_value as sample, status, Impairment, Netns, Options, Wan, RECORDS,
+};
 
 const RECORDS_PORT: u16 = 8080;
 
@@ -69,15 +71,6 @@ fn annex_socket(wan: &Wan) -> PathBuf {
 
 fn hub_socket(wan: &Wan) -> PathBuf {
     wan.dir.path().join("hub.sock")
-}
-
-/// The value of the sample `series` (exact text before the value).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
 }
 
 #[test]

@@ -26,6 +26,15 @@ use crate::tunnel;
 const TICK: Duration = Duration::from_millis(50);
 /// How often the annex reports to the hub when nothing changes.
 pub const REPORT_PERIOD: Duration = Duration::from_secs(5);
+/// How often RTT and loss reach the telemetry when no state changes
+/// (samples arrive 10-30 times a second; scrapes come every few seconds).
+const TELEMETRY_PERIOD: Duration = Duration::from_millis(250);
+
+/// When the engine's view was last published.
+struct Published {
+    telemetry: Instant,
+    report: Instant,
+}
 
 /// What the failover task needs besides the engine.
 pub struct Failover {
@@ -67,11 +76,17 @@ impl Failover {
         }
     }
 
-    /// Publishes the engine's view: telemetry at once; the hub's report
-    /// when `now` (a change) or when the last one is [`REPORT_PERIOD`] old.
-    fn publish(&self, engine: &Engine, now: bool, last_report: &mut Instant) {
+    /// Publishes the engine's view: to the telemetry at a change, else at
+    /// most every [`TELEMETRY_PERIOD`]; the hub's report at a change, else
+    /// every [`REPORT_PERIOD`].
+    fn publish(&self, engine: &Engine, now: bool, last: &mut Published) {
+        if !now && last.telemetry.elapsed() < TELEMETRY_PERIOD {
+            return;
+        }
+        last.telemetry = Instant::now();
         let qualities: Vec<_> = (0..self.names.len()).map(|i| engine.quality(i)).collect();
         self.telemetry.uplinks(&qualities, engine.active());
+        let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
             let datagram = self.telemetry.report().encode().map(bytes::Bytes::from);
@@ -127,8 +142,11 @@ impl Failover {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_rates(&engine);
-        let mut last_report = Instant::now();
-        self.publish(&engine, true, &mut last_report);
+        let mut last = Published {
+            telemetry: Instant::now(),
+            report: Instant::now(),
+        };
+        self.publish(&engine, true, &mut last);
         loop {
             let decision = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -169,7 +187,7 @@ impl Failover {
                 tracing::info!(uplink = %self.names[routed], "tunnel route switched on retry");
             }
             self.set_rates(&engine);
-            self.publish(&engine, changed, &mut last_report);
+            self.publish(&engine, changed, &mut last);
         }
     }
 }

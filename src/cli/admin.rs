@@ -62,9 +62,7 @@ fn describe(s: &SiteInfo, now: f64) -> String {
         "pending" => s
             .expires
             .map(|t| {
-                let stamp = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-                );
+                let stamp = crate::telemetry::stamp(t);
                 if (t as f64) < now {
                     format!("token expired at {stamp}")
                 } else {
@@ -130,9 +128,7 @@ pub(super) fn site(
                         if let Some(t) = site.expires {
                             println!(
                                 "one-time token, valid until {}:",
-                                humantime::format_rfc3339_seconds(
-                                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
-                                )
+                                crate::telemetry::stamp(t)
                             );
                         }
                         println!("\n{token}\n");

@@ -28,7 +28,7 @@ use crate::probe::tls::{AllowedSites, Fingerprint};
 use crate::routing;
 use crate::sites::{overlaps, Name, Site, SiteSet};
 use crate::telemetry::collector::Sources;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
 
 /// A session younger than this makes a site "connected" (WireGuard
@@ -42,10 +42,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn stamp(t: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
 }
 
 /// The hub's identity, as tokens and new annexes need it.

@@ -37,6 +37,11 @@ pub fn now() -> f64 {
     unix(SystemTime::now())
 }
 
+/// A Unix time in seconds as RFC 3339 (UTC), for messages.
+pub fn stamp(unix_seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
+}
+
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
