@@ -125,12 +125,20 @@ fn two_percent_loss_on_fiber_does_not_switch() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    let end = Instant::now();
     drop(lossy);
     assert_eq!(annex.log_lines(&["failover from="]), Vec::<String>::new());
     assert_eq!(fiber_down(), down_before, "fiber went down under 2 % loss");
-    // Losses were really applied and seen: the stream lost some echoes.
-    let received = stream.count();
-    assert!(received < 50 * 60 + 50, "no loss seen? {received} echoes");
+    // Losses were really applied and seen: over the loss window the stream
+    // (50 packets/s, on a fixed schedule) got back about 96 % of its
+    // packets; without loss it would get them all. (Counting the echoes
+    // since the stream started was wrong: a slow start-up added echoes.)
+    let sent = 50.0 * end.duration_since(start).as_secs_f64();
+    let received = stream.count_between(start, end) as f64;
+    assert!(
+        received < 0.99 * sent && received > 0.85 * sent,
+        "{received} echoes for about {sent} packets"
+    );
 }
 
 #[test]

@@ -747,6 +747,16 @@ impl UdpStream {
         self.echoes.lock().expect("lock").len()
     }
 
+    /// Echoes received between `from` and `to`.
+    pub fn count_between(&self, from: Instant, to: Instant) -> usize {
+        self.echoes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|t| **t >= from && **t < to)
+            .count()
+    }
+
     /// Waits until at least `n` more echoes arrived (at most `within`).
     pub fn wait_for_echoes(&self, n: usize, within: Duration) -> Result<(), String> {
         let target = self.count() + n;
