@@ -41,6 +41,9 @@ pub fn push_traffic(to: std::net::IpAddr) {
 
 /// How long one UAPI request may take before the device is declared hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest answer read from the device (a `get` of a hub with thousands of
+/// peers stays far below).
+const MAX_ANSWER: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -56,11 +59,21 @@ pub enum TunnelError {
     },
     #[error("tunnel {name}: the device did not answer within {timeout:?}")]
     Timeout { name: String, timeout: Duration },
+    #[error("tunnel {name}: the device's control channel is broken ({reason}); townlink must be restarted")]
+    Broken { name: String, reason: String },
     #[error("tunnel {name}: {source}")]
     Uapi {
         name: String,
         source: uapi::UapiError,
     },
+}
+
+impl TunnelError {
+    /// The tunnel cannot be used any more (the device hung or went away):
+    /// only a restart helps.
+    pub fn is_broken(&self) -> bool {
+        matches!(self, TunnelError::Broken { .. })
+    }
 }
 
 /// Data-plane tuning, chosen from `scripts/bench-throughput`.
@@ -75,12 +88,89 @@ pub struct Tuning {
     pub socket_buffer: usize,
 }
 
+/// Where the exchange on the control channel stands. It is updated after
+/// every step, so that a caller that gives up (timeout, dropped future)
+/// leaves a state the next request can finish: the channel never gets out
+/// of step (one request, then exactly its answer).
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    /// A request is going out: the bytes still to write.
+    Writing(Vec<u8>),
+    /// The request went out: the answer read so far.
+    Reading(Vec<u8>),
+    /// Out of step for good (the device hung, or the channel failed).
+    Broken(String),
+}
+
+struct Channel {
+    /// `None` once the tunnel is closed.
+    stream: Option<UnixStream>,
+    phase: Phase,
+}
+
+fn complete(answer: &[u8]) -> bool {
+    answer.ends_with(b"\n\n") || answer == b"\n"
+}
+
+impl Channel {
+    /// Drives the exchange in progress to its end; returns the answer.
+    /// Cancel-safe: each step is recorded in `phase` before the next await.
+    async fn finish(&mut self) -> Result<Vec<u8>, String> {
+        let result = self.drive().await;
+        if let Err(reason) = &result {
+            self.phase = Phase::Broken(reason.clone());
+        }
+        result
+    }
+
+    async fn drive(&mut self) -> Result<Vec<u8>, String> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err("closed".into());
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match &mut self.phase {
+                Phase::Idle => return Ok(Vec::new()),
+                Phase::Broken(reason) => return Err(reason.clone()),
+                Phase::Writing(rest) => {
+                    let n = stream.write(rest).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("the device closed the channel".into());
+                    }
+                    rest.drain(..n);
+                    if rest.is_empty() {
+                        self.phase = Phase::Reading(Vec::with_capacity(256));
+                    }
+                }
+                Phase::Reading(answer) => {
+                    if complete(answer) {
+                        let answer = std::mem::take(answer);
+                        self.phase = Phase::Idle;
+                        return Ok(answer);
+                    }
+                    let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("the device closed the channel".into());
+                    }
+                    if answer.len() + n > MAX_ANSWER {
+                        return Err(format!("answer longer than {MAX_ANSWER} bytes"));
+                    }
+                    answer.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
 /// A running tunnel interface.
 pub struct Tunnel {
     name: String,
     tuning: Tuning,
-    control: Mutex<UnixStream>,
-    device: Option<DeviceHandle>,
+    /// How long a request (and the resynchronisation before it) may take.
+    timeout: Duration,
+    control: Mutex<Channel>,
+    device: std::sync::Mutex<Option<DeviceHandle>>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -116,9 +206,38 @@ impl Tunnel {
         Ok(Tunnel {
             name: name.to_string(),
             tuning,
-            control: Mutex::new(control),
-            device: Some(device),
+            timeout: REQUEST_TIMEOUT,
+            control: Mutex::new(Channel {
+                stream: Some(control),
+                phase: Phase::Idle,
+            }),
+            device: std::sync::Mutex::new(Some(device)),
         })
+    }
+
+    /// A tunnel whose control channel is `stream`, without a device: tests
+    /// play the device on the other end.
+    #[cfg(test)]
+    pub(crate) fn over_stream(
+        name: &str,
+        stream: std::os::unix::net::UnixStream,
+        timeout: Duration,
+    ) -> Tunnel {
+        stream.set_nonblocking(true).expect("non-blocking");
+        Tunnel {
+            name: name.to_string(),
+            tuning: Tuning {
+                threads: 1,
+                connected_socket: false,
+                socket_buffer: 0,
+            },
+            timeout,
+            control: Mutex::new(Channel {
+                stream: Some(UnixStream::from_std(stream).expect("tokio stream")),
+                phase: Phase::Idle,
+            }),
+            device: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -126,33 +245,47 @@ impl Tunnel {
     }
 
     /// Sends one request and returns the `key=value` lines of the answer.
+    ///
+    /// One request at a time (boringtun reads each request with a fresh
+    /// buffered reader, so pipelined requests could be lost). A request
+    /// that a caller abandoned (its timeout, or a dropped future) is
+    /// finished first and its answer discarded; if that fails within the
+    /// timeout, the channel is broken for good.
     async fn request(&self, req: &str) -> Result<String, TunnelError> {
-        let io = |source| TunnelError::Io {
-            name: self.name.clone(),
-            source,
-        };
-        // One request at a time: boringtun reads each request with a fresh
-        // buffered reader, so pipelined requests could be lost.
-        let mut control = self.control.lock().await;
-        let exchange = async {
-            control.write_all(req.as_bytes()).await.map_err(io)?;
-            let mut answer = Vec::with_capacity(256);
-            let mut buf = [0u8; 4096];
-            while !(answer.ends_with(b"\n\n") || answer == b"\n") {
-                let n = control.read(&mut buf).await.map_err(io)?;
-                if n == 0 {
-                    return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        let mut channel = self.control.lock().await;
+        if matches!(channel.phase, Phase::Writing(_) | Phase::Reading(_)) {
+            match tokio::time::timeout(self.timeout, channel.finish()).await {
+                Ok(Ok(_)) => {
+                    tracing::debug!(interface = %self.name, "discarded the answer to an abandoned request")
                 }
-                answer.extend_from_slice(&buf[..n]);
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    channel.phase = Phase::Broken(format!(
+                        "an abandoned request got no complete answer within {:?}",
+                        self.timeout
+                    ))
+                }
             }
-            Ok(String::from_utf8_lossy(&answer).into_owned())
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| TunnelError::Timeout {
+        }
+        if let Phase::Broken(reason) = &channel.phase {
+            return Err(TunnelError::Broken {
                 name: self.name.clone(),
-                timeout: REQUEST_TIMEOUT,
-            })?
+                reason: reason.clone(),
+            });
+        }
+        channel.phase = Phase::Writing(req.as_bytes().to_vec());
+        match tokio::time::timeout(self.timeout, channel.finish()).await {
+            Ok(Ok(answer)) => Ok(String::from_utf8_lossy(&answer).into_owned()),
+            Ok(Err(reason)) => Err(TunnelError::Broken {
+                name: self.name.clone(),
+                reason,
+            }),
+            // The exchange stays in progress: the next request finishes it.
+            Err(_) => Err(TunnelError::Timeout {
+                name: self.name.clone(),
+                timeout: self.timeout,
+            }),
+        }
     }
 
     async fn set(&self, req: &str) -> Result<(), TunnelError> {
@@ -216,12 +349,17 @@ impl Tunnel {
         uapi::parse_status(&pairs, SystemTime::now()).map_err(uapi_err)
     }
 
-    /// Stops the device threads and removes the interface.
-    pub async fn close(mut self) {
+    /// Stops the device threads and removes the interface. Later requests
+    /// fail (the channel is closed), whoever still holds the tunnel.
+    pub async fn close(&self) {
         let name = self.name.clone();
-        let device = self.device.take();
-        // Closing our end of the control channel makes the device exit.
-        drop(self);
+        {
+            let mut channel = self.control.lock().await;
+            // Closing our end of the control channel makes the device exit.
+            channel.stream = None;
+            channel.phase = Phase::Broken("closed".into());
+        }
+        let device = self.device.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut device) = device {
             let join = tokio::task::spawn_blocking(move || {
                 device.wait();
@@ -237,5 +375,103 @@ impl Tunnel {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    /// A slow device on the other end of a socketpair: answers each request
+    /// with `n=<its number>`, the first one only after `first_delay`.
+    fn slow_device(first_delay: Duration) -> std::os::unix::net::UnixStream {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(theirs.try_clone().unwrap());
+            let mut out = theirs;
+            for n in 0.. {
+                // A request ends with an empty line.
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\n" {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    std::thread::sleep(first_delay);
+                }
+                if out
+                    .write_all(format!("n={n}\nerrno=0\n\n").as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        ours
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_never_reaches_the_next_request() {
+        let tunnel = Tunnel::over_stream(
+            "fake0",
+            slow_device(Duration::from_millis(300)),
+            Duration::from_millis(200),
+        );
+        // The first request times out; its answer comes later.
+        assert!(matches!(
+            tunnel.request(uapi::GET).await,
+            Err(TunnelError::Timeout { .. })
+        ));
+        for n in 1..4 {
+            let answer = tunnel.request(uapi::GET).await.unwrap();
+            assert_eq!(answer, format!("n={n}\nerrno=0\n\n"), "request {n}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_the_channel_in_step() {
+        let tunnel = Tunnel::over_stream(
+            "fake0",
+            slow_device(Duration::from_millis(100)),
+            Duration::from_secs(2),
+        );
+        // The caller gives up (drops the request) while the device works.
+        let first = tunnel.request(uapi::GET);
+        assert!(tokio::time::timeout(Duration::from_millis(20), first)
+            .await
+            .is_err());
+        assert_eq!(tunnel.request(uapi::GET).await.unwrap(), "n=1\nerrno=0\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_device_that_never_answers_breaks_the_channel_for_good() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let tunnel = Tunnel::over_stream("fake0", ours, Duration::from_millis(100));
+        assert!(matches!(
+            tunnel.request(uapi::GET).await,
+            Err(TunnelError::Timeout { .. })
+        ));
+        // The abandoned request cannot be finished: broken, and it stays so.
+        let e = tunnel.request(uapi::GET).await.unwrap_err();
+        assert!(e.is_broken(), "{e}");
+        let started = std::time::Instant::now();
+        assert!(tunnel.status().await.unwrap_err().is_broken());
+        assert!(started.elapsed() < Duration::from_millis(50), "fails fast");
+        drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn a_closed_tunnel_refuses_requests() {
+        let tunnel =
+            Tunnel::over_stream("fake0", slow_device(Duration::ZERO), Duration::from_secs(1));
+        assert!(tunnel.request(uapi::GET).await.is_ok());
+        tunnel.close().await;
+        assert!(tunnel.request(uapi::GET).await.unwrap_err().is_broken());
     }
 }
