@@ -147,6 +147,37 @@ fn stop_and_crash_leave_nothing_behind() {
     assert_eq!(leftovers(&wan.hub), Vec::<String>::new(), "hub at the end");
 }
 
+/// Log lines at WARN or ERROR level.
+fn alarms(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
+
+#[test]
+fn a_clean_stop_logs_no_alarm() {
+    let mut wan = Wan::build(1);
+    let records = echo_server(&wan.records, &format!("{RECORDS}:7000"));
+    let hub = wan.start_hub();
+    let annex = wan.start_annex(1);
+    echo_within(&wan.annex(1).lan, records, UP_WITHIN).unwrap();
+    for (i, what) in [(annex, "annex"), (hub, "hub")] {
+        let status = wan.daemons[i].stop(STOP_WITHIN);
+        let log = wan.daemons[i].log_text();
+        assert!(status.success(), "{what} exit status {status}\n{log}");
+        let stop = log
+            .find("SIGTERM received")
+            .unwrap_or_else(|| panic!("{what} saw no SIGTERM:\n{log}"));
+        // From the signal on: a clean stop alarms nobody.
+        assert_eq!(
+            alarms(&log[stop..]),
+            Vec::<&str>::new(),
+            "{what} stop:\n{log}"
+        );
+        assert!(log.contains("stopped"), "{what}:\n{log}");
+    }
+}
+
 /// A snapshot of the namespace's network state, without what the kernel
 /// changes on its own (IPv6 link-local addresses and flags, carrier state).
 fn state(ns: &Netns) -> Vec<String> {

@@ -46,6 +46,8 @@ struct Installed {
     failover_settings:
         Option<tokio::sync::watch::Sender<(crate::decision::Policy, crate::config::ProbeConfig)>>,
     hub_sites: Option<Arc<HubSites>>,
+    /// The control socket's handler (holds the hub's sites too).
+    handler: Option<Arc<control::server::Handler>>,
     /// Cancels the end-to-end checks (replaced on reload).
     checks: CancellationToken,
 }
@@ -60,6 +62,10 @@ impl Installed {
         {
             tracing::warn!("some tasks did not stop within 5 s");
         }
+        // Everything that holds the tunnel goes before it is closed: the
+        // hub's sites (also reachable through the control handler).
+        self.hub_sites = None;
+        self.handler = None;
         match self.net.purge().await {
             Ok((routes, rules)) => {
                 tracing::info!(routes, rules, "removed townlink routes and rules")
@@ -68,10 +74,12 @@ impl Installed {
         }
         if let Some(tunnel) = self.tunnel.take() {
             let name = tunnel.name().to_string();
-            match Arc::try_unwrap(tunnel) {
-                Ok(tunnel) => tunnel.close().await,
-                Err(_) => tracing::error!(interface = %name, "tunnel still in use at stop"),
+            let holders = Arc::strong_count(&tunnel) - 1;
+            if holders > 0 {
+                // A task that did not stop: closed anyway, its requests fail.
+                tracing::warn!(interface = %name, holders, "tunnel still referenced at stop: closing it anyway");
             }
+            tunnel.close().await;
             match self.net.link_index(&name).await {
                 Ok(None) => tracing::info!(interface = %name, "tunnel interface removed"),
                 Ok(Some(_)) => {
@@ -135,14 +143,18 @@ pub async fn run(
         telemetry: Telemetry::new(&config),
         failover_settings: None,
         hub_sites: None,
+        handler: None,
         checks: CancellationToken::new(),
     };
     installed.checks = installed.stop.child_token();
     tracing::info!(path = %config.control.socket.display(), "control socket ready");
-    let handler = Arc::new(control::server::Handler {
-        telemetry: installed.telemetry.clone(),
-        hub: Default::default(),
-    });
+    let handler = installed
+        .handler
+        .insert(Arc::new(control::server::Handler {
+            telemetry: installed.telemetry.clone(),
+            hub: Default::default(),
+        }))
+        .clone();
     installed.tasks.spawn(control::server::serve(
         control,
         handler.clone(),
@@ -160,6 +172,8 @@ pub async fn run(
         r = start(&config, &mut installed, &handler) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
     };
+    // Only `installed` holds it from here on (teardown drops it in order).
+    drop(handler);
     if let Err(e) = started {
         installed.teardown().await;
         return Err(e);
