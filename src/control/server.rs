@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::{Request, Response, MAX_REQUEST};
 use crate::config::ControlConfig;
@@ -168,12 +168,28 @@ async fn client(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
     write.shutdown().await
 }
 
-/// Serves until `stop`, then removes the socket file.
-pub async fn serve(listener: Listener, handler: Arc<Handler>, stop: CancellationToken) {
-    let clients = TaskTracker::new();
+/// Serves until `stop`, then removes the socket file. A client's request
+/// that panicked ends the service with an error (the daemon stops, see
+/// `daemon::supervisor`): nothing dies silently.
+pub async fn serve(
+    listener: Listener,
+    handler: Arc<Handler>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let mut clients = JoinSet::new();
+    let mut failure = None;
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(done) = clients.join_next() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        failure = Some(format!("a control request panicked: {e}"));
+                        break;
+                    }
+                }
+                continue;
+            }
             a = listener.listener.accept() => match a {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -192,7 +208,11 @@ pub async fn serve(listener: Listener, handler: Arc<Handler>, stop: Cancellation
             }
         });
     }
-    clients.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), clients.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while clients.join_next().await.is_some() {}
+    })
+    .await;
+    clients.abort_all();
     drop(listener);
+    failure.map_or(Ok(()), Err)
 }

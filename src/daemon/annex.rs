@@ -124,11 +124,11 @@ pub(super) async fn start(
     tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
     tracing::info!(hub = %hub.name, endpoint = %endpoint, "hub peer added");
     tunnel::push_traffic(hub.address);
-    installed.tasks.spawn(keep_handshake(
-        tunnel.clone(),
-        hub.clone(),
-        installed.stop.clone(),
-    ));
+    installed.supervisor.service(
+        "handshake keeper",
+        &installed.stop,
+        keep_handshake(tunnel.clone(), hub.clone(), installed.stop.clone()),
+    );
     start_failover(config, annex, installed, endpoint, hops, active, ipv6)?;
     Ok(())
 }
@@ -166,15 +166,19 @@ fn start_failover(
             client: client.clone(),
             timeout: config.probe.timeout,
         };
-        installed.tasks.spawn(prober::run(
-            spec,
-            rx,
-            reports_rx.clone(),
-            samples_tx.clone(),
-            Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
-            clock,
-            installed.stop.clone(),
-        ));
+        installed.supervisor.service(
+            format!("prober {}", up.name),
+            &installed.stop,
+            prober::run(
+                spec,
+                rx,
+                reports_rx.clone(),
+                samples_tx.clone(),
+                Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
+                clock,
+                installed.stop.clone(),
+            ),
+        );
     }
     let names: Vec<(String, u32)> = annex
         .uplinks
@@ -198,9 +202,11 @@ fn start_failover(
         reports,
         settings,
     };
-    installed
-        .tasks
-        .spawn(failover.run(engine, samples_rx, clock, installed.stop.clone()));
+    installed.supervisor.service(
+        "failover",
+        &installed.stop,
+        failover.run(engine, samples_rx, clock, installed.stop.clone()),
+    );
     tracing::info!(hub = %probe_addr, uplinks = annex.uplinks.len(), "probing the hub over every uplink");
     Ok(())
 }

@@ -78,12 +78,16 @@ pub(super) async fn start(
             Box::pin(async move { sites.join(request, certificate, remote).await })
         })),
     };
-    installed
-        .tasks
-        .spawn(responder::serve(endpoint, cx, installed.stop.clone()));
-    installed
-        .tasks
-        .spawn(monitor_peers(tunnel, monitor, installed.stop.clone()));
+    installed.supervisor.service(
+        "probe responder",
+        &installed.stop,
+        responder::serve(endpoint, cx, installed.stop.clone()),
+    );
+    installed.supervisor.service(
+        "site monitor",
+        &installed.stop,
+        monitor_peers(tunnel, monitor, installed.stop.clone()),
+    );
     Ok(sites)
 }
 

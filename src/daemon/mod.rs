@@ -12,6 +12,7 @@ mod annex;
 mod hub;
 mod reload;
 mod sites;
+mod supervisor;
 
 pub use sites::HubSites;
 
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+use supervisor::{Event, Heart, Liveness, Supervisor};
 
 use crate::config::{Config, Role};
 use crate::control;
@@ -32,13 +34,18 @@ use crate::tunnel::{Tuning, Tunnel};
 /// Receive/send buffer of the tunnel's UDP socket: with the kernel default
 /// the receiver drops packets under load (see docs/performance.md).
 const TUNNEL_SOCKET_BUFFER: usize = 4 << 20;
+/// How often the daemon checks that the tunnel answers (and feeds the
+/// systemd watchdog if it does and every task is alive); the watchdog
+/// itself is pinged at half systemd's interval at most.
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// What start-up changed, so that shutdown can undo exactly that.
 struct Installed {
     net: Netlink,
     tunnel: Option<Arc<Tunnel>>,
     sysctls: Vec<sysctl::Changed>,
-    tasks: TaskTracker,
+    /// Every task of the daemon (see [`supervisor`]).
+    supervisor: Supervisor,
     /// Cancels the role's tasks (child of the daemon's token).
     stop: CancellationToken,
     telemetry: Arc<Telemetry>,
@@ -55,11 +62,7 @@ struct Installed {
 impl Installed {
     async fn teardown(mut self) {
         self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if !self.supervisor.wait(Duration::from_secs(5)).await {
             tracing::warn!("some tasks did not stop within 5 s");
         }
         // Everything that holds the tunnel goes before it is closed: the
@@ -134,11 +137,12 @@ pub async fn run(
         );
     }
 
+    let (supervisor, mut failures) = Supervisor::new();
     let mut installed = Installed {
         net: net.clone(),
         tunnel: None,
         sysctls: Vec::new(),
-        tasks: TaskTracker::new(),
+        supervisor,
         stop: shutdown.child_token(),
         telemetry: Telemetry::new(&config),
         failover_settings: None,
@@ -155,22 +159,27 @@ pub async fn run(
             hub: Default::default(),
         }))
         .clone();
-    installed.tasks.spawn(control::server::serve(
-        control,
-        handler.clone(),
-        installed.stop.clone(),
-    ));
+    installed.supervisor.service(
+        "control socket",
+        &installed.stop,
+        control::server::serve(control, handler.clone(), installed.stop.clone()),
+    );
     if let Some((listener, addr)) = metrics {
         tracing::info!(%addr, "serving /metrics");
-        installed.tasks.spawn(telemetry::http::serve(
-            listener,
-            installed.telemetry.clone(),
-            installed.stop.clone(),
-        ));
+        installed.supervisor.service(
+            "metrics server",
+            &installed.stop,
+            telemetry::http::serve(
+                listener,
+                installed.telemetry.clone(),
+                installed.stop.clone(),
+            ),
+        );
     }
     let started = tokio::select! {
         r = start(&config, &mut installed, &handler) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
+        f = failures.next() => Err(anyhow::anyhow!("{f} during start-up")),
     };
     // Only `installed` holds it from here on (teardown drops it in order).
     drop(handler);
@@ -184,22 +193,55 @@ pub async fn run(
         "townlink is up"
     );
     crate::service::ready(&installed.telemetry.status_line());
+    let mut watchdog = crate::service::Watchdog::from_env();
+    let mut heart = Heart::new(HEARTBEAT, move || watchdog.alive());
     let mut current = config;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(()) = reload.recv() => {
+    let failed = loop {
+        // Only for this beat: teardown must find the tunnel held by `installed` alone.
+        let tunnel = installed.tunnel.clone();
+        let event = heart
+            .run(
+                &installed.supervisor,
+                &mut failures,
+                &shutdown,
+                &mut reload,
+                || liveness(tunnel.clone()),
+            )
+            .await;
+        drop(tunnel);
+        match event {
+            Event::Stop => break None,
+            Event::Failed(e) => break Some(e),
+            Event::Reload => {
                 crate::service::reloading();
                 let status = reload::reload(&path, &mut current, &mut installed).await;
                 crate::service::reloaded(&status);
             }
         }
-    }
+    };
     crate::service::stopping();
-    tracing::info!("stopping");
+    match &failed {
+        None => tracing::info!("stopping"),
+        Some(e) => tracing::error!(error = %e, "stopping after a failure (a restart repairs it)"),
+    }
     installed.teardown().await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(e) => bail!("{e}; townlink stopped (systemd restarts it)"),
+    }
+}
+
+/// One heartbeat: does the tunnel's device answer?
+async fn liveness(tunnel: Option<Arc<Tunnel>>) -> Liveness {
+    let Some(tunnel) = tunnel else {
+        return Liveness::Alive;
+    };
+    match tunnel.status().await {
+        Ok(_) => Liveness::Alive,
+        Err(e) if e.is_broken() => Liveness::Dead(e.to_string()),
+        Err(e) => Liveness::Unsure(e.to_string()),
+    }
 }
 
 async fn start(
@@ -262,13 +304,17 @@ async fn start(
             });
         }
     }
-    installed.tasks.spawn(collector::run(
-        installed.telemetry.clone(),
-        installed.tunnel.clone().expect("tunnel created above"),
-        installed.net.clone(),
-        sources_rx,
-        installed.stop.clone(),
-    ));
+    installed.supervisor.service(
+        "collector",
+        &installed.stop,
+        collector::run(
+            installed.telemetry.clone(),
+            installed.tunnel.clone().expect("tunnel created above"),
+            installed.net.clone(),
+            sources_rx,
+            installed.stop.clone(),
+        ),
+    );
     start_checks(config, installed);
     Ok(())
 }
@@ -276,10 +322,14 @@ async fn start(
 /// One task per end-to-end check, under `installed.checks`.
 fn start_checks(config: &Config, installed: &Installed) {
     for check in &config.checks {
-        installed.tasks.spawn(crate::checks::run(
-            check.clone(),
-            installed.telemetry.clone(),
-            installed.checks.clone(),
-        ));
+        installed.supervisor.service(
+            format!("check {}", check.name),
+            &installed.checks,
+            crate::checks::run(
+                check.clone(),
+                installed.telemetry.clone(),
+                installed.checks.clone(),
+            ),
+        );
     }
 }

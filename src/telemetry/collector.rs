@@ -31,9 +31,6 @@ pub async fn run(
     sources: tokio::sync::watch::Receiver<Sources>,
     stop: CancellationToken,
 ) {
-    // Alive means: the tunnel's state could be read (the device's threads
-    // answer), so the watchdog is fed here.
-    let mut watchdog = crate::service::Watchdog::from_env();
     let service_status = crate::service::Status::default();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,7 +55,6 @@ pub async fn run(
         match tunnel.status().await {
             Ok(status) => {
                 report("tunnel", None);
-                watchdog.alive();
                 for p in &status.peers {
                     if let Some(name) = sources.peers.get(&p.public_key) {
                         telemetry.peer(name, p);
