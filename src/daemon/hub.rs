@@ -52,6 +52,7 @@ pub(super) async fn start(
                 probe_port: config.probe.listen_port,
                 address: config.tunnel.address,
             },
+            supervisor: installed.supervisor.clone(),
         },
     )
     .await?;

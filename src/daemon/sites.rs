@@ -7,6 +7,23 @@
 //! Every change is made under one lock and persisted before it is
 //! answered, so concurrent `site add` never lose a site nor hand out an
 //! address twice. A change that cannot be completed is undone.
+//!
+//! Each change runs as a job of its own under the daemon's supervisor and
+//! holds the lock to its end: a caller that gives up (the control
+//! socket's 5 s, the enrollment's 15 s) only stops waiting, never the
+//! change. The registry is the source of truth and is written first; the
+//! kernel and the tunnel follow it, and every start installs every joined
+//! site from it. So a crash at any step leaves a state the next start
+//! repairs:
+//! - join: persist "joined" → install peer and routes → publish the probe
+//!   certificate. A crash after the persist: the next start installs the
+//!   site; the annex, whose answer was lost, joins again with the same
+//!   token and keys and gets its settings again.
+//! - remove: persist "revoked" → close probe sessions, remove peer and
+//!   routes. A crash after the persist: the next start does not install
+//!   the site. The revocation, once recorded, is never lost.
+//!
+//! Registry writes (fsync) run on the blocking pool.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use tokio::sync::{watch, Mutex};
 
+use super::supervisor::Supervisor;
 use crate::config::EnrollmentConfig;
 use crate::control::SiteInfo;
 use crate::enroll::registry::{allocate, Entry, EntryState, Registry};
@@ -75,6 +93,20 @@ pub struct HubSites {
     /// The registry file (fixed until a restart).
     registry_path: std::path::PathBuf,
     hub: HubIdentity,
+    /// Runs each change as a job of its own.
+    supervisor: Supervisor,
+    /// Tests: the step at which the next change stops dead, as in a crash.
+    #[cfg(test)]
+    crash_at: std::sync::Mutex<Option<Step>>,
+}
+
+/// The steps of a change after which a crash leaves something to repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The registry has the new state; the kernel and tunnel not yet.
+    Persisted,
+    /// The peer and routes follow the registry; not yet published.
+    Applied,
 }
 
 impl std::fmt::Debug for HubSites {
@@ -122,6 +154,7 @@ pub struct Parts {
     pub sources: watch::Sender<Sources>,
     pub enrollment: EnrollmentConfig,
     pub hub: HubIdentity,
+    pub supervisor: Supervisor,
 }
 
 impl HubSites {
@@ -159,6 +192,9 @@ impl HubSites {
             sources: parts.sources,
             registry_path: parts.enrollment.registry.clone(),
             hub: parts.hub,
+            supervisor: parts.supervisor,
+            #[cfg(test)]
+            crash_at: std::sync::Mutex::new(None),
         });
         {
             let mut inner = hub.inner.lock().await;
@@ -184,6 +220,41 @@ impl HubSites {
             );
         }
         Ok(hub)
+    }
+
+    /// Runs a change as a job of its own: the caller may stop waiting
+    /// (timeout, dropped future), the change goes on to its end.
+    async fn change<T, F>(&self, what: String, change: F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.supervisor.job(what.clone(), change).await {
+            Ok(Some(result)) => result,
+            _ => Err(format!(
+                "{what} failed inside the hub (see its journal); townlink restarts and \
+                 repairs the sites from the registry, then try again"
+            )),
+        }
+    }
+
+    /// Writes the registry (atomic replace, fsync) on the blocking pool.
+    async fn persist(&self, registry: &Registry) -> Result<(), String> {
+        let (registry, path) = (registry.clone(), self.registry_path.clone());
+        tokio::task::spawn_blocking(move || registry.save(&path))
+            .await
+            .map_err(|e| format!("writing the registry failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Where tests stop a change dead, as a crash would; nothing in
+    /// production builds.
+    fn checkpoint(&self, _step: Step) -> Result<(), String> {
+        #[cfg(test)]
+        if *self.crash_at.lock().unwrap() == Some(_step) {
+            return Err(format!("test: crashed after {_step:?}"));
+        }
+        Ok(())
     }
 
     /// Peer and LAN routes of a site.
@@ -234,6 +305,18 @@ impl HubSites {
     /// others keep their sessions. Refused whole if the new sites conflict
     /// with enrolled ones. Returns what changed, in words.
     pub async fn reload(
+        self: &Arc<Self>,
+        config_sites: SiteSet,
+        enrollment: EnrollmentConfig,
+    ) -> Result<Vec<String>, String> {
+        let this = self.clone();
+        self.change("sites reload".into(), async move {
+            this.reload_now(config_sites, enrollment).await
+        })
+        .await
+    }
+
+    async fn reload_now(
         &self,
         config_sites: SiteSet,
         enrollment: EnrollmentConfig,
@@ -302,12 +385,25 @@ impl HubSites {
 
     /// `site add`: reserves an address and issues a token.
     pub async fn add(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         lan: &[IpNet],
         ttl: Option<Duration>,
     ) -> Result<(String, SiteInfo), String> {
         let name = Name::new(name).map_err(|e| format!("site name {name:?} {e}"))?;
+        let (this, lan) = (self.clone(), lan.to_vec());
+        self.change(format!("site add {name}"), async move {
+            this.add_now(name, &lan, ttl).await
+        })
+        .await
+    }
+
+    async fn add_now(
+        &self,
+        name: Name,
+        lan: &[IpNet],
+        ttl: Option<Duration>,
+    ) -> Result<(String, SiteInfo), String> {
         let mut inner = self.inner.lock().await;
         let e = inner.enrollment.clone();
         if e.endpoints.is_empty() {
@@ -365,12 +461,10 @@ impl HubSites {
                 expires,
             },
         };
-        let before = inner.registry.clone();
-        inner.registry.put(entry.clone());
-        if let Err(err) = inner.registry.save(&self.registry_path) {
-            inner.registry = before;
-            return Err(err.to_string());
-        }
+        let mut registry = inner.registry.clone();
+        registry.put(entry.clone());
+        self.persist(&registry).await?;
+        inner.registry = registry;
         let token = Token {
             endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
             probe_port: self.hub.probe_port,
@@ -411,6 +505,7 @@ impl HubSites {
                         public_key: s.public_key,
                         certificate: s.certificate.unwrap_or(Fingerprint::from_bytes([0; 32])),
                         joined_at: 0,
+                        secret_hash: None,
                     },
                 };
                 let mut info = info_of(&entry, "config", handshakes.get(&s.public_key).copied());
@@ -430,8 +525,16 @@ impl HubSites {
     }
 
     /// `site remove`: revokes a site live.
-    pub async fn remove(&self, name: &str) -> Result<SiteInfo, String> {
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<SiteInfo, String> {
         let name = Name::new(name).map_err(|e| format!("site name {name:?} {e}"))?;
+        let this = self.clone();
+        self.change(format!("site remove {name}"), async move {
+            this.remove_now(name).await
+        })
+        .await
+    }
+
+    async fn remove_now(&self, name: Name) -> Result<SiteInfo, String> {
         let mut inner = self.inner.lock().await;
         if inner.config_sites.get(&name).is_some() {
             return Err(format!(
@@ -446,38 +549,56 @@ impl HubSites {
         if matches!(entry.state, EntryState::Revoked { .. }) {
             return Err(format!("site {name} is already revoked"));
         }
-        // Persist first: whatever happens next, a restart will not bring it back.
-        let before = inner.registry.clone();
+        // 1. Persist first: from here on, no start brings the site back.
         let mut revoked = entry.clone();
         revoked.state = EntryState::Revoked {
             revoked_at: unix_now(),
         };
-        inner.registry.put(revoked.clone());
-        if let Err(err) = inner.registry.save(&self.registry_path) {
-            inner.registry = before;
-            return Err(err.to_string());
-        }
+        let mut registry = inner.registry.clone();
+        registry.put(revoked.clone());
+        self.persist(&registry).await?;
+        inner.registry = registry;
+        self.checkpoint(Step::Persisted)?;
+        // 2. Then the live state follows: probes, peer, routes.
         if let Some(site) = inner.active.remove(&name) {
             self.publish(&inner.active);
             let closed = self.sessions.close_site(&name);
             if let Err(e) = self.uninstall(&site).await {
                 tracing::error!(site = %name, error = %e, "revoked, but not every trace of the site could be removed");
+                return Err(format!(
+                    "site {name} is revoked (recorded), but not every trace of it could be \
+                     removed: {e:#}; restart townlink to clear it"
+                ));
             }
             tracing::warn!(site = %name, probe_connections_closed = closed, "site revoked: peer, routes and probes removed");
         } else {
             tracing::warn!(site = %name, "pending site revoked: its token is void");
         }
+        self.checkpoint(Step::Applied)?;
         Ok(info_of(&revoked, "enrolled", None))
     }
 
     /// An annex's enrollment request, over QUIC with certificate `certificate`.
     pub async fn join(
-        &self,
+        self: &Arc<Self>,
         request: JoinRequest,
         certificate: Fingerprint,
         remote: SocketAddr,
     ) -> JoinResponse {
-        match self.try_join(&request, certificate, remote).await {
+        let this = self.clone();
+        // Remote text: logged only once it is a valid site name.
+        let site = Name::new(&request.site).ok();
+        let what = site
+            .as_ref()
+            .map_or("site join".to_string(), |n| format!("site join {n}"));
+        let result = self
+            .change(
+                what,
+                async move { this.try_join(&request, certificate).await },
+            )
+            .await;
+        let site = site.map_or("(invalid)".to_string(), |n| n.to_string());
+        match result {
             Ok(settings) => {
                 self.telemetry.enrollment(true);
                 tracing::info!(site = %settings.site, %remote, address = %settings.address, "site joined");
@@ -485,7 +606,7 @@ impl HubSites {
             }
             Err(reason) => {
                 self.telemetry.enrollment(false);
-                tracing::warn!(site = %request.site, %remote, %reason, "enrollment refused");
+                tracing::warn!(site = %site, %remote, %reason, "enrollment refused");
                 JoinResponse::Refused { reason }
             }
         }
@@ -495,7 +616,6 @@ impl HubSites {
         &self,
         request: &JoinRequest,
         certificate: Fingerprint,
-        remote: SocketAddr,
     ) -> Result<Settings, String> {
         let name =
             Name::new(&request.site).map_err(|_| "the site name is not valid".to_string())?;
@@ -510,11 +630,42 @@ impl HubSites {
             return Err(not_waiting());
         }
         let entry = inner.registry.get(&name).cloned().ok_or_else(not_waiting)?;
+        let mut bytes = [0u8; SECRET_LEN];
+        let secret = hex::decode_to_slice(&request.secret, &mut bytes)
+            .ok()
+            .map(|_| Secret::from_bytes(bytes));
+        bytes.fill(0);
+        let proves = |hash: &str| secret.as_ref().is_some_and(|s| s.matches(hash));
+        let public_key: Result<PublicKey, String> = request
+            .public_key
+            .parse()
+            .map_err(|e| format!("the annex's public key {e}"));
         let (secret_hash, expires) = match &entry.state {
             EntryState::Pending {
                 secret_hash,
                 expires,
             } => (secret_hash.clone(), *expires),
+            // The same token with the same keys: the annex lost our answer
+            // (or a crash came between): answer again, install if needed.
+            EntryState::Joined {
+                public_key: key,
+                certificate: cert,
+                secret_hash: Some(hash),
+                ..
+            } if proves(hash) && public_key.as_ref() == Ok(key) && *cert == certificate => {
+                let site = site_of(&entry).expect("a joined entry is a site");
+                if inner.active.get(&name).is_none() {
+                    let mut active = inner.active.clone();
+                    active.insert(site.clone()).map_err(|e| e.to_string())?;
+                    self.install(&site)
+                        .await
+                        .map_err(|e| format!("the hub could not add the site: {e:#}"))?;
+                    inner.active = active;
+                    self.publish(&inner.active);
+                }
+                tracing::info!(site = %name, "join repeated with the same token and keys: settings sent again");
+                return self.settings(&inner, &entry);
+            }
             EntryState::Joined { joined_at, .. } => {
                 return Err(format!(
                     "this token was already used: site {name} joined at {}; tokens are \
@@ -529,12 +680,7 @@ impl HubSites {
                 ))
             }
         };
-        let mut bytes = [0u8; SECRET_LEN];
-        let secret = hex::decode_to_slice(&request.secret, &mut bytes)
-            .ok()
-            .map(|_| Secret::from_bytes(bytes));
-        bytes.fill(0);
-        if !secret.is_some_and(|s| s.matches(&secret_hash)) {
+        if !proves(&secret_hash) {
             return Err(format!(
                 "the token's secret does not match the one issued for site {name} (forged, or \
                  replaced by a newer `site add`)"
@@ -553,10 +699,7 @@ impl HubSites {
                 )
             });
         }
-        let public_key: PublicKey = request
-            .public_key
-            .parse()
-            .map_err(|e| format!("the annex's public key {e}"))?;
+        let public_key = public_key?;
         let site = Site {
             name: name.clone(),
             public_key,
@@ -569,30 +712,50 @@ impl HubSites {
         }
         let mut active = inner.active.clone();
         active.insert(site.clone()).map_err(|e| e.to_string())?;
-        self.install(&site)
-            .await
-            .map_err(|e| format!("the hub could not add the site: {e:#}"))?;
-        let before = inner.registry.clone();
+        // 1. Persist: the registry is the source of truth; from here on a
+        //    crash is repaired by the next start, which installs the site.
         let mut joined = entry.clone();
         joined.state = EntryState::Joined {
             public_key,
             certificate,
             joined_at: now,
+            secret_hash: Some(secret_hash),
         };
-        inner.registry.put(joined);
-        if let Err(err) = inner.registry.save(&self.registry_path) {
-            inner.registry = before;
-            let _ = self.uninstall(&site).await;
-            return Err(format!("the hub could not record the site: {err}"));
+        let before = inner.registry.clone();
+        let mut registry = before.clone();
+        registry.put(joined.clone());
+        self.persist(&registry)
+            .await
+            .map_err(|e| format!("the hub could not record the site: {e}"))?;
+        inner.registry = registry;
+        self.checkpoint(Step::Persisted)?;
+        // 2. Peer and routes.
+        if let Err(e) = self.install(&site).await {
+            // Back to pending, so that the token works again. Should that
+            // fail too, the registry keeps "joined": a restart installs
+            // the site, and the annex's retry gets its settings.
+            match self.persist(&before).await {
+                Ok(()) => inner.registry = before,
+                Err(e2) => {
+                    tracing::error!(site = %name, error = %e2, "cannot undo the join in the registry")
+                }
+            }
+            return Err(format!("the hub could not add the site: {e:#}"));
         }
+        self.checkpoint(Step::Applied)?;
+        // 3. Its probes are welcome.
         inner.active = active;
         self.publish(&inner.active);
-        let _ = remote;
+        self.settings(&inner, &joined)
+    }
+
+    /// What the annex of `entry` needs to write its config.
+    fn settings(&self, inner: &Inner, entry: &Entry) -> Result<Settings, String> {
         Ok(Settings {
-            site: name.to_string(),
+            site: entry.name.to_string(),
             address: IpNet::new(entry.address, self.hub.address.prefix_len())
                 .map_err(|e| e.to_string())?,
-            lan: entry.lan,
+            lan: entry.lan.clone(),
             hub_name: inner.enrollment.hub_name.to_string(),
             hub_address: self.hub.address.addr(),
             routes: inner.enrollment.routes.clone(),
@@ -657,4 +820,337 @@ fn info_of(e: &Entry, source: &str, last_handshake: Option<u64>) -> SiteInfo {
         EntryState::Revoked { revoked_at } => info.revoked_at = Some(*revoked_at),
     }
     info
+}
+
+#[cfg(test)]
+mod tests {
+    //! Site changes against a fake tunnel device and a real kernel routing
+    //! table, in a network namespace of the test's own (needs root, as
+    //! every test of townlink).
+    use super::*;
+    use crate::enroll::token::Token;
+    use crate::keys::PrivateKey;
+    use crate::tunnel::fake::{self, FakeDevice};
+
+    /// Runs `body` on a thread in a new network namespace.
+    fn in_netns<F, Fut>(body: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        std::thread::spawn(move || {
+            // SAFETY: unshare only changes this thread's network namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {} (the tests need root)",
+                std::io::Error::last_os_error()
+            );
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    const LAN: &str = "192.168.7.0/24";
+
+    /// A hub's parts, with its registry in `dir`; sites routed via `lo`.
+    struct Hub {
+        dir: tempfile::TempDir,
+        config: crate::config::Config,
+        net: Netlink,
+    }
+
+    impl Hub {
+        async fn new() -> Hub {
+            let dir = tempfile::tempdir().unwrap();
+            let key = PrivateKey::generate();
+            let key_path = dir.path().join("hub.key");
+            crate::fsutil::write_atomic(&key_path, key.to_base64_secret().as_bytes(), 0o600)
+                .unwrap();
+            let id = crate::probe::tls::Identity::generate("hub").unwrap();
+            crate::fsutil::write_atomic(
+                &dir.path().join("hub.crt"),
+                id.cert_pem().as_bytes(),
+                0o644,
+            )
+            .unwrap();
+            crate::fsutil::write_atomic(
+                &dir.path().join("hub.pem"),
+                id.key_pem_secret().as_bytes(),
+                0o600,
+            )
+            .unwrap();
+            let text =
+                "role = \"hub\"\n[tunnel]\ninterface = \"lo\"\nprivate_key_file = \"hub.key\"\n\
+                        address = \"10.99.0.1/24\"\nlisten_port = 51820\n[probe]\n\
+                        certificate_file = \"hub.crt\"\nkey_file = \"hub.pem\"\n[enrollment]\n\
+                        registry = \"sites.json\"\nendpoints = [\"198.18.0.2:51820\"]\n\
+                        routes = [\"10.50.0.0/24\"]\n";
+            let config = crate::config::parse(text, dir.path()).unwrap();
+            let net = Netlink::connect().unwrap();
+            let lo = net.require_link("lo").await.unwrap();
+            net.set_up(lo, "lo", 65535).await.unwrap();
+            Hub { dir, config, net }
+        }
+
+        /// Starts the hub's sites on a fresh device, as a (re)start does:
+        /// what an earlier run left in the kernel is purged first.
+        async fn start(&self) -> (Arc<HubSites>, FakeDevice) {
+            self.net.purge().await.unwrap();
+            let (tunnel, device) = fake::tunnel("lo", Duration::from_secs(2));
+            let crate::config::Role::Hub(hub) = &self.config.role else {
+                unreachable!()
+            };
+            let (supervisor, _) = Supervisor::new();
+            let sites = HubSites::start(
+                SiteSet::new(),
+                Parts {
+                    tunnel: Arc::new(tunnel),
+                    net: self.net.clone(),
+                    interface: "lo".into(),
+                    allowed: Arc::default(),
+                    sessions: Arc::default(),
+                    telemetry: Telemetry::new(&self.config),
+                    sources: watch::channel(Sources::default()).0,
+                    enrollment: hub.enrollment.clone(),
+                    hub: HubIdentity {
+                        public_key: self.config.tunnel.private_key.public_key(),
+                        fingerprint: self.config.probe.identity.fingerprint(),
+                        probe_port: 51821,
+                        address: self.config.tunnel.address,
+                    },
+                    supervisor,
+                },
+            )
+            .await
+            .unwrap();
+            (sites, device)
+        }
+
+        fn registry(&self) -> Registry {
+            Registry::load(&self.dir.path().join("sites.json")).unwrap()
+        }
+
+        /// The LAN prefixes routed by townlink (protocol 116).
+        fn routes(&self) -> Vec<String> {
+            let out = std::process::Command::new("ip")
+                .args(["-j", "route", "show", "proto", "116"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::json!([]));
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dst"].as_str().unwrap().to_string())
+                .collect()
+        }
+    }
+
+    /// An annex with its own keys and the token of `site add`.
+    struct Annex {
+        key: PublicKey,
+        certificate: Fingerprint,
+        token: Token,
+    }
+
+    impl Annex {
+        async fn added(sites: &Arc<HubSites>, n: u8) -> Annex {
+            let (token, _) = sites
+                .add("annex-7", &[LAN.parse().unwrap()], None)
+                .await
+                .unwrap();
+            Annex {
+                key: PrivateKey::generate().public_key(),
+                certificate: Fingerprint::from_bytes([n; 32]),
+                token: Token::decode(&token).unwrap(),
+            }
+        }
+
+        fn request(&self) -> JoinRequest {
+            JoinRequest {
+                site: "annex-7".into(),
+                secret: hex::encode(self.token.secret.expose()),
+                public_key: self.key.to_string(),
+            }
+        }
+
+        async fn join(&self, sites: &Arc<HubSites>) -> JoinResponse {
+            sites
+                .join(
+                    self.request(),
+                    self.certificate,
+                    "198.18.11.2:4000".parse().unwrap(),
+                )
+                .await
+        }
+    }
+
+    /// `townlink status` shows the site.
+    fn shown(sites: &HubSites) -> bool {
+        sites
+            .telemetry
+            .snapshot()
+            .sites
+            .iter()
+            .any(|s| s.name == "annex-7")
+    }
+
+    fn state(hub: &Hub) -> &'static str {
+        hub.registry()
+            .get(&Name::new("annex-7").unwrap())
+            .unwrap()
+            .state
+            .as_str()
+    }
+
+    #[test]
+    fn a_join_goes_on_when_its_caller_gives_up() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            // A slow device: the enrollment's caller gives up half-way.
+            device.set_delay(Duration::from_millis(300));
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(100), annex.join(&sites)).await;
+            assert!(gave_up.is_err());
+            // The change ends on its own: registry, peer, route, probes
+            // (list() waits for the lock the change holds to its end).
+            let _ = sites.list().await;
+            assert_eq!(state(&hub), "joined");
+            assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+            assert_eq!(hub.routes(), vec![LAN.to_string()]);
+            assert_eq!(
+                sites
+                    .allowed
+                    .site(&annex.certificate)
+                    .map(|n| n.to_string()),
+                Some("annex-7".to_string())
+            );
+            assert!(shown(&sites));
+        });
+    }
+
+    #[test]
+    fn a_remove_goes_on_when_its_caller_gives_up() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+            device.set_delay(Duration::from_millis(300));
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(50), sites.remove("annex-7")).await;
+            assert!(gave_up.is_err());
+            let _ = sites.list().await;
+            assert_eq!(state(&hub), "revoked");
+            assert_eq!(device.peers(), Vec::<String>::new());
+            assert_eq!(hub.routes(), Vec::<String>::new());
+            assert_eq!(sites.allowed.site(&annex.certificate), None);
+            assert!(!shown(&sites), "status still shows the revoked site");
+        });
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_a_join_is_repaired_by_the_next_start() {
+        for step in [Step::Persisted, Step::Applied] {
+            in_netns(move || async move {
+                let hub = Hub::new().await;
+                let (sites, _) = hub.start().await;
+                let annex = Annex::added(&sites, 1).await;
+                *sites.crash_at.lock().unwrap() = Some(step);
+                // The annex never gets an answer (the hub died).
+                assert!(
+                    matches!(annex.join(&sites).await, JoinResponse::Refused { .. }),
+                    "{step:?}"
+                );
+                drop(sites);
+                let (sites, device) = hub.start().await;
+                assert_eq!(state(&hub), "joined", "{step:?}");
+                assert_eq!(device.peers(), vec![annex.key.to_hex()], "{step:?}");
+                assert_eq!(hub.routes(), vec![LAN.to_string()], "{step:?}");
+                // The annex asks again with the same token and keys: its settings.
+                let JoinResponse::Joined(settings) = annex.join(&sites).await else {
+                    panic!("{step:?}: the repeated join was refused")
+                };
+                assert_eq!(settings.address.to_string(), "10.99.0.2/24");
+                assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+            });
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_a_remove_is_repaired_by_the_next_start() {
+        for step in [Step::Persisted, Step::Applied] {
+            in_netns(move || async move {
+                let hub = Hub::new().await;
+                let (sites, _) = hub.start().await;
+                let annex = Annex::added(&sites, 1).await;
+                assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+                *sites.crash_at.lock().unwrap() = Some(step);
+                assert!(sites.remove("annex-7").await.is_err(), "{step:?}");
+                drop(sites);
+                let (sites, device) = hub.start().await;
+                assert_eq!(state(&hub), "revoked", "{step:?}");
+                assert_eq!(device.peers(), Vec::<String>::new(), "{step:?}");
+                assert_eq!(hub.routes(), Vec::<String>::new(), "{step:?}");
+                assert_eq!(sites.allowed.site(&annex.certificate), None);
+            });
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_is_sent_again_only_to_the_same_keys() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            let JoinResponse::Joined(first) = annex.join(&sites).await else {
+                panic!("first join refused")
+            };
+            // The same annex again (its answer was lost): same settings, one peer.
+            let JoinResponse::Joined(again) = annex.join(&sites).await else {
+                panic!("repeated join refused")
+            };
+            assert_eq!(first, again);
+            assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+            // Another key, or another certificate, with the same token: used.
+            for other in [
+                Annex {
+                    key: PrivateKey::generate().public_key(),
+                    certificate: annex.certificate,
+                    token: annex.token.clone(),
+                },
+                Annex {
+                    key: annex.key,
+                    certificate: Fingerprint::from_bytes([2; 32]),
+                    token: annex.token.clone(),
+                },
+            ] {
+                let JoinResponse::Refused { reason } = other.join(&sites).await else {
+                    panic!("a second annex joined with a used token")
+                };
+                assert!(reason.contains("already used"), "{reason}");
+            }
+            // Without the secret, the same keys are not enough.
+            let mut forged = annex.request();
+            forged.secret = "00".repeat(SECRET_LEN);
+            let refused = sites
+                .join(
+                    forged,
+                    annex.certificate,
+                    "198.18.11.2:4000".parse().unwrap(),
+                )
+                .await;
+            assert!(matches!(refused, JoinResponse::Refused { .. }));
+            assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+        });
+    }
 }

@@ -127,7 +127,6 @@ impl Supervisor {
         });
     }
 
-    #[allow(dead_code)] // the site changes use it (next commit)
     /// A task that runs to its end and returns a value; `None` if it
     /// panicked (reported as a failure). Dropping the handle does not stop
     /// the job: a caller's timeout only stops the waiting.

@@ -35,6 +35,10 @@ pub enum EntryState {
         #[serde(with = "fingerprint_text")]
         certificate: Fingerprint,
         joined_at: u64,
+        /// The token's secret hash, kept so that the same annex (same
+        /// token, same keys) can join again when it lost the hub's answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_hash: Option<String>,
     },
     /// Removed by an administrator: no tunnel, no probes, token void.
     Revoked { revoked_at: u64 },
@@ -224,6 +228,7 @@ mod tests {
                 public_key: PrivateKey::generate().public_key(),
                 certificate: Fingerprint::from_bytes([1; 32]),
                 joined_at: 1_790_000_100,
+                secret_hash: Some("cd".repeat(32)),
             },
         ));
         r.put(entry(
@@ -256,6 +261,32 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("sites.json")]);
+    }
+
+    #[test]
+    fn a_joined_entry_without_secret_hash_still_loads() {
+        // Registries written before the hash was kept for repeated joins.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sites.json");
+        let key = PrivateKey::generate().public_key();
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"format\":1,\"sites\":[{{\"name\":\"a\",\"address\":\"10.99.0.2\",\
+                 \"created_at\":1,\"state\":\"joined\",\"public_key\":\"{key}\",\
+                 \"certificate\":\"{}\",\"joined_at\":2}}]}}",
+                Fingerprint::from_bytes([1; 32])
+            ),
+        )
+        .unwrap();
+        let r = Registry::load(&path).unwrap();
+        assert!(matches!(
+            r.sites[0].state,
+            EntryState::Joined {
+                secret_hash: None,
+                ..
+            }
+        ));
     }
 
     #[test]

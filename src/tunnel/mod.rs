@@ -6,6 +6,8 @@
 //! close. Replacing boringtun's device (e.g. by a loop over
 //! `boringtun::noise::Tunn`) changes this module only.
 
+#[cfg(test)]
+pub(crate) mod fake;
 mod sockbuf;
 pub mod uapi;
 
