@@ -178,6 +178,80 @@ fn a_clean_stop_logs_no_alarm() {
     }
 }
 
+/// The kernel settings townlink changes on an annex.
+fn kernel_settings(ns: &Netns) -> Vec<String> {
+    [
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.fiber0.rp_filter",
+        "net.ipv4.conf.lte0.rp_filter",
+    ]
+    .iter()
+    .map(|key| {
+        let out = ns.exec(&["sysctl", key]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .collect()
+}
+
+#[test]
+fn a_crash_then_a_clean_stop_puts_the_kernel_settings_back() {
+    let mut wan = Wan::build(1);
+    {
+        let ns = &wan.annex(1).ns;
+        // No forwarding, strict reverse-path filtering: townlink changes both.
+        ns.sysctl("net.ipv4.ip_forward", "0");
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.fiber0.rp_filter",
+            "net.ipv4.conf.lte0.rp_filter",
+        ] {
+            ns.sysctl(key, "1");
+        }
+    }
+    let original = kernel_settings(&wan.annex(1).ns);
+    wan.start_hub();
+    let annex = wan.start_annex(1);
+    wan.daemons[annex]
+        .wait_for_log(&["townlink is up"], UP_WITHIN)
+        .unwrap();
+    let running = kernel_settings(&wan.annex(1).ns);
+    assert_eq!(
+        running,
+        vec![
+            "net.ipv4.ip_forward = 1",
+            "net.ipv4.conf.fiber0.rp_filter = 2",
+            "net.ipv4.conf.lte0.rp_filter = 2"
+        ]
+    );
+    // A crash leaves them changed; the next start puts them back before
+    // it changes them again, so that its clean stop restores the originals.
+    wan.daemons[annex].kill();
+    assert_eq!(kernel_settings(&wan.annex(1).ns), running);
+    let annex = wan.start_annex(1);
+    wan.daemons[annex]
+        .wait_for_log(&["townlink is up"], UP_WITHIN)
+        .unwrap();
+    assert_eq!(kernel_settings(&wan.annex(1).ns), running);
+    assert!(wan.daemons[annex].stop(STOP_WITHIN).success());
+    assert_eq!(kernel_settings(&wan.annex(1).ns), original);
+    assert_eq!(
+        wan.daemons[annex]
+            .log_lines(&["restored a kernel setting left changed by an earlier run"])
+            .len(),
+        3,
+        "{}",
+        wan.daemons[annex].log_text()
+    );
+    // Nothing is left to restore after a clean stop.
+    let state = wan.dir.path().join("annex1-state");
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        0,
+        "{}",
+        state.display()
+    );
+}
+
 /// A snapshot of the namespace's network state, without what the kernel
 /// changes on its own (IPv6 link-local addresses and flags, carrier state).
 fn state(ns: &Netns) -> Vec<String> {

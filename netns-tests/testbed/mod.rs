@@ -465,6 +465,7 @@ impl Wan {
                     r#"role = "annex"
 name = "annex-{n}"
 lan = ["192.168.{n}.0/24"]
+state_directory = "annex{n}-state"
 
 [tunnel]
 interface = "tl0"
@@ -524,7 +525,7 @@ socket = "annex{n}.sock"
         std::fs::write(
             &hub_config,
             format!(
-                "role = \"hub\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n\n[control]\nsocket = \"hub.sock\"\n\n[enrollment]\nregistry = \"hub-sites.json\"\nendpoints = [\"198.18.0.2:{HUB_PORT}\"]\nroutes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\n{sites}\n{hub_extra}",
+                "role = \"hub\"\nstate_directory = \"hub-state\"\n\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"hub.key\"\naddress = \"10.99.0.1/24\"\nlisten_port = {HUB_PORT}\n\n[probe]\ncertificate_file = \"hub-probe.crt\"\nkey_file = \"hub-probe.key\"\nlisten_port = {PROBE_PORT}\n\n[control]\nsocket = \"hub.sock\"\n\n[enrollment]\nregistry = \"hub-sites.json\"\nendpoints = [\"198.18.0.2:{HUB_PORT}\"]\nroutes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\n{sites}\n{hub_extra}",
                 hub_extra = options.hub_extra
             ),
         )
@@ -620,7 +621,11 @@ socket = "annex{n}.sock"
         );
         if result.0 == 0 {
             let config = dir.join("townlink.toml");
-            let mut text = std::fs::read_to_string(&config).expect("written config");
+            let mut text = format!(
+                "state_directory = \"{}\"\n{}",
+                self.dir.path().join(format!("annex{n}-state")).display(),
+                std::fs::read_to_string(&config).expect("written config")
+            );
             text.push_str(&format!(
                 "\n[control]\nsocket = \"{}\"\n",
                 self.dir.path().join(format!("annex{n}.sock")).display()

@@ -318,6 +318,18 @@ pub fn validate(
     };
 
     let control = control(&mut c, raw.control.as_ref(), base);
+    let state_directory = match raw.state_directory.as_deref() {
+        Some("") => {
+            c.push(
+                "state_directory",
+                "is empty",
+                Some("give a directory, e.g. /var/lib/townlink"),
+            );
+            PathBuf::new()
+        }
+        Some(p) => base.join(p),
+        None => PathBuf::from(DEFAULT_STATE_DIRECTORY),
+    };
     let metrics = metrics(&mut c, raw.metrics.as_ref());
     let checks = checks(&mut c, raw.check.as_deref().unwrap_or_default());
 
@@ -367,6 +379,7 @@ pub fn validate(
             control,
             metrics,
             checks,
+            state_directory,
             role,
         }),
         _ => {

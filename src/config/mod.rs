@@ -45,8 +45,14 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// End-to-end checks through the tunnel, in file order.
     pub checks: Vec<CheckConfig>,
+    /// Where the daemon keeps what must survive a crash (the kernel
+    /// settings it changed).
+    pub state_directory: PathBuf,
     pub role: Role,
 }
+
+/// Default state directory (systemd's `StateDirectory=townlink`).
+pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/townlink";
 
 /// Default path of the control socket (`townlink status`, site admin).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/townlink/townlink.sock";

@@ -9,6 +9,7 @@ pub struct RawConfig {
     pub role: Option<String>,
     pub name: Option<String>,
     pub lan: Option<Vec<String>>,
+    pub state_directory: Option<String>,
     pub tunnel: Option<RawTunnel>,
     pub routing: Option<RawRouting>,
     pub probe: Option<RawProbe>,

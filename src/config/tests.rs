@@ -369,3 +369,26 @@ fn enrollment_settings_and_mistakes() {
     let problems = annex_with("[enrollment]\nendpoints = []\n", dir.path()).unwrap_err();
     assert_eq!(paths(&problems), vec!["enrollment"]);
 }
+
+#[test]
+fn state_directory_defaults_and_is_relative_to_the_config() {
+    let dir = dir_with_key();
+    let c = example("annex.toml", dir.path()).unwrap();
+    assert_eq!(c.state_directory, PathBuf::from(DEFAULT_STATE_DIRECTORY));
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
+            .unwrap();
+    // A top-level key: before the first table.
+    let c = parse(
+        &format!("state_directory = \"state\"\n{}", localize(&text)),
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(c.state_directory, dir.path().join("state"));
+    let problems = parse(
+        &format!("state_directory = \"\"\n{}", localize(&text)),
+        dir.path(),
+    )
+    .unwrap_err();
+    assert_eq!(paths(&problems), vec!["state_directory"]);
+}

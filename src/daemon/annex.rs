@@ -16,7 +16,6 @@ use crate::failover::Failover;
 use crate::probe::prober::{self, Outgoing, ProberSpec};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
-use crate::sysctl;
 use crate::tunnel::{self, PeerConfig, Tunnel};
 use tokio::sync::{mpsc, watch};
 
@@ -95,9 +94,10 @@ pub(super) async fn start(
     let ipv6 = endpoint.is_ipv6();
     let hops = next_hops(annex, installed, ipv6).await?;
     for up in &annex.uplinks {
-        let changed = sysctl::loosen_rp_filter(up.interface.as_str())
+        installed
+            .sysctls
+            .loosen_rp_filter(up.interface.as_str())
             .with_context(|| format!("setting loose reverse-path filtering on {}", up.interface))?;
-        installed.sysctls.extend(changed);
     }
 
     let (active, active_uplink) = annex.preferred_uplink();

@@ -43,7 +43,8 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 struct Installed {
     net: Netlink,
     tunnel: Option<Arc<Tunnel>>,
-    sysctls: Vec<sysctl::Changed>,
+    /// Kernel settings changed, recorded in the state directory.
+    sysctls: sysctl::Record,
     /// Every task of the daemon (see [`supervisor`]).
     supervisor: Supervisor,
     /// Cancels the role's tasks (child of the daemon's token).
@@ -93,9 +94,7 @@ impl Installed {
                 }
             }
         }
-        for changed in self.sysctls.iter().rev() {
-            sysctl::restore(changed);
-        }
+        self.sysctls.restore_all();
     }
 }
 
@@ -125,6 +124,13 @@ pub async fn run(
              this name (stop it, or set tunnel.interface to a free name)"
         );
     }
+    // Kernel settings a crashed run left changed go back first, so that
+    // this run records the real originals.
+    let record = config.state_directory.join(format!("sysctl-{name}.json"));
+    let (sysctls, restored) = sysctl::Record::open(&record)?;
+    for c in &restored {
+        tracing::warn!(setting = %c.path.display(), value = %c.previous, "restored a kernel setting left changed by an earlier run");
+    }
     let (routes, rules) = net
         .purge()
         .await
@@ -141,7 +147,7 @@ pub async fn run(
     let mut installed = Installed {
         net: net.clone(),
         tunnel: None,
-        sysctls: Vec::new(),
+        sysctls,
         supervisor,
         stop: shutdown.child_token(),
         telemetry: Telemetry::new(&config),
@@ -275,9 +281,10 @@ async fn start(
     net.set_up(index, name, t.mtu).await?;
 
     if config.routing.forwarding {
-        let changed =
-            sysctl::set("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-        installed.sysctls.extend(changed);
+        installed
+            .sysctls
+            .set("net/ipv4/ip_forward", "1")
+            .context("enabling IPv4 forwarding")?;
     }
 
     // What the collector reads; the hub changes it as sites come and go.

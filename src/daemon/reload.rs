@@ -45,6 +45,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.probe.timeout != new.probe.timeout, "probe.timeout");
     check(old.control != new.control, "control");
     check(old.metrics != new.metrics, "metrics");
+    check(
+        old.state_directory != new.state_directory,
+        "state_directory",
+    );
     match (&old.role, &new.role) {
         (Role::Annex(a), Role::Annex(b)) => {
             check(a.name != b.name, "name");
@@ -140,6 +144,7 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
         kept.routing = current.routing;
         kept.control = current.control.clone();
         kept.metrics = current.metrics;
+        kept.state_directory = current.state_directory.clone();
         kept.probe.identity = current.probe.identity.clone();
         kept.probe.listen_port = current.probe.listen_port;
         kept.probe.timeout = current.probe.timeout;
