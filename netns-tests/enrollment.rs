@@ -100,6 +100,33 @@ fn join_then_refusals_revocation_and_hub_restart() {
         "a refused join leaves no key behind"
     );
 
+    // 2b. `join --force` on the working annex-1 with a used token: refused,
+    // and annex-1's config and keys are byte for byte what they were.
+    let files = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&dir);
+    let (code, _, err) = wan.join_force(1, &token);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already used"), "{err}");
+    assert_eq!(
+        files(&dir),
+        before,
+        "a refused join --force changed annex-1"
+    );
+    echo_within(&wan.annex(1).lan, records, Duration::from_secs(5)).unwrap();
+
     // 3. An expired token is refused.
     // (The administrator's view: plain text; docs/enrollment.md shows it.)
     let (code, out, err) = wan.site(&[
@@ -189,7 +216,8 @@ fn join_then_refusals_revocation_and_hub_restart() {
         )
         .unwrap();
 
-    // The hub's metrics count the attempts: 2 joins; replay, expiry, forgery refused.
+    // The hub's metrics count the attempts: 2 joins; replay, forced replay,
+    // expiry, forgery refused.
     let (_, metrics) =
         testbed::http_get(&wan.hub, "127.0.0.1:9475".parse().unwrap(), "/metrics").unwrap();
     let value = |series: &str| testbed::metric_value(&metrics, series);
@@ -199,7 +227,7 @@ fn join_then_refusals_revocation_and_hub_restart() {
     );
     assert_eq!(
         value("townlink_enrollments_total{result=\"refused\"}"),
-        Some(3.0)
+        Some(4.0)
     );
 
     // 7. After a hub restart, every joined site still works; the revoked one not.

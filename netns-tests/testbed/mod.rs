@@ -636,6 +636,30 @@ socket = "annex{n}.sock"
         result
     }
 
+    /// `townlink join TOKEN --force` inside annex `n`'s namespace into
+    /// [`Wan::join_dir`], both uplinks named; nothing changed afterwards:
+    /// (exit code, stdout, stderr).
+    pub fn join_force(&self, n: usize, token: &str) -> (i32, String, String) {
+        let dir = self.join_dir(n);
+        let out = self.annex(n).ns.run_output(&[
+            townlink_bin().to_str().expect("UTF-8 path"),
+            "join",
+            token,
+            "--force",
+            "--dir",
+            dir.to_str().expect("UTF-8 path"),
+            "--uplink",
+            &format!("fiber=fiber0,gateway=198.18.1{n}.1"),
+            "--uplink",
+            &format!("lte=lte0,gateway=100.64.{n}.1,metered"),
+        ]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn annex(&self, n: usize) -> &Annex {
         &self.annexes[n - 1]
     }

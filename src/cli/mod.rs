@@ -112,7 +112,9 @@ enum Command {
         /// Name of the tunnel interface in the written config.
         #[arg(long, default_value = "tl0")]
         interface: String,
-        /// Replace an existing config and keys in --dir.
+        /// Replace an existing config and keys in --dir, once the hub
+        /// accepted the new keys (until then, and on a refusal, the old
+        /// ones stay as they are).
         #[arg(long)]
         force: bool,
     },

@@ -1,14 +1,25 @@
 //! `townlink join`: the annex's side of enrollment.
 //!
-//! Order, so that nothing is left half-done: check that nothing would be
-//! overwritten; generate the WireGuard key and the probe certificate
-//! locally and write them (mode 0600 for the keys); ask the hub; on a
-//! refusal remove the new files again; on success write the config last
-//! (atomically), so that a config never points at missing keys.
+//! Order, so that a working annex is never destroyed and nothing is left
+//! half-done:
+//! 1. check that nothing would be overwritten (unless `--force`);
+//! 2. generate the WireGuard key and the probe certificate locally and
+//!    write them under *new* names (`private.key.new`, `probe.key.new`,
+//!    `probe.crt.new`, keys mode 0600), then a marker `join.pending` that
+//!    ties them to the token (its site and secret hash);
+//! 3. ask the hub;
+//! 4. refused: remove the new files; the old config and keys were never
+//!    touched. No answer (unreachable, or the answer was lost): keep them,
+//!    so that the same command, run again, asks with the same keys (the
+//!    hub answers the same token with the same keys again);
+//! 5. accepted: write `townlink.toml.new`, mark the marker accepted, then
+//!    rename each new file over the old one (atomic renames, key files
+//!    first, the config last) and remove the marker. Interrupted there, the
+//!    same command run again asks the hub again and finishes the switch.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +121,75 @@ pub struct Joined {
     pub complete: bool,
 }
 
+/// The new files of a join in progress, and its marker.
+const NEW: &str = ".new";
+pub const PENDING_FILE: &str = "join.pending";
+
+/// What `join.pending` says: the new keys belong to this token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    site: String,
+    /// SHA-256 of the token's secret (as the hub stores it).
+    secret_hash: String,
+    /// The hub accepted the keys: the switch to them has begun.
+    accepted: bool,
+}
+
 /// Runs the whole join.
 pub async fn join(token: &Token, opts: &JoinOptions) -> Result<Joined, JoinError> {
+    join_with(token, opts, |identity, request| async move {
+        ask_hub(token, &identity, &request).await
+    })
+    .await
+}
+
+fn file_error(what: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> JoinError {
+    move |source| JoinError::File { what, path, source }
+}
+
+/// The new keys of an earlier attempt with this token, if complete.
+fn pending_keys(dir: &Path, token: &Token) -> Option<(Pending, PrivateKey, tls::Identity)> {
+    let text = std::fs::read_to_string(dir.join(PENDING_FILE)).ok()?;
+    let pending: Pending = serde_json::from_str(&text).ok()?;
+    if pending.site != token.site.as_str() || pending.secret_hash != token.secret.hash() {
+        return None;
+    }
+    // Once accepted, the switch may have moved some of them already.
+    let file = |f: &str| {
+        let new = dir.join(format!("{f}{NEW}"));
+        if pending.accepted && !new.exists() {
+            dir.join(f)
+        } else {
+            new
+        }
+    };
+    let key: PrivateKey = std::fs::read_to_string(file(KEY_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let identity = tls::Identity::load(&file(CERT_FILE), &file(CERT_KEY_FILE)).ok()?;
+    Some((pending, key, identity))
+}
+
+/// Removes the new files and the marker of an attempt.
+fn remove_pending(dir: &Path) {
+    for f in [KEY_FILE, CERT_FILE, CERT_KEY_FILE, CONFIG_FILE] {
+        let _ = std::fs::remove_file(dir.join(format!("{f}{NEW}")));
+    }
+    let _ = std::fs::remove_file(dir.join(PENDING_FILE));
+}
+
+/// The whole join, with the exchange with the hub given (tests play the hub).
+pub(crate) async fn join_with<F, Fut>(
+    token: &Token,
+    opts: &JoinOptions,
+    ask: F,
+) -> Result<Joined, JoinError>
+where
+    F: FnOnce(tls::Identity, JoinRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<JoinResponse, JoinError>>,
+{
     let dir = &opts.dir;
     let files = [CONFIG_FILE, KEY_FILE, CERT_FILE, CERT_KEY_FILE].map(|f| dir.join(f));
     let existing: Vec<String> = files
@@ -119,10 +197,13 @@ pub async fn join(token: &Token, opts: &JoinOptions) -> Result<Joined, JoinError
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
         .collect();
-    if !existing.is_empty() && !opts.force {
+    // An accepted join whose switch was interrupted is finished without --force.
+    let resuming = pending_keys(dir, token).is_some_and(|(p, ..)| p.accepted);
+    if !existing.is_empty() && !opts.force && !resuming {
         return Err(JoinError::Usage(format!(
-            "{} already exist: this router seems enrolled; use --force to replace them (the \
-             old site's keys are lost), or --dir for another directory",
+            "{} already exist: this router seems enrolled; use --force to replace them once the \
+             hub accepts the new keys (until then the old ones stay), or --dir for another \
+             directory",
             existing.join(", ")
         )));
     }
@@ -135,58 +216,77 @@ pub async fn join(token: &Token, opts: &JoinOptions) -> Result<Joined, JoinError
             )));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| JoinError::File {
-        what: "cannot create",
-        path: dir.clone(),
-        source,
-    })?;
-
-    // Local keys: the private key never leaves this router.
-    let key = PrivateKey::generate();
-    let identity = tls::Identity::generate(token.site.as_str()).map_err(JoinError::Usage)?;
+    std::fs::create_dir_all(dir).map_err(file_error("cannot create", dir.clone()))?;
     let write = |name: &str, content: &[u8], mode: u32| {
         let path = dir.join(name);
-        fsutil::write_atomic(&path, content, mode).map_err(|source| JoinError::File {
-            what: "cannot write",
-            path,
-            source,
-        })
+        fsutil::write_atomic(&path, content, mode).map_err(file_error("cannot write", path))
     };
-    let remove_new = || {
-        for f in [KEY_FILE, CERT_FILE, CERT_KEY_FILE] {
-            let _ = std::fs::remove_file(dir.join(f));
+    let new = |f: &str| format!("{f}{NEW}");
+
+    // Local keys, under new names: the private key never leaves this
+    // router, and the old keys stay until the hub accepted the new ones.
+    let (key, identity) = match pending_keys(dir, token) {
+        Some((_, key, identity)) => {
+            tracing::info!("using the keys of an earlier attempt with this token");
+            (key, identity)
+        }
+        None => {
+            remove_pending(dir);
+            let key = PrivateKey::generate();
+            let identity =
+                tls::Identity::generate(token.site.as_str()).map_err(JoinError::Usage)?;
+            let pending = Pending {
+                site: token.site.to_string(),
+                secret_hash: token.secret.hash(),
+                accepted: false,
+            };
+            let written = (|| {
+                write(
+                    &new(KEY_FILE),
+                    format!("{}\n", key.to_base64_secret()).as_bytes(),
+                    0o600,
+                )?;
+                write(
+                    &new(CERT_KEY_FILE),
+                    identity.key_pem_secret().as_bytes(),
+                    0o600,
+                )?;
+                write(&new(CERT_FILE), identity.cert_pem().as_bytes(), 0o644)?;
+                // Last: its presence says the new keys are complete.
+                write(
+                    PENDING_FILE,
+                    &serde_json::to_vec(&pending).expect("serializes"),
+                    0o600,
+                )
+            })();
+            if let Err(e) = written {
+                remove_pending(dir);
+                return Err(e);
+            }
+            (key, identity)
         }
     };
-    let written = (|| {
-        write(
-            KEY_FILE,
-            format!("{}\n", key.to_base64_secret()).as_bytes(),
-            0o600,
-        )?;
-        write(CERT_KEY_FILE, identity.key_pem_secret().as_bytes(), 0o600)?;
-        write(CERT_FILE, identity.cert_pem().as_bytes(), 0o644)
-    })();
-    if let Err(e) = written {
-        remove_new();
-        return Err(e);
-    }
 
     let request = JoinRequest {
         site: token.site.to_string(),
         secret: hex::encode(token.secret.expose()),
         public_key: key.public_key().to_string(),
     };
-    let answer = ask_hub(token, &identity, &request).await;
-    let settings = match answer {
+    let settings = match ask(identity, request).await {
         Ok(JoinResponse::Joined(settings)) => settings,
         Ok(JoinResponse::Refused { reason }) => {
-            remove_new();
+            remove_pending(dir);
             return Err(JoinError::Refused(reason));
         }
-        Err(e) => {
-            remove_new();
-            return Err(e);
+        // Kept for the retry: the hub may have recorded these keys.
+        Err(JoinError::Unreachable(m)) => {
+            return Err(JoinError::Unreachable(format!(
+                "{m}; nothing was changed in {}: run the same command again, it asks with the \
+                 same new keys",
+                dir.display()
+            )))
         }
+        Err(e) => return Err(e),
     };
     let text = config_text(token, &settings, opts);
     let config = dir.join(CONFIG_FILE);
@@ -198,11 +298,30 @@ pub async fn join(token: &Token, opts: &JoinOptions) -> Result<Joined, JoinError
             tracing::error!(problems = %shown.join("; "), "the written config does not pass the check");
         }
     }
-    fsutil::write_atomic(&config, text.as_bytes(), 0o644).map_err(|source| JoinError::File {
-        what: "joined, but cannot write the config",
-        path: config.clone(),
-        source,
-    })?;
+    // The switch: config written, marker "accepted", then the renames.
+    let joined_but = "joined, but cannot write";
+    fsutil::write_atomic(&dir.join(new(CONFIG_FILE)), text.as_bytes(), 0o644)
+        .map_err(file_error(joined_but, dir.join(new(CONFIG_FILE))))?;
+    let accepted = Pending {
+        site: token.site.to_string(),
+        secret_hash: token.secret.hash(),
+        accepted: true,
+    };
+    write(
+        PENDING_FILE,
+        &serde_json::to_vec(&accepted).expect("serializes"),
+        0o600,
+    )?;
+    for f in [KEY_FILE, CERT_KEY_FILE, CERT_FILE, CONFIG_FILE] {
+        let from = dir.join(new(f));
+        // Absent: moved by an interrupted switch of this same join.
+        if from.exists() {
+            std::fs::rename(&from, dir.join(f))
+                .map_err(file_error("joined, but cannot switch to", from))?;
+        }
+    }
+    fsutil::sync_dir(dir).map_err(file_error(joined_but, dir.clone()))?;
+    let _ = std::fs::remove_file(dir.join(PENDING_FILE));
     Ok(Joined {
         config,
         settings,
@@ -443,5 +562,195 @@ mod tests {
             ..opts
         };
         assert!(config_text(&token, &settings, &bare).contains("# Name this router's uplinks"));
+    }
+
+    fn token() -> Token {
+        Token {
+            endpoints: vec!["hub.example.net:51820".into()],
+            probe_port: 51821,
+            hub_public_key: PrivateKey::generate().public_key(),
+            hub_fingerprint: Fingerprint::from_bytes([3; 32]),
+            site: Name::new("annex-9").unwrap(),
+            secret: super::super::token::Secret::generate(),
+            expires: 0,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            site: "annex-9".into(),
+            address: "10.99.0.10/24".parse().unwrap(),
+            lan: vec![],
+            hub_name: "main".into(),
+            hub_address: "10.99.0.1".parse().unwrap(),
+            routes: vec!["10.50.0.0/24".parse().unwrap()],
+            keepalive: 25,
+        }
+    }
+
+    fn options(dir: &Path, force: bool) -> JoinOptions {
+        JoinOptions {
+            dir: dir.to_path_buf(),
+            interface: InterfaceName::new("tl0").unwrap(),
+            uplinks: vec!["fiber=eth1".parse().unwrap()],
+            force,
+        }
+    }
+
+    /// Every file of `dir` with its content.
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// A working annex's files (their content does not matter here).
+    fn enrolled(dir: &Path) {
+        for (f, text) in [
+            (CONFIG_FILE, "role = \"annex\"\n# the working one\n"),
+            (KEY_FILE, "old private key\n"),
+            (CERT_FILE, "old certificate\n"),
+            (CERT_KEY_FILE, "old certificate key\n"),
+        ] {
+            fsutil::write_atomic(&dir.join(f), text.as_bytes(), 0o600).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_forced_join_leaves_the_working_annex_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        enrolled(dir.path());
+        let before = snapshot(dir.path());
+        let e = join_with(&token(), &options(dir.path(), true), |_, _| async {
+            Ok(JoinResponse::Refused {
+                reason: "this token was already used".into(),
+            })
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, JoinError::Refused(_)), "{e}");
+        assert_eq!(snapshot(dir.path()), before, "byte for byte, nothing added");
+        // Without --force, nothing is even tried.
+        let e = join_with(&token(), &options(dir.path(), false), |_, _| async {
+            panic!("asked the hub")
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_retried_with_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        enrolled(dir.path());
+        let before = snapshot(dir.path());
+        let token = token();
+        let opts = options(dir.path(), true);
+        let first = std::sync::Mutex::new(None);
+        // The hub registered the keys, but its answer never arrived.
+        let e = join_with(&token, &opts, |identity, request| {
+            *first.lock().unwrap() = Some((request.public_key.clone(), identity.fingerprint()));
+            async { Err(JoinError::Unreachable("no answer within 20s".into())) }
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("run the same command again"), "{e}");
+        // The working annex is untouched; the new keys wait next to it.
+        let now = snapshot(dir.path());
+        for (name, content) in &before {
+            assert!(
+                now.contains(&(name.clone(), content.clone())),
+                "{name} changed"
+            );
+        }
+        let (key, fingerprint) = first.lock().unwrap().clone().unwrap();
+        let joined = join_with(&token, &opts, |identity, request| {
+            assert_eq!(request.public_key, key, "the same WireGuard key");
+            assert_eq!(identity.fingerprint(), fingerprint, "the same certificate");
+            async { Ok(JoinResponse::Joined(settings())) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(joined.settings, settings());
+        // Switched: the keys the hub knows, the new config; nothing else left.
+        let written: PrivateKey = std::fs::read_to_string(dir.path().join(KEY_FILE))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(written.public_key().to_string(), key);
+        let id = tls::Identity::load(&dir.path().join(CERT_FILE), &dir.path().join(CERT_KEY_FILE))
+            .unwrap();
+        assert_eq!(id.fingerprint(), fingerprint);
+        let names: Vec<String> = snapshot(dir.path()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            vec![KEY_FILE, CERT_FILE, CERT_KEY_FILE, CONFIG_FILE]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for f in [KEY_FILE, CERT_KEY_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        assert!(std::fs::read_to_string(dir.path().join(CONFIG_FILE))
+            .unwrap()
+            .contains("address = \"10.99.0.10/24\""));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_switch_is_finished_by_the_same_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = token();
+        // A fresh annex: the hub accepted, the switch stopped after the key.
+        let opts = options(dir.path(), false);
+        let _ = join_with(&token, &opts, |_, _| async {
+            Err(JoinError::Unreachable("lost".into()))
+        })
+        .await;
+        let marker = Pending {
+            site: token.site.to_string(),
+            secret_hash: token.secret.hash(),
+            accepted: true,
+        };
+        std::fs::write(
+            dir.path().join(PENDING_FILE),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+        std::fs::rename(
+            dir.path().join(format!("{KEY_FILE}{NEW}")),
+            dir.path().join(KEY_FILE),
+        )
+        .unwrap();
+        let key: PrivateKey = std::fs::read_to_string(dir.path().join(KEY_FILE))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // private.key exists now, yet no --force is needed to finish.
+        join_with(&token, &opts, |_, request| {
+            assert_eq!(request.public_key, key.public_key().to_string());
+            async { Ok(JoinResponse::Joined(settings())) }
+        })
+        .await
+        .unwrap();
+        assert!(dir.path().join(CONFIG_FILE).exists());
+        assert!(!dir.path().join(PENDING_FILE).exists());
+        assert!(!dir.path().join(format!("{CERT_FILE}{NEW}")).exists());
     }
 }
