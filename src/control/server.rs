@@ -155,13 +155,26 @@ async fn answer(request: &str, h: &Handler) -> Response {
     }
 }
 
+/// How long a request may take before the client is told it still runs.
+const ANSWER_WITHIN: Duration = Duration::from_secs(4);
+
 async fn client(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST as u64))
         .read_line(&mut line)
         .await?;
-    let response = answer(line.trim(), handler).await;
+    // A site change runs to its end inside the hub whatever happens here:
+    // only the waiting stops.
+    let response = match tokio::time::timeout(ANSWER_WITHIN, answer(line.trim(), handler)).await {
+        Ok(r) => r,
+        Err(_) => Response::Error {
+            message: format!(
+                "no answer within {ANSWER_WITHIN:?}; a site change goes on to its end in the \
+                 hub: see `townlink site list`"
+            ),
+        },
+    };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
