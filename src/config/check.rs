@@ -15,16 +15,27 @@ use super::raw::{
 };
 use super::*;
 use crate::decision::{Policy, Sla};
-use crate::sites::{overlaps, Site, SiteConflict};
+use crate::sites::{overlaps, Site};
 
 struct Checker {
     problems: Vec<Problem>,
+    /// Keys whose value had the wrong type: already reported, and taken
+    /// out, so "missing" and the like are not said of them again.
+    typed: Vec<String>,
 }
 
 impl Checker {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+        let path = path.into();
+        let reported = self.typed.iter().any(|t| {
+            path.strip_prefix(t.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        });
+        if reported {
+            return;
+        }
         self.problems.push(Problem {
-            path: path.into(),
+            path,
             message: message.into(),
             hint: hint.map(str::to_string),
         });
@@ -95,6 +106,19 @@ impl Checker {
         values: Option<&Vec<String>>,
         tunnel: Option<IpNet>,
     ) -> Vec<IpNet> {
+        self.indexed_prefixes(path, values, tunnel)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect()
+    }
+
+    /// [`Self::prefixes`], each valid one with its index in the list.
+    fn indexed_prefixes(
+        &mut self,
+        path: &str,
+        values: Option<&Vec<String>>,
+        tunnel: Option<IpNet>,
+    ) -> Vec<(usize, IpNet)> {
         let nets: Vec<(usize, IpNet)> = values
             .into_iter()
             .flatten()
@@ -123,7 +147,7 @@ impl Checker {
                 }
             }
         }
-        nets.into_iter().map(|(_, n)| n).collect()
+        nets
     }
 
     fn int<T: TryFrom<i64>>(&mut self, path: &str, value: i64, min: i64, max: i64) -> Option<T> {
@@ -270,7 +294,18 @@ pub fn validate(
     base: &Path,
     problems: Vec<Problem>,
 ) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker { problems };
+    validate_with(raw, base, problems, Vec::new())
+}
+
+/// [`validate`], where the keys in `typed` had a value of the wrong type
+/// (reported in `problems` and left out of `raw`).
+pub(super) fn validate_with(
+    raw: RawConfig,
+    base: &Path,
+    problems: Vec<Problem>,
+    typed: Vec<String>,
+) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker { problems, typed };
     let role = c.required(
         "role",
         raw.role.as_deref(),
@@ -404,12 +439,26 @@ fn control(c: &mut Checker, raw: Option<&RawControl>, base: &Path) -> ControlCon
         None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
     };
     let group = raw.1.cloned();
-    if group.as_deref() == Some("") {
-        c.push(
+    match group.as_deref() {
+        Some("") => c.push(
             "control.group",
             "is empty",
             Some("name a group, or remove the key (mode 0600, root only)"),
-        );
+        ),
+        Some(name) => match group_id(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => c.push(
+                "control.group",
+                format!("group {name:?} does not exist on this machine"),
+                Some("create it (groupadd), or remove the key (mode 0600, root only)"),
+            ),
+            Err(e) => c.push(
+                "control.group",
+                format!("cannot look up group {name:?}: {e}"),
+                None,
+            ),
+        },
+        None => {}
     }
     ControlConfig { socket, group }
 }
@@ -617,21 +666,13 @@ fn routing(c: &mut Checker, r: &RawRouting) -> RoutingConfig {
 }
 
 fn hub(c: &mut Checker, raw: &RawConfig, tunnel: &TunnelFacts, base: &Path) -> Option<HubConfig> {
-    let mut sites = SiteSet::new();
+    let mut seen: Vec<SiteSeen> = Vec::new();
     let mut complete = true;
+    let before = c.problems.len();
     for (i, s) in raw.site.iter().flatten().enumerate() {
-        match site(c, i, s, tunnel) {
-            Some(site) => {
-                if let Err(e) = sites.insert(site) {
-                    let hint = match e {
-                        SiteConflict::Lan { .. } => "each site needs its own LAN prefixes",
-                        _ => "each site needs its own name, key and tunnel address",
-                    };
-                    c.push(format!("site[{i}]"), e.to_string(), Some(hint));
-                }
-            }
-            None => complete = false,
-        }
+        let (facts, site) = site(c, i, s, tunnel, &seen);
+        complete &= site.is_some();
+        seen.push(facts);
     }
     let enrollment = enrollment(
         c,
@@ -639,6 +680,15 @@ fn hub(c: &mut Checker, raw: &RawConfig, tunnel: &TunnelFacts, base: &Path) -> O
         tunnel,
         base,
     );
+    let mut sites = SiteSet::new();
+    // Conflicts between sites were reported field by field above.
+    if complete && c.problems.len() == before {
+        for (i, site) in seen.into_iter().filter_map(|f| f.site).enumerate() {
+            if let Err(e) = sites.insert(site) {
+                c.push(format!("site[{i}]"), e.to_string(), None);
+            }
+        }
+    }
     match (complete, enrollment) {
         (true, Some(enrollment)) => Some(HubConfig { sites, enrollment }),
         _ => None,
@@ -731,9 +781,45 @@ fn enrollment(
     }
 }
 
-fn site(c: &mut Checker, i: usize, s: &RawSite, tunnel: &TunnelFacts) -> Option<Site> {
+/// What a `[[site]]` table says, each field present when it is valid, so
+/// that the next tables are compared with every valid field of this one.
+struct SiteSeen {
+    name: Option<Name>,
+    public_key: Option<PublicKey>,
+    address: Option<IpAddr>,
+    lan: Vec<(usize, IpNet)>,
+    certificate: Option<Fingerprint>,
+    site: Option<Site>,
+}
+
+impl SiteSeen {
+    /// `site[0] (annex-1)`, or `site[0]` without a valid name.
+    fn label(&self, j: usize) -> String {
+        match &self.name {
+            Some(n) => format!("site[{j}] ({n})"),
+            None => format!("site[{j}]"),
+        }
+    }
+}
+
+fn site(
+    c: &mut Checker,
+    i: usize,
+    s: &RawSite,
+    tunnel: &TunnelFacts,
+    earlier: &[SiteSeen],
+) -> (SiteSeen, Option<Site>) {
     let p = |k: &str| format!("site[{i}].{k}");
     let name = c.name(&p("name"), s.name.as_ref());
+    if let Some(n) = &name {
+        if let Some(j) = earlier.iter().position(|e| e.name.as_ref() == Some(n)) {
+            c.push(
+                p("name"),
+                format!("{n} is already the name of site[{j}]"),
+                Some("each site needs its own name"),
+            );
+        }
+    }
     let public_key = c.public_key(&p("public_key"), s.public_key.as_ref());
     if let (Some(k), Some(own)) = (&public_key, &tunnel.public_key) {
         if k == own {
@@ -741,6 +827,19 @@ fn site(c: &mut Checker, i: usize, s: &RawSite, tunnel: &TunnelFacts) -> Option<
                 p("public_key"),
                 "is the hub's own public key",
                 Some("use the annex's key (`townlink pubkey` on the annex)"),
+            );
+        }
+    }
+    if let Some(k) = &public_key {
+        if let Some((j, e)) = earlier
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.public_key.as_ref() == Some(k))
+        {
+            c.push(
+                p("public_key"),
+                format!("is already the public key of {}", e.label(j)),
+                Some("each annex has its own key pair (`townlink genkey` on the annex)"),
             );
         }
     }
@@ -754,18 +853,70 @@ fn site(c: &mut Checker, i: usize, s: &RawSite, tunnel: &TunnelFacts) -> Option<
     if let (Some(a), Some(t)) = (address, tunnel.address) {
         in_tunnel_network(c, &p("address"), a, t);
     }
-    let lan = c.prefixes(&p("lan"), s.lan.as_ref(), tunnel.address);
+    if let Some(a) = address {
+        if let Some((j, e)) = earlier
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.address == Some(a))
+        {
+            c.push(
+                p("address"),
+                format!("{a} is already the address of {}", e.label(j)),
+                Some("each site needs its own tunnel address"),
+            );
+        }
+    }
+    let lan = c.indexed_prefixes(&p("lan"), s.lan.as_ref(), tunnel.address);
+    for (k, prefix) in &lan {
+        let other = earlier.iter().enumerate().find_map(|(j, e)| {
+            e.lan
+                .iter()
+                .find(|(_, q)| overlaps(prefix, q))
+                .map(|(_, q)| (j, e, q))
+        });
+        if let Some((j, e, q)) = other {
+            c.push(
+                format!("{}[{k}]", p("lan")),
+                format!("{prefix} overlaps {q} of {}", e.label(j)),
+                Some("each site needs its own LAN prefixes"),
+            );
+        }
+    }
     let certificate = match &s.certificate {
         None => Some(None),
         Some(f) => c.fingerprint(&p("certificate"), f).map(Some),
     };
-    Some(Site {
-        name: name?,
-        public_key: public_key?,
-        address: address?,
+    if let Some(Some(f)) = &certificate {
+        if let Some((j, e)) = earlier
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.certificate.as_ref() == Some(f))
+        {
+            c.push(
+                p("certificate"),
+                format!("is already the certificate of {}", e.label(j)),
+                Some("each annex makes its own (`townlink gencert` on the annex)"),
+            );
+        }
+    }
+    let site = (|| {
+        Some(Site {
+            name: name.clone()?,
+            public_key: public_key?,
+            address: address?,
+            lan: lan.iter().map(|(_, n)| *n).collect(),
+            certificate: certificate?,
+        })
+    })();
+    let facts = SiteSeen {
+        name,
+        public_key,
+        address,
         lan,
-        certificate: certificate?,
-    })
+        certificate: certificate.flatten(),
+        site: site.clone(),
+    };
+    (facts, site)
 }
 
 fn in_tunnel_network(c: &mut Checker, path: &str, a: IpAddr, t: IpNet) {

@@ -444,23 +444,143 @@ pub fn control_socket(path: &Path) -> PathBuf {
 }
 
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
-    let mut unknown = Vec::new();
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| vec![toml_problem(text, &e)])?;
-    let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |p| {
-        unknown.push(key_path(&p));
-    })
-    .map_err(|e| vec![toml_problem(text, &e)])?;
-    let unknown = unknown
-        .into_iter()
-        .map(|path| Problem {
-            path,
-            message: "unknown key".into(),
-            hint: Some("check the spelling against docs/configuration.md".into()),
-        })
-        .collect();
-    validate(raw, base, unknown)
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| vec![toml_problem(text, &e)])?;
+    // A value of the wrong type stops serde at once: note it with its key
+    // path, take the key out and go on, so that every such value, and
+    // every other problem of the file, is listed in one run. Each round
+    // removes one key, so this ends.
+    let mut problems = Vec::new();
+    let (raw, unknown) = loop {
+        let mut unknown = Vec::new();
+        let mut note = |p: serde_ignored::Path<'_>| unknown.push(key_path(&p));
+        let value = toml::Value::Table(table.clone());
+        let result: Result<raw::RawConfig, _> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
+        match result {
+            Ok(raw) => break (raw, unknown),
+            Err(e) => match wrong_type(&mut table, &e) {
+                Some(problem) => problems.push(problem),
+                None => {
+                    problems.push(Problem {
+                        path: path_text(e.path()),
+                        message: e.inner().message().to_string(),
+                        hint: None,
+                    });
+                    return Err(problems);
+                }
+            },
+        }
+    };
+    let typed: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
+    problems.extend(unknown.into_iter().map(|path| Problem {
+        path,
+        message: "unknown key".into(),
+        hint: Some("check the spelling against docs/configuration.md".into()),
+    }));
+    check::validate_with(raw, base, problems, typed)
 }
 
+/// `site[1].lan`: the key path of serde_path_to_error's path.
+fn path_text(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { variant } => out.push_str(&format!("({variant})")),
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+/// A value whose type is not the key's: removes it from `table` (an
+/// element of a list takes its whole list) and says what was wrong.
+/// `None` when the error is not at a key of the file.
+fn wrong_type(
+    table: &mut toml::Table,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> Option<Problem> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = e.path().iter().collect();
+    // The last key (a name in a table) on the way to the value.
+    let last_key = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))?;
+    // Walk to the table holding that key: through tables, and through
+    // lists of tables (`site[1]`).
+    let mut parent = &mut *table;
+    let mut i = 0;
+    while i < last_key {
+        let Segment::Map { key } = segments[i] else {
+            return None;
+        };
+        let mut value = parent.get_mut(key.as_str())?;
+        while let Some(Segment::Seq { index }) = segments.get(i + 1).filter(|_| i + 1 < last_key) {
+            value = value.as_array_mut()?.get_mut(*index)?;
+            i += 1;
+        }
+        parent = value.as_table_mut()?;
+        i += 1;
+    }
+    let Segment::Map { key } = segments[last_key] else {
+        return None;
+    };
+    let removed = parent.remove(key.as_str())?;
+    // The offending value itself: the key's, or an element of its list.
+    let found = match segments.get(last_key + 1) {
+        Some(Segment::Seq { index }) => match &removed {
+            toml::Value::Array(a) => a.get(*index).unwrap_or(&removed),
+            _ => &removed,
+        },
+        _ => &removed,
+    };
+    let message = e.inner().message();
+    let expected = message
+        .split_once("expected ")
+        .map_or("another type", |(_, x)| x);
+    Some(Problem {
+        path: path_text(e.path()),
+        message: format!("is {}, expected {}", kind(found), expected_kind(expected)),
+        hint: Some(
+            "strings are quoted (\"10.99.0.1\"), numbers and true/false are not, lists are \
+             in brackets ([\"a\", \"b\"]); see docs/configuration.md"
+                .into(),
+        ),
+    })
+}
+
+fn kind(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a decimal number",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// serde's name of the expected type, in the words of the docs.
+fn expected_kind(serde: &str) -> String {
+    match serde {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" => {
+            "an integer".into()
+        }
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "a list".into(),
+        s if s.starts_with("struct ") || s == "a map" => "a table".into(),
+        s => s.to_string(),
+    }
+}
 fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
     let line = e
         .span()
@@ -498,3 +618,37 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// The id of the group `name` (`/etc/group`, NSS); `None` if there is no
+/// such group.
+pub fn group_id(name: &str) -> std::io::Result<Option<libc::gid_t>> {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return Ok(None);
+    };
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: a zeroed `group` is a valid value (null pointers, zero id).
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer refers to live memory owned here, and
+        // `buf.len()` is the size of `buf`.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 if result.is_null() => return Ok(None),
+            0 => return Ok(Some(grp.gr_gid)),
+            libc::ERANGE if size < 1 << 20 => size *= 4,
+            // "Not found" as some NSS modules say it.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
+            e => return Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+}

@@ -97,14 +97,23 @@ fn syntax_errors_name_the_line() {
 }
 
 #[test]
-fn wrong_type_is_reported() {
+fn wrong_type_is_reported_with_its_key_path() {
     let problems = parse(
         "role = \"hub\"\n[tunnel]\nlisten_port = \"x\"\n",
         Path::new("."),
     )
     .unwrap_err();
-    assert_eq!(problems.len(), 1);
-    assert!(problems[0].message.contains("line 3"), "{}", problems[0]);
+    // The rest of the file is checked too (what is missing).
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "tunnel.listen_port: is a string, expected an integer",
+            "tunnel.interface: missing",
+            "tunnel.private_key_file: missing",
+            "tunnel.address: missing",
+            "probe: missing section",
+        ]
+    );
 }
 
 #[test]
@@ -141,24 +150,24 @@ lan = ["192.168.1.7/24", "10.99.0.0/25"]
     assert_eq!(
         paths(&problems),
         vec![
+            "site[1].name",
             "site[1].public_key",
             "site[1].address",
             "site[1].lan[0]",
             "site[1].lan[1]",
-            "site[1]"
         ],
         "{shown:#?}"
     );
     assert!(
-        shown[2].contains("did you mean 192.168.1.0/24?"),
+        shown[0].contains("a is already the name of site[0]"),
         "{shown:#?}"
     );
     assert!(
-        shown[3].contains("overlaps the tunnel network 10.99.0.0/24"),
+        shown[3].contains("did you mean 192.168.1.0/24?"),
         "{shown:#?}"
     );
     assert!(
-        shown[4].contains("a site named a already exists"),
+        shown[4].contains("overlaps the tunnel network 10.99.0.0/24"),
         "{shown:#?}"
     );
 
@@ -175,13 +184,9 @@ lan = ["192.168.1.7/24", "10.99.0.0/25"]
         .replace("10.98.0.3", "10.99.0.3")
         .replace("\"192.168.1.7/24\", \"10.99.0.0/25\"", "\"192.168.1.0/25\"");
     let problems = parse(&text, dir.path()).unwrap_err();
-    assert_eq!(paths(&problems), vec!["site[1]"]);
-    assert!(
-        problems[0]
-            .message
-            .contains("LAN prefix 192.168.1.0/25 overlaps 192.168.1.0/24 of site a"),
-        "{}",
-        problems[0]
+    assert_eq!(
+        listed(&problems),
+        vec!["site[1].lan[0]: 192.168.1.0/25 overlaps 192.168.1.0/24 of site[0] (a)"]
     );
 }
 
@@ -268,13 +273,13 @@ fn control_metrics_and_checks_get_defaults() {
     assert_eq!(c.checks[0].timeout, CheckConfig::DEFAULT_TIMEOUT);
 
     let c = annex_with(
-        "[control]\nsocket = \"run/tl.sock\"\ngroup = \"townlink\"\n[metrics]\nenabled = false\n[[check]]\nname = \"fast\"\ntcp = \"10.50.0.10:80\"\ninterval = \"1s\"\n",
+        "[control]\nsocket = \"run/tl.sock\"\ngroup = \"root\"\n[metrics]\nenabled = false\n[[check]]\nname = \"fast\"\ntcp = \"10.50.0.10:80\"\ninterval = \"1s\"\n",
         dir.path(),
     )
     .unwrap();
     // Relative to the config file, like every other path.
     assert_eq!(c.control.socket, dir.path().join("run/tl.sock"));
-    assert_eq!(c.control.group.as_deref(), Some("townlink"));
+    assert_eq!(c.control.group.as_deref(), Some("root"));
     assert_eq!(c.metrics.listen, None);
     // Without a timeout of its own, a check waits at most until its next run.
     assert_eq!(c.checks[1].timeout, std::time::Duration::from_secs(1));
@@ -391,4 +396,121 @@ fn state_directory_defaults_and_is_relative_to_the_config() {
     )
     .unwrap_err();
     assert_eq!(paths(&problems), vec!["state_directory"]);
+}
+
+/// A hub config: `tunnel_extra` lines in `[tunnel]`, then `rest` (sections).
+fn hub_text(tunnel_extra: &str, rest: &str) -> String {
+    format!(
+        "role = \"hub\"\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"k.key\"\n\
+         address = \"10.99.0.1/24\"\n{tunnel_extra}\n{PROBE}\n{rest}"
+    )
+}
+
+/// The problems as `path: message`, for assertions on the whole list.
+fn listed(problems: &[Problem]) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect()
+}
+
+#[test]
+fn a_second_site_with_four_mistakes_and_a_bad_port_gives_five_problems() {
+    // Issue 16, item 6: the duplicate name and the LAN overlap were missing.
+    let dir = dir_with_key();
+    let first = PrivateKey::generate().public_key();
+    let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let text = hub_text(
+        "listen_port = 0",
+        &format!(
+            "[[site]]\nname = \"a\"\npublic_key = \"{first}\"\naddress = \"10.99.0.2\"\n\
+             lan = [\"192.168.1.0/24\"]\n\
+             [[site]]\nname = \"a\"\npublic_key = \"{zero}\"\naddress = \"10.98.0.3\"\n\
+             lan = [\"192.168.1.0/25\"]\n"
+        ),
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "tunnel.listen_port: 0 is out of range 1..=65535",
+            "site[1].name: a is already the name of site[0]",
+            "site[1].public_key: key is a low-order Curve25519 point (e.g. all zeros): it would give an all-zero shared secret",
+            "site[1].address: 10.98.0.3 is outside the tunnel network 10.99.0.0/24",
+            "site[1].lan[0]: 192.168.1.0/25 overlaps 192.168.1.0/24 of site[0] (a)",
+        ],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn sites_sharing_a_key_an_address_or_a_certificate_are_named_by_key_path() {
+    let dir = dir_with_key();
+    let key = PrivateKey::generate().public_key();
+    let cert = format!("sha256:{}", "ab".repeat(32));
+    let site = |name: &str, lan: &str| {
+        format!(
+            "[[site]]\nname = \"{name}\"\npublic_key = \"{key}\"\naddress = \"10.99.0.2\"\n\
+             lan = [\"{lan}\"]\ncertificate = \"{cert}\"\n"
+        )
+    };
+    let text = hub_text(
+        "listen_port = 51820",
+        &format!(
+            "{}{}",
+            site("a", "192.168.1.0/24"),
+            site("b", "192.168.0.0/16")
+        ),
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "site[1].public_key: is already the public key of site[0] (a)",
+            "site[1].address: 10.99.0.2 is already the address of site[0] (a)",
+            "site[1].lan[0]: 192.168.0.0/16 overlaps 192.168.1.0/24 of site[0] (a)",
+            "site[1].certificate: is already the certificate of site[0] (a)",
+        ],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_control_group_that_does_not_exist_is_a_problem() {
+    let dir = dir_with_key();
+    let problems =
+        annex_with("[control]\ngroup = \"no-such-group-tl16\"\n", dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec!["control.group: group \"no-such-group-tl16\" does not exist on this machine"],
+    );
+    // An existing group passes.
+    annex_with("[control]\ngroup = \"root\"\n", dir.path()).unwrap();
+}
+
+#[test]
+fn values_of_the_wrong_type_are_named_by_key_path_and_the_rest_is_checked() {
+    let dir = dir_with_key();
+    let text = hub_text(
+        "listen_port = 51820\nmtu = \"1420\"\nthreads = 0",
+        "[[site]]\nname = \"a\"\npublic_key = 7\naddress = \"10.99.0.2\"\nlan = \"192.168.1.0/24\"\n\
+         [enrollment]\nkeepalive = true\n",
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "tunnel.mtu: is a string, expected an integer",
+            "site[0].public_key: is an integer, expected a string",
+            "site[0].lan: is a string, expected a list",
+            "enrollment.keepalive: is a boolean, expected an integer",
+            "tunnel.threads: 0 is out of range 1..=16",
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].hint.as_deref().unwrap().contains("quote"),
+        "{:?}",
+        problems[0]
+    );
 }
