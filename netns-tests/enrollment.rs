@@ -305,4 +305,24 @@ fn concurrent_site_adds_never_lose_a_site_nor_share_an_address() {
     let (code, _, err) = wan.site(&["add", "site-1"]);
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
+
+    // A LAN that would take the hub's own routes (issue 16, item 1): half
+    // the Internet, the records network, the hub's uplink network.
+    for (lan, why) in [
+        ("128.0.0.0/1", "site grab: LAN 128.0.0.0/1 is wider than /8"),
+        (
+            "10.50.0.0/24",
+            "site grab: LAN 10.50.0.0/24 overlaps enrollment.routes[0] 10.50.0.0/24",
+        ),
+        (
+            "198.18.0.0/25",
+            "site grab: LAN 198.18.0.0/25 overlaps the hub's route 198.18.0.0/24 dev core0 \
+             (proto kernel), which townlink did not make",
+        ),
+    ] {
+        let (code, _, err) = wan.site(&["add", "grab", "--lan", lan]);
+        assert_eq!(code, 1, "{lan}: {err}");
+        assert!(err.contains(why), "{lan}: {err}");
+    }
+    assert_eq!(sites(&wan).len(), 8, "a refused site was recorded");
 }

@@ -392,3 +392,42 @@ interface = "missing-key-file-is-next"
     );
     assert!(String::from_utf8_lossy(&good.stdout).contains("valid (annex annex-1 on tl0"));
 }
+
+/// Issue 16, item 1: a site's LAN must not take a route of the hub that
+/// townlink did not make (here the administrator's route to a network
+/// behind the records side). Before, the hub replaced it with its own
+/// route into the tunnel.
+#[test]
+fn a_site_lan_over_a_route_of_the_hub_is_refused_and_that_route_is_kept() {
+    let mut wan = Wan::build(1);
+    let out = wan.hub.ip(&[
+        "route",
+        "add",
+        "192.168.1.0/24",
+        "via",
+        RECORDS,
+        "proto",
+        "static",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let route = |wan: &Wan| wan.hub.ip_json(&["route", "show", "192.168.1.0/24"]);
+    let before = route(&wan);
+    let i = wan.start_hub();
+    let status = wan.daemons[i].wait(UP_WITHIN);
+    let log = wan.daemons[i].log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "site annex-1: LAN 192.168.1.0/24 overlaps the hub's route 192.168.1.0/24 via \
+             10.50.0.10 dev rec0 (proto static), which townlink did not make"
+        ),
+        "{log}"
+    );
+    assert_eq!(route(&wan), before, "the administrator's route changed");
+    assert_eq!(before[0]["protocol"], "static", "{before}");
+    assert_eq!(
+        wan.hub.ip_json(&["route", "show", "proto", "116"]),
+        serde_json::json!([]),
+        "townlink left routes behind"
+    );
+}

@@ -17,12 +17,62 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::{AnnexConfig, RoutingConfig};
-use crate::sites::{Site, SiteSet};
+use crate::sites::{Reserved, Site, SiteSet};
 
 /// The `rtm_protocol` of townlink's routes and rules (`ip route show proto 116`).
 pub const PROTOCOL: u8 = 116;
 /// The kernel's main table.
 pub const MAIN_TABLE: u32 = 254;
+/// The kernel's local table (this host's own addresses).
+pub const LOCAL_TABLE: u32 = 255;
+
+/// A route of the kernel that townlink did not make (any protocol but
+/// [`PROTOCOL`]), as read from the main and local tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub destination: IpNet,
+    pub table: u32,
+    /// A `local` route: an address of this host.
+    pub local: bool,
+    pub interface: Option<String>,
+    pub gateway: Option<IpAddr>,
+    /// `kernel`, `boot`, `static`, `dhcp`, `bird`, ...
+    pub protocol: String,
+}
+
+/// The hub's own networks that no site's LAN may take: each address of
+/// the hub, and each route of the main table townlink did not make (the
+/// records server's network, the uplink's, any route an administrator or
+/// a DHCP client added). Default routes are left out: every prefix lies
+/// inside them, and the LAN check refuses prefixes wide enough to matter
+/// (`sites::MIN_LAN_V4`).
+pub fn hub_reserved(routes: &[KernelRoute]) -> Vec<Reserved> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let dev = r
+                .interface
+                .as_ref()
+                .map_or(String::new(), |i| format!(" dev {i}"));
+            let what = if r.table == LOCAL_TABLE && r.local {
+                format!("the hub's address {}{dev}", r.destination.addr())
+            } else if r.table == MAIN_TABLE && r.destination.prefix_len() > 0 {
+                let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
+                format!(
+                    "the hub's route {}{via}{dev} (proto {}), which townlink did not make",
+                    r.destination, r.protocol
+                )
+            } else {
+                return None;
+            };
+            Some(Reserved {
+                prefix: r.destination,
+                what,
+                inside_ok: false,
+            })
+        })
+        .collect()
+}
 
 /// A route townlink owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +189,44 @@ pub fn site_routes(site: &Site, tunnel_interface: &str) -> Vec<RouteSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hubs_addresses_and_routes_are_reserved_but_not_its_default() {
+        let route =
+            |dst: &str, table: u32, local: bool, gw: Option<&str>, proto: &str| KernelRoute {
+                destination: dst.parse().unwrap(),
+                table,
+                local,
+                interface: Some("rec0".into()),
+                gateway: gw.map(|g| g.parse().unwrap()),
+                protocol: proto.into(),
+            };
+        let reserved = hub_reserved(&[
+            route("0.0.0.0/0", MAIN_TABLE, false, Some("198.18.0.1"), "boot"),
+            route("10.50.0.0/24", MAIN_TABLE, false, None, "kernel"),
+            route(
+                "192.168.9.0/24",
+                MAIN_TABLE,
+                false,
+                Some("10.50.0.10"),
+                "static",
+            ),
+            route("10.50.0.1/32", LOCAL_TABLE, true, None, "kernel"),
+            route("10.50.0.255/32", LOCAL_TABLE, false, None, "kernel"),
+            route("10.60.0.0/24", 100, false, None, "static"),
+        ]);
+        let what: Vec<&str> = reserved.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(
+            what,
+            vec![
+                "the hub's route 10.50.0.0/24 dev rec0 (proto kernel), which townlink did not make",
+                "the hub's route 192.168.9.0/24 via 10.50.0.10 dev rec0 (proto static), which \
+                 townlink did not make",
+                "the hub's address 10.50.0.1 dev rec0",
+            ]
+        );
+        assert!(reserved.iter().all(|r| !r.inside_ok));
+    }
     use crate::config::{Endpoint, HubPeer, Uplink};
     use crate::sites::Name;
 

@@ -180,6 +180,72 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// The shortest IPv4 LAN prefix a site may have: a wider one would send a
+/// large part of the Internet into one annex's tunnel.
+pub const MIN_LAN_V4: u8 = 8;
+/// The shortest IPv6 LAN prefix (an ISP's allocation; a site gets a /48 or less).
+pub const MIN_LAN_V6: u8 = 32;
+
+/// Ranges that are never a site's LAN, whatever the hub.
+const NEVER: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and broadcast"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Why `prefix` can never be a site's LAN (too wide, or a special range),
+/// whatever the hub; `None` if it can be one.
+pub fn lan_shape_problem(prefix: &IpNet) -> Option<String> {
+    let min = match prefix {
+        IpNet::V4(_) => MIN_LAN_V4,
+        IpNet::V6(_) => MIN_LAN_V6,
+    };
+    if prefix.prefix_len() < min {
+        return Some(format!(
+            "{prefix} is wider than /{min}: a site's LAN that large would take the hub's \
+             routes to a large part of the Internet"
+        ));
+    }
+    NEVER.iter().find_map(|(range, what)| {
+        let range: IpNet = range.parse().expect("literal");
+        overlaps(prefix, &range).then(|| format!("{prefix} overlaps {range} ({what})"))
+    })
+}
+
+/// A network of the hub that no site's LAN may take: its tunnel network,
+/// what annexes reach through it (`enrollment.routes`), its own addresses
+/// and the routes it did not make (to the records server, the Internet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub prefix: IpNet,
+    /// In words, with the prefix: "enrollment.routes[0] 10.50.0.0/24".
+    pub what: String,
+    /// A LAN strictly inside it is fine: `enrollment.routes` may be a
+    /// supernet of the annexes' LANs (192.168.0.0/16); a LAN equal to a
+    /// route or wider than it takes it.
+    pub inside_ok: bool,
+}
+
+/// Why `prefix` cannot be a site's LAN on this hub: its shape, or a
+/// reserved network it overlaps; `None` if it can be one.
+pub fn lan_problem(prefix: &IpNet, reserved: &[Reserved]) -> Option<String> {
+    if let Some(problem) = lan_shape_problem(prefix) {
+        return Some(problem);
+    }
+    reserved.iter().find_map(|r| {
+        let inside = r.prefix.contains(prefix) && r.prefix.prefix_len() < prefix.prefix_len();
+        (overlaps(prefix, &r.prefix) && !(r.inside_ok && inside))
+            .then(|| format!("{prefix} overlaps {}", r.what))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +298,62 @@ mod tests {
         assert!(set.remove(&Name::new("a").unwrap()).is_some());
         set.insert(site("c", 1, "10.99.0.2", &["192.168.1.0/24"]))
             .unwrap();
+    }
+
+    #[test]
+    fn a_lan_cannot_take_the_hubs_routes() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let reserved = vec![
+            Reserved {
+                prefix: net("10.99.0.0/24"),
+                what: "the tunnel network 10.99.0.0/24".into(),
+                inside_ok: false,
+            },
+            Reserved {
+                prefix: net("10.50.0.0/24"),
+                what: "enrollment.routes[0] 10.50.0.0/24".into(),
+                inside_ok: true,
+            },
+            Reserved {
+                prefix: net("192.168.0.0/16"),
+                what: "enrollment.routes[1] 192.168.0.0/16".into(),
+                inside_ok: true,
+            },
+        ];
+        let problem = |s: &str| lan_problem(&net(s), &reserved);
+        // Half the Internet, the whole of it, or a /7: too wide.
+        for wide in ["128.0.0.0/1", "0.0.0.0/0", "10.0.0.0/7", "2000::/3", "::/0"] {
+            assert!(
+                problem(wide).is_some_and(|p| p.contains("is wider than")),
+                "{wide}: {:?}",
+                problem(wide)
+            );
+        }
+        assert_eq!(
+            problem("10.50.0.0/24").as_deref(),
+            Some("10.50.0.0/24 overlaps enrollment.routes[0] 10.50.0.0/24"),
+            "the records network"
+        );
+        assert!(problem("10.48.0.0/12").is_some(), "wider than a route");
+        assert_eq!(
+            problem("10.0.0.0/8").as_deref(),
+            Some("10.0.0.0/8 overlaps the tunnel network 10.99.0.0/24")
+        );
+        assert!(problem("10.99.0.128/25").is_some(), "inside the tunnel");
+        for special in [
+            "127.0.0.0/8",
+            "169.254.1.0/24",
+            "224.0.0.0/24",
+            "fe80::/64",
+            "ff02::/16",
+        ] {
+            assert!(problem(special).is_some(), "{special}");
+        }
+        // Inside a supernet of the annexes' LANs, or elsewhere: fine.
+        assert_eq!(problem("192.168.1.0/24"), None);
+        assert_eq!(problem("11.0.0.0/8"), None, "a /8 is not too wide");
+        assert_eq!(problem("172.16.5.0/24"), None);
+        assert_eq!(problem("2001:db8:1::/48"), None);
     }
 
     #[test]

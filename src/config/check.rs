@@ -15,7 +15,7 @@ use super::raw::{
 };
 use super::*;
 use crate::decision::{Policy, Sla};
-use crate::sites::{overlaps, Site};
+use crate::sites::{lan_problem, overlaps, Reserved, Site};
 
 struct Checker {
     problems: Vec<Problem>,
@@ -106,34 +106,35 @@ impl Checker {
         values: Option<&Vec<String>>,
         tunnel: Option<IpNet>,
     ) -> Vec<IpNet> {
-        self.indexed_prefixes(path, values, tunnel)
+        let tunnel = tunnel.map(|t| t.trunc());
+        let refuse = |n: &IpNet| {
+            tunnel
+                .filter(|t| overlaps(n, t))
+                .map(|t| (format!("{n} overlaps the tunnel network {t}"), None))
+        };
+        self.checked_prefixes(path, values, refuse)
             .into_iter()
             .map(|(_, n)| n)
             .collect()
     }
 
-    /// [`Self::prefixes`], each valid one with its index in the list.
-    fn indexed_prefixes(
+    /// A list of prefixes, each valid one with its index in the list: a
+    /// prefix `refuse` says something about (problem, hint) is reported and
+    /// left out; the others may not overlap one another.
+    fn checked_prefixes(
         &mut self,
         path: &str,
         values: Option<&Vec<String>>,
-        tunnel: Option<IpNet>,
+        refuse: impl Fn(&IpNet) -> Option<(String, Option<&'static str>)>,
     ) -> Vec<(usize, IpNet)> {
-        let nets: Vec<(usize, IpNet)> = values
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, v)| self.prefix(&format!("{path}[{i}]"), v).map(|n| (i, n)))
-            .collect();
-        if let Some(t) = tunnel.map(|t| t.trunc()) {
-            for (i, n) in &nets {
-                if overlaps(n, &t) {
-                    self.push(
-                        format!("{path}[{i}]"),
-                        format!("{n} overlaps the tunnel network {t}"),
-                        None,
-                    );
-                }
+        let mut nets: Vec<(usize, IpNet)> = Vec::new();
+        for (i, v) in values.into_iter().flatten().enumerate() {
+            let Some(n) = self.prefix(&format!("{path}[{i}]"), v) else {
+                continue;
+            };
+            match refuse(&n) {
+                Some((problem, hint)) => self.push(format!("{path}[{i}]"), problem, hint),
+                None => nets.push((i, n)),
             }
         }
         for (a, (i, x)) in nets.iter().enumerate() {
@@ -669,8 +670,9 @@ fn hub(c: &mut Checker, raw: &RawConfig, tunnel: &TunnelFacts, base: &Path) -> O
     let mut seen: Vec<SiteSeen> = Vec::new();
     let mut complete = true;
     let before = c.problems.len();
+    let reserved = reserved(tunnel, raw.enrollment.as_ref());
     for (i, s) in raw.site.iter().flatten().enumerate() {
-        let (facts, site) = site(c, i, s, tunnel, &seen);
+        let (facts, site) = site(c, i, s, tunnel, &seen, &reserved);
         complete &= site.is_some();
         seen.push(facts);
     }
@@ -802,12 +804,40 @@ impl SiteSeen {
     }
 }
 
+/// What no site's LAN may take, as far as the file tells: the tunnel
+/// network and `enrollment.routes` (the valid ones; the others are
+/// reported by the enrollment check). The hub's addresses and routes are
+/// checked when it runs (`daemon::sites`).
+fn reserved(tunnel: &TunnelFacts, enrollment: Option<&RawEnrollment>) -> Vec<Reserved> {
+    let mut reserved: Vec<Reserved> = tunnel
+        .address
+        .map(|t| Reserved {
+            prefix: t.trunc(),
+            what: format!("the tunnel network {}", t.trunc()),
+            inside_ok: false,
+        })
+        .into_iter()
+        .collect();
+    let routes = enrollment.and_then(|e| e.routes.as_ref());
+    for (i, text) in routes.into_iter().flatten().enumerate() {
+        if let Ok(net) = text.parse::<IpNet>() {
+            reserved.push(Reserved {
+                prefix: net.trunc(),
+                what: format!("enrollment.routes[{i}] {}", net.trunc()),
+                inside_ok: true,
+            });
+        }
+    }
+    reserved
+}
+
 fn site(
     c: &mut Checker,
     i: usize,
     s: &RawSite,
     tunnel: &TunnelFacts,
     earlier: &[SiteSeen],
+    reserved: &[Reserved],
 ) -> (SiteSeen, Option<Site>) {
     let p = |k: &str| format!("site[{i}].{k}");
     let name = c.name(&p("name"), s.name.as_ref());
@@ -866,7 +896,17 @@ fn site(
             );
         }
     }
-    let lan = c.indexed_prefixes(&p("lan"), s.lan.as_ref(), tunnel.address);
+    let lan = c.checked_prefixes(&p("lan"), s.lan.as_ref(), |n| {
+        lan_problem(n, reserved).map(|problem| {
+            (
+                problem,
+                Some(
+                    "a site's LAN is the network behind that annex; the tunnel, the records \
+                     server and the Internet stay the hub's",
+                ),
+            )
+        })
+    });
     for (k, prefix) in &lan {
         let other = earlier.iter().enumerate().find_map(|(j, e)| {
             e.lan

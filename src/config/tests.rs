@@ -514,3 +514,33 @@ fn values_of_the_wrong_type_are_named_by_key_path_and_the_rest_is_checked() {
         problems[0]
     );
 }
+
+#[test]
+fn a_site_lan_cannot_take_the_hubs_routes() {
+    // Issue 16, item 1: 128.0.0.0/1 and the records network passed.
+    let dir = dir_with_key();
+    let key = PrivateKey::generate().public_key();
+    let text = hub_text(
+        "listen_port = 51820",
+        &format!(
+            "[enrollment]\nroutes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\n\
+             [[site]]\nname = \"a\"\npublic_key = \"{key}\"\naddress = \"10.99.0.2\"\n\
+             lan = [\"128.0.0.0/1\", \"10.50.0.0/24\", \"0.0.0.0/0\", \"192.168.1.0/24\", \
+             \"10.99.0.0/28\", \"127.0.0.0/8\"]\n"
+        ),
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "site[0].lan[0]: 128.0.0.0/1 is wider than /8: a site's LAN that large would take \
+             the hub's routes to a large part of the Internet",
+            "site[0].lan[1]: 10.50.0.0/24 overlaps enrollment.routes[0] 10.50.0.0/24",
+            "site[0].lan[2]: 0.0.0.0/0 is wider than /8: a site's LAN that large would take \
+             the hub's routes to a large part of the Internet",
+            "site[0].lan[4]: 10.99.0.0/28 overlaps the tunnel network 10.99.0.0/24",
+            "site[0].lan[5]: 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback)",
+        ],
+        "{problems:#?}"
+    );
+}

@@ -44,7 +44,7 @@ use crate::netlink::Netlink;
 use crate::probe::responder::Sessions;
 use crate::probe::tls::{AllowedSites, Fingerprint};
 use crate::routing;
-use crate::sites::{overlaps, Name, Site, SiteSet};
+use crate::sites::{lan_problem, overlaps, Name, Reserved, Site, SiteSet};
 use crate::telemetry::collector::Sources;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
@@ -162,9 +162,29 @@ impl HubSites {
     /// peers, LAN routes, probe certificates.
     pub async fn start(config_sites: SiteSet, parts: Parts) -> anyhow::Result<Arc<HubSites>> {
         let registry = Registry::load(&parts.enrollment.registry)?;
+        let reserved = reserved_now(&parts.net, parts.hub.address, &parts.enrollment)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        for site in config_sites.iter() {
+            lan_allowed(site, &reserved).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: change the LAN of its [[site]] table, or the route, then start again"
+                )
+            })?;
+        }
         let mut active = config_sites.clone();
         for entry in &registry.sites {
             if let Some(site) = site_of(entry) {
+                if let Err(e) = lan_allowed(&site, &reserved) {
+                    // Not installed: it would take the hub's own traffic.
+                    tracing::error!(
+                        site = %site.name,
+                        "{e}: the enrolled site is not installed; run `townlink site remove {}` \
+                         and enroll it again with its real LAN",
+                        site.name
+                    );
+                    continue;
+                }
                 active.insert(site).map_err(|e| {
                     anyhow::anyhow!(
                         "enrolled site {} in {} conflicts with the config: {e}; remove the \
@@ -257,11 +277,12 @@ impl HubSites {
         Ok(())
     }
 
-    /// Peer and LAN routes of a site.
+    /// Peer and LAN routes of a site. A route townlink did not make to
+    /// the same prefix is never replaced: the install fails instead.
     async fn install(&self, site: &Site) -> anyhow::Result<()> {
         self.tunnel.add_peer(&site_peer(site)).await?;
         for route in routing::site_routes(site, &self.interface) {
-            if let Err(e) = self.net.replace_route(&route).await {
+            if let Err(e) = self.net.add_route(&route).await {
                 let _ = self.uninstall(site).await;
                 return Err(e.into());
             }
@@ -341,7 +362,9 @@ impl HubSites {
         for s in &gone {
             active.remove(&s.name);
         }
+        let reserved = reserved_now(&self.net, self.hub.address, &enrollment).await?;
         for s in &new {
+            lan_allowed(s, &reserved).map_err(|e| format!("{e}; sites left as they were"))?;
             active
                 .insert(s.clone())
                 .map_err(|e| format!("site[{}]: {e}; sites left as they were", s.name))?;
@@ -436,7 +459,8 @@ impl HubSites {
                 ));
             }
         }
-        check_lan(&inner, &name, lan, self.hub.address.trunc())?;
+        let reserved = reserved_now(&self.net, self.hub.address, &e).await?;
+        check_lan(&inner, &name, lan, &reserved)?;
         let mut taken: Vec<IpAddr> = vec![self.hub.address.addr()];
         taken.extend(inner.config_sites.iter().map(|s| s.address));
         taken.extend(
@@ -655,6 +679,12 @@ impl HubSites {
             } if proves(hash) && public_key.as_ref() == Ok(key) && *cert == certificate => {
                 let site = site_of(&entry).expect("a joined entry is a site");
                 if inner.active.get(&name).is_none() {
+                    let reserved =
+                        reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
+                    if let Err(e) = lan_allowed(&site, &reserved) {
+                        tracing::error!(site = %name, "join refused: {e}");
+                        return Err(lan_refused(&name));
+                    }
                     let mut active = inner.active.clone();
                     active.insert(site.clone()).map_err(|e| e.to_string())?;
                     self.install(&site)
@@ -710,6 +740,12 @@ impl HubSites {
         if public_key == self.hub.public_key {
             return Err("the annex's public key is the hub's own".into());
         }
+        // The hub's networks as they are now (a route may have come since `site add`).
+        let reserved = reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
+        if let Err(e) = lan_allowed(&site, &reserved) {
+            tracing::error!(site = %name, "join refused: {e}");
+            return Err(lan_refused(&name));
+        }
         let mut active = inner.active.clone();
         active.insert(site.clone()).map_err(|e| e.to_string())?;
         // 1. Persist: the registry is the source of truth; from here on a
@@ -764,7 +800,58 @@ impl HubSites {
     }
 }
 
-fn check_lan(inner: &Inner, name: &Name, lan: &[IpNet], tunnel: IpNet) -> Result<(), String> {
+/// What no site's LAN may take on this hub now: the tunnel network,
+/// `enrollment.routes` (a LAN inside one is fine), the hub's addresses
+/// and the routes of its main table that townlink did not make.
+async fn reserved_now(
+    net: &Netlink,
+    hub_address: IpNet,
+    enrollment: &EnrollmentConfig,
+) -> Result<Vec<Reserved>, String> {
+    let tunnel = hub_address.trunc();
+    let mut reserved = vec![Reserved {
+        prefix: tunnel,
+        what: format!("the tunnel network {tunnel}"),
+        inside_ok: false,
+    }];
+    reserved.extend(enrollment.routes.iter().enumerate().map(|(i, r)| Reserved {
+        prefix: *r,
+        what: format!("enrollment.routes[{i}] {r}"),
+        inside_ok: true,
+    }));
+    let kernel = net
+        .kernel_routes()
+        .await
+        .map_err(|e| format!("cannot read the hub's routes: {e}"))?;
+    reserved.extend(routing::hub_reserved(&kernel));
+    Ok(reserved)
+}
+
+/// What a rightful annex hears when its LAN cannot be routed (the
+/// detail, the hub's own routes, stays in the hub's journal).
+fn lan_refused(name: &Name) -> String {
+    format!(
+        "the hub cannot route site {name}'s LAN: it overlaps one of the hub's own networks \
+         (the hub's journal says which); ask the administrator to enroll the site again with \
+         its real LAN"
+    )
+}
+
+/// A site whose LAN would take one of the hub's networks is refused,
+/// with its name, the prefix and what it overlaps.
+fn lan_allowed(site: &Site, reserved: &[Reserved]) -> Result<(), String> {
+    match site.lan.iter().find_map(|p| lan_problem(p, reserved)) {
+        Some(problem) => Err(format!("site {}: LAN {problem}", site.name)),
+        None => Ok(()),
+    }
+}
+
+fn check_lan(
+    inner: &Inner,
+    name: &Name,
+    lan: &[IpNet],
+    reserved: &[Reserved],
+) -> Result<(), String> {
     for (i, p) in lan.iter().enumerate() {
         if p.trunc() != *p {
             return Err(format!(
@@ -772,8 +859,8 @@ fn check_lan(inner: &Inner, name: &Name, lan: &[IpNet], tunnel: IpNet) -> Result
                 p.trunc()
             ));
         }
-        if overlaps(p, &tunnel) {
-            return Err(format!("LAN {p} overlaps the tunnel network {tunnel}"));
+        if let Some(problem) = lan_problem(p, reserved) {
+            return Err(format!("site {name}: LAN {problem}"));
         }
         if let Some(q) = lan[..i].iter().find(|q| overlaps(p, q)) {
             return Err(format!("LAN {p} overlaps {q}, given too"));
@@ -902,6 +989,15 @@ mod tests {
         /// Starts the hub's sites on a fresh device, as a (re)start does:
         /// what an earlier run left in the kernel is purged first.
         async fn start(&self) -> (Arc<HubSites>, FakeDevice) {
+            let (sites, device) = self.start_with(SiteSet::new()).await;
+            (sites.unwrap(), device)
+        }
+
+        /// [`Hub::start`] with `[[site]]` tables.
+        async fn start_with(
+            &self,
+            config_sites: SiteSet,
+        ) -> (anyhow::Result<Arc<HubSites>>, FakeDevice) {
             self.net.purge().await.unwrap();
             let (tunnel, device) = fake::tunnel("lo", Duration::from_secs(2));
             let crate::config::Role::Hub(hub) = &self.config.role else {
@@ -909,7 +1005,7 @@ mod tests {
             };
             let (supervisor, _) = Supervisor::new();
             let sites = HubSites::start(
-                SiteSet::new(),
+                config_sites,
                 Parts {
                     tunnel: Arc::new(tunnel),
                     net: self.net.clone(),
@@ -928,13 +1024,26 @@ mod tests {
                     supervisor,
                 },
             )
-            .await
-            .unwrap();
+            .await;
             (sites, device)
         }
 
         fn registry(&self) -> Registry {
             Registry::load(&self.dir.path().join("sites.json")).unwrap()
+        }
+
+        /// Runs `ip ARGS` in the test's namespace.
+        fn ip(&self, args: &[&str]) -> String {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
         /// The LAN prefixes routed by townlink (protocol 116).
@@ -1151,6 +1260,165 @@ mod tests {
                 .await;
             assert!(matches!(refused, JoinResponse::Refused { .. }));
             assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+        });
+    }
+
+    /// A route to `prefix` that an administrator made (proto static).
+    fn admin_route(hub: &Hub, prefix: &str) {
+        hub.ip(&["route", "add", prefix, "dev", "lo", "proto", "static"]);
+    }
+
+    #[test]
+    fn site_add_refuses_a_lan_that_takes_the_hubs_networks() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            admin_route(&hub, "172.30.0.0/16");
+            hub.ip(&["address", "add", "10.77.0.1/24", "dev", "lo"]);
+            let (sites, _) = hub.start().await;
+            let refused = |lan: &'static str| {
+                let sites = sites.clone();
+                async move {
+                    sites
+                        .add("annex-9", &[lan.parse().unwrap()], None)
+                        .await
+                        .unwrap_err()
+                }
+            };
+            assert_eq!(
+                refused("128.0.0.0/1").await,
+                "site annex-9: LAN 128.0.0.0/1 is wider than /8: a site's LAN that large would \
+                 take the hub's routes to a large part of the Internet"
+            );
+            assert_eq!(
+                refused("10.50.0.0/24").await,
+                "site annex-9: LAN 10.50.0.0/24 overlaps enrollment.routes[0] 10.50.0.0/24"
+            );
+            assert_eq!(
+                refused("172.30.1.0/24").await,
+                "site annex-9: LAN 172.30.1.0/24 overlaps the hub's route 172.30.0.0/16 dev lo \
+                 (proto static), which townlink did not make"
+            );
+            let own = refused("10.77.0.0/24").await;
+            assert!(
+                own.starts_with("site annex-9: LAN 10.77.0.0/24 overlaps the hub's"),
+                "{own}"
+            );
+            assert!(own.contains("10.77.0."), "{own}");
+            assert_eq!(
+                refused("10.99.0.0/25").await,
+                "site annex-9: LAN 10.99.0.0/25 overlaps the tunnel network 10.99.0.0/24"
+            );
+            assert!(hub.registry().sites.is_empty(), "nothing recorded");
+            // A LAN of its own is fine.
+            sites
+                .add("annex-9", &["192.168.9.0/24".parse().unwrap()], None)
+                .await
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn a_join_is_refused_when_the_hub_routes_the_lan_itself() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            // Between `site add` and `join`, the hub got a route to that LAN.
+            admin_route(&hub, LAN);
+            let JoinResponse::Refused { reason } = annex.join(&sites).await else {
+                panic!("joined over the hub's own route")
+            };
+            assert!(
+                reason.contains("overlaps one of the hub's own networks"),
+                "{reason}"
+            );
+            assert_eq!(state(&hub), "pending");
+            assert_eq!(device.peers(), Vec::<String>::new());
+            assert_eq!(hub.routes(), Vec::<String>::new());
+            let kept = hub.ip(&["route", "show", LAN]);
+            assert!(kept.contains("proto static"), "{kept}");
+        });
+    }
+
+    #[test]
+    fn a_route_townlink_did_not_make_is_never_replaced() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            // Install directly (the checks before it would refuse the
+            // site): the route in place stays, the install fails whole.
+            admin_route(&hub, LAN);
+            let site = Site {
+                name: Name::new("annex-7").unwrap(),
+                public_key: PrivateKey::generate().public_key(),
+                address: "10.99.0.9".parse().unwrap(),
+                lan: vec![LAN.parse().unwrap()],
+                certificate: None,
+            };
+            let e = sites.install(&site).await.unwrap_err().to_string();
+            assert!(
+                e.contains("that townlink did not make is in place (proto static)"),
+                "{e}"
+            );
+            let kept = hub.ip(&["-j", "route", "show", LAN]);
+            let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+            assert_eq!(kept.as_array().unwrap().len(), 1, "{kept}");
+            assert_eq!(kept[0]["protocol"], "static", "{kept}");
+            assert_eq!(hub.routes(), Vec::<String>::new());
+            assert_eq!(
+                device.peers(),
+                Vec::<String>::new(),
+                "the peer is taken back"
+            );
+            // Without the administrator's route it installs, and adding
+            // its route again over townlink's own is fine.
+            hub.ip(&["route", "del", LAN, "proto", "static"]);
+            sites.install(&site).await.unwrap();
+            for route in routing::site_routes(&site, "lo") {
+                hub.net.add_route(&route).await.unwrap();
+            }
+            assert_eq!(hub.routes(), vec![LAN.to_string()]);
+        });
+    }
+
+    #[test]
+    fn a_start_refuses_a_config_site_over_the_hubs_route_and_skips_an_enrolled_one() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, _) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+            drop(sites);
+            // The hub got a route of its own to the enrolled site's LAN.
+            hub.net.purge().await.unwrap();
+            admin_route(&hub, LAN);
+            let (sites, device) = hub.start().await;
+            assert_eq!(device.peers(), Vec::<String>::new(), "not installed");
+            assert_eq!(hub.routes(), Vec::<String>::new());
+            assert_eq!(state(&hub), "joined", "the registry is not changed");
+            drop(sites);
+            // A [[site]] over it: the start is refused, naming the site.
+            let mut config = SiteSet::new();
+            config
+                .insert(Site {
+                    name: Name::new("annex-8").unwrap(),
+                    public_key: PrivateKey::generate().public_key(),
+                    address: "10.99.0.8".parse().unwrap(),
+                    lan: vec!["192.168.7.128/25".parse().unwrap()],
+                    certificate: None,
+                })
+                .unwrap();
+            let (refused, _) = hub.start_with(config).await;
+            let e = refused
+                .expect_err("started over the hub's route")
+                .to_string();
+            assert!(
+                e.starts_with(
+                    "site annex-8: LAN 192.168.7.128/25 overlaps the hub's route 192.168.7.0/24 \
+                     dev lo (proto static)"
+                ),
+                "{e}"
+            );
         });
     }
 }

@@ -1,4 +1,5 @@
-//! Routes: add or replace townlink's own, purge them, learn a gateway.
+//! Routes: add or replace townlink's own, purge them, learn a gateway,
+//! read the routes townlink did not make.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -8,8 +9,31 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 
+use ipnet::IpNet;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::RouteType;
+
 use super::{collect, request, Netlink, NetlinkError, Result};
-use crate::routing::{RouteSpec, PROTOCOL};
+use crate::routing::{KernelRoute, RouteSpec, LOCAL_TABLE, MAIN_TABLE, PROTOCOL};
+
+/// EEXIST, as netlink reports it.
+const EEXIST: i32 = -17;
+
+fn destination_of(msg: &RouteMessage) -> Option<IpNet> {
+    let len = msg.header.destination_prefix_length;
+    let addr = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    });
+    let addr = match (addr, msg.header.address_family) {
+        (Some(a), _) => a,
+        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, _) => return None,
+    };
+    IpNet::new(addr, len).ok().map(|n| n.trunc())
+}
 
 fn table_of(msg: &RouteMessage) -> u32 {
     msg.attributes
@@ -70,6 +94,103 @@ impl Netlink {
             )))
     }
 
+    /// Adds a route that must not replace one townlink did not make
+    /// (`NLM_F_EXCL`): a hub's route to a site's LAN. A route to the same
+    /// destination in the same table that townlink made through the same
+    /// interface is taken as this one (added again after a crash); any
+    /// other makes this an error, and the route in place is left as it is.
+    pub async fn add_route(&self, spec: &RouteSpec) -> Result<()> {
+        let msg = self.route_message(spec).await?;
+        let index = oif_of(&msg);
+        let what = || {
+            format!(
+                "adding route {} dev {} table {}",
+                spec.destination, spec.interface, spec.table
+            )
+        };
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == EEXIST => {
+                let existing = self.routes_to(spec.destination, spec.table).await?;
+                if existing.iter().any(|r| {
+                    r.header.protocol == RouteProtocol::Other(PROTOCOL) && oif_of(r) == index
+                }) {
+                    return Ok(());
+                }
+                let protocols: Vec<String> = existing
+                    .iter()
+                    .map(|r| r.header.protocol.to_string())
+                    .collect();
+                Err(NetlinkError::Invalid(format!(
+                    "{}: a route to {} that townlink did not make is in place (proto {}); \
+                     it is left as it is",
+                    what(),
+                    spec.destination,
+                    protocols.join(", ")
+                )))
+            }
+            Err(e) => Err(request(what())(e)),
+        }
+    }
+
+    /// The routes of `table` to exactly `destination`.
+    async fn routes_to(&self, destination: IpNet, table: u32) -> Result<Vec<RouteMessage>> {
+        Ok(self
+            .dump_routes()
+            .await?
+            .into_iter()
+            .filter(|r| table_of(r) == table && destination_of(r) == Some(destination))
+            .collect())
+    }
+
+    /// Every route of every table, both families.
+    async fn dump_routes(&self) -> Result<Vec<RouteMessage>> {
+        let mut all = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut query = match family {
+                AddressFamily::Inet => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+                _ => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            };
+            query.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            all.extend(collect(self.handle.route().get(query).execute(), "listing routes").await?);
+        }
+        Ok(all)
+    }
+
+    /// The routes of the main and local tables that townlink did not
+    /// make: what the host reaches by itself, and its own addresses.
+    pub async fn kernel_routes(&self) -> Result<Vec<KernelRoute>> {
+        let links = collect(self.handle.link().get().execute(), "listing interfaces").await?;
+        let name_of = |index: u32| {
+            links
+                .iter()
+                .find(|l| l.header.index == index)
+                .and_then(|l| {
+                    l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                })
+        };
+        Ok(self
+            .dump_routes()
+            .await?
+            .iter()
+            .filter(|r| r.header.protocol != RouteProtocol::Other(PROTOCOL))
+            .filter(|r| matches!(table_of(r), MAIN_TABLE | LOCAL_TABLE))
+            .filter_map(|r| {
+                Some(KernelRoute {
+                    destination: destination_of(r)?,
+                    table: table_of(r),
+                    local: r.header.kind == RouteType::Local,
+                    interface: oif_of(r).and_then(name_of),
+                    gateway: gateway_of(r),
+                    protocol: r.header.protocol.to_string(),
+                })
+            })
+            .collect())
+    }
+
     /// Removes one of townlink's routes (e.g. a revoked site's LAN); a
     /// route that is already gone is fine.
     pub async fn delete_route(&self, spec: &RouteSpec) -> Result<()> {
@@ -86,23 +207,12 @@ impl Netlink {
 
     /// Every route (all tables, both families) carrying townlink's protocol.
     pub async fn our_routes(&self) -> Result<Vec<RouteMessage>> {
-        let mut ours = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = match family {
-                AddressFamily::Inet => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-                _ => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-            };
-            // Dump every table, not only main.
-            query.header.table = RouteHeader::RT_TABLE_UNSPEC;
-            let routes =
-                collect(self.handle.route().get(query).execute(), "listing routes").await?;
-            ours.extend(
-                routes
-                    .into_iter()
-                    .filter(|r| r.header.protocol == RouteProtocol::Other(PROTOCOL)),
-            );
-        }
-        Ok(ours)
+        Ok(self
+            .dump_routes()
+            .await?
+            .into_iter()
+            .filter(|r| r.header.protocol == RouteProtocol::Other(PROTOCOL))
+            .collect())
     }
 
     pub(super) async fn purge_routes(&self) -> Result<usize> {
