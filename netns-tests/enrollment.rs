@@ -162,14 +162,27 @@ fn join_then_refusals_revocation_and_hub_restart() {
     forged.expires += 3600;
     let (code, _, err) = wan.join(2, &forged.encode_secret());
     assert_eq!(code, 1);
-    assert!(err.contains("secret does not match"), "{err}");
+    assert!(err.contains("the hub does not accept this token"), "{err}");
+    // A forged token for a site the hub does not know gets the very same
+    // answer (issue 16, item 3): the hub's journal alone tells them apart.
+    let mut unknown = forged.clone();
+    unknown.site = townlink::sites::Name::new("nobody").unwrap();
+    let (code, _, err_unknown) = wan.join(2, &unknown.encode_secret());
+    assert_eq!(code, 1);
+    assert_eq!(err_unknown, err, "an unknown site is answered differently");
     wan.daemons[0]
         .wait_for_log(
             &[
                 "enrollment refused",
                 "site=annex-2",
-                "secret does not match",
+                "secret does not match (pending)",
             ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    wan.daemons[0]
+        .wait_for_log(
+            &["enrollment refused", "site=nobody", "no site of that name"],
             Duration::from_secs(5),
         )
         .unwrap();
@@ -217,7 +230,7 @@ fn join_then_refusals_revocation_and_hub_restart() {
         .unwrap();
 
     // The hub's metrics count the attempts: 2 joins; replay, forced replay,
-    // expiry, forgery refused.
+    // expiry, forgery, forgery for an unknown site refused.
     let (_, metrics) =
         testbed::http_get(&wan.hub, "127.0.0.1:9475".parse().unwrap(), "/metrics").unwrap();
     let value = |series: &str| testbed::metric_value(&metrics, series);
@@ -227,7 +240,7 @@ fn join_then_refusals_revocation_and_hub_restart() {
     );
     assert_eq!(
         value("townlink_enrollments_total{result=\"refused\"}"),
-        Some(4.0)
+        Some(5.0)
     );
 
     // 7. After a hub restart, every joined site still works; the revoked one not.

@@ -95,6 +95,9 @@ pub struct HubSites {
     hub: HubIdentity,
     /// Runs each change as a job of its own.
     supervisor: Supervisor,
+    /// What a join for a name the hub does not enroll is compared with,
+    /// so that it costs what a known site's does.
+    dummy_hash: String,
     /// Tests: the step at which the next change stops dead, as in a crash.
     #[cfg(test)]
     crash_at: std::sync::Mutex<Option<Step>>,
@@ -112,6 +115,27 @@ pub(crate) enum Step {
 impl std::fmt::Debug for HubSites {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubSites").finish_non_exhaustive()
+    }
+}
+
+/// The one answer to an enrollment request that does not prove a token,
+/// whatever the site: an attacker learns nothing of the registry.
+pub const NOT_A_TOKEN: &str = "the hub does not accept this token (unknown, replaced by a newer \
+                               `site add`, or mistyped): ask the administrator for a new one";
+
+/// Why a join is refused.
+#[derive(Debug)]
+enum Refusal {
+    /// The request proves no token: the annex gets [`NOT_A_TOKEN`], the
+    /// hub's journal this detail.
+    NotAToken(String),
+    /// The caller holds the token (or the hub failed): told as it is.
+    Told(String),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal::Told(reason)
     }
 }
 
@@ -213,6 +237,7 @@ impl HubSites {
             registry_path: parts.enrollment.registry.clone(),
             hub: parts.hub,
             supervisor: parts.supervisor,
+            dummy_hash: Secret::generate().hash(),
             #[cfg(test)]
             crash_at: std::sync::Mutex::new(None),
         });
@@ -244,17 +269,18 @@ impl HubSites {
 
     /// Runs a change as a job of its own: the caller may stop waiting
     /// (timeout, dropped future), the change goes on to its end.
-    async fn change<T, F>(&self, what: String, change: F) -> Result<T, String>
+    async fn change<T, E, F>(&self, what: String, change: F) -> Result<T, E>
     where
-        F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
         T: Send + 'static,
+        E: From<String> + Send + 'static,
     {
         match self.supervisor.job(what.clone(), change).await {
             Ok(Some(result)) => result,
-            _ => Err(format!(
+            _ => Err(E::from(format!(
                 "{what} failed inside the hub (see its journal); townlink restarts and \
                  repairs the sites from the registry, then try again"
-            )),
+            ))),
         }
     }
 
@@ -577,6 +603,7 @@ impl HubSites {
         let mut revoked = entry.clone();
         revoked.state = EntryState::Revoked {
             revoked_at: unix_now(),
+            secret_hash: entry.state.secret_hash().map(str::to_string),
         };
         let mut registry = inner.registry.clone();
         registry.put(revoked.clone());
@@ -603,6 +630,14 @@ impl HubSites {
     }
 
     /// An annex's enrollment request, over QUIC with certificate `certificate`.
+    ///
+    /// The secret is checked first, against the registry's hash for the
+    /// site or, for a name the hub does not enroll, against a dummy hash
+    /// (the same cost: one SHA-256, one constant-time comparison). A
+    /// request that does not prove a token gets one answer, whatever the
+    /// site (unknown, pending, joined, revoked); the hub's journal keeps
+    /// the detail. Only the holder of the token hears why it is refused
+    /// (expired, already used by other keys, revoked).
     pub async fn join(
         self: &Arc<Self>,
         request: JoinRequest,
@@ -628,7 +663,14 @@ impl HubSites {
                 tracing::info!(site = %settings.site, %remote, address = %settings.address, "site joined");
                 JoinResponse::Joined(settings)
             }
-            Err(reason) => {
+            Err(Refusal::NotAToken(detail)) => {
+                self.telemetry.enrollment(false);
+                tracing::warn!(site = %site, %remote, %detail, "enrollment refused: the request proves no token");
+                JoinResponse::Refused {
+                    reason: NOT_A_TOKEN.to_string(),
+                }
+            }
+            Err(Refusal::Told(reason)) => {
                 self.telemetry.enrollment(false);
                 tracing::warn!(site = %site, %remote, %reason, "enrollment refused");
                 JoinResponse::Refused { reason }
@@ -640,50 +682,77 @@ impl HubSites {
         &self,
         request: &JoinRequest,
         certificate: Fingerprint,
-    ) -> Result<Settings, String> {
-        let name =
-            Name::new(&request.site).map_err(|_| "the site name is not valid".to_string())?;
-        let mut inner = self.inner.lock().await;
-        let not_waiting = || {
-            format!(
-                "no site {name} is waiting to join this hub: ask the administrator for a token \
-                 (townlink site add {name})"
-            )
-        };
-        if inner.config_sites.get(&name).is_some() {
-            return Err(not_waiting());
-        }
-        let entry = inner.registry.get(&name).cloned().ok_or_else(not_waiting)?;
+    ) -> Result<Settings, Refusal> {
         let mut bytes = [0u8; SECRET_LEN];
         let secret = hex::decode_to_slice(&request.secret, &mut bytes)
             .ok()
             .map(|_| Secret::from_bytes(bytes));
         bytes.fill(0);
-        let proves = |hash: &str| secret.as_ref().is_some_and(|s| s.matches(hash));
+        let name = Name::new(&request.site).ok();
+        let mut inner = self.inner.lock().await;
+        // The hash the request must prove: the registry's for this site;
+        // for any other name a dummy one, compared all the same.
+        let config_site = name
+            .as_ref()
+            .is_some_and(|n| inner.config_sites.get(n).is_some());
+        let entry = name
+            .as_ref()
+            .filter(|_| !config_site)
+            .and_then(|n| inner.registry.get(n))
+            .cloned();
+        let stored = entry
+            .as_ref()
+            .and_then(|e| e.state.secret_hash())
+            .map(str::to_string);
+        let candidate = secret
+            .clone()
+            .unwrap_or_else(|| Secret::from_bytes([0; SECRET_LEN]));
+        let matched = candidate.matches(stored.as_deref().unwrap_or(&self.dummy_hash));
+        let (Some(name), Some(entry), Some(secret_hash), Some(_), true) =
+            (name, entry.as_ref(), stored, secret.as_ref(), matched)
+        else {
+            let detail = if Name::new(&request.site).is_err() {
+                format!("site name not valid ({} bytes)", request.site.len())
+            } else if config_site {
+                "a site of the config file ([[site]]), which does not enroll".to_string()
+            } else if let Some(e) = &entry {
+                if secret.is_none() {
+                    "secret is not 32 hex digits".to_string()
+                } else if e.state.secret_hash().is_none() {
+                    format!(
+                        "secret cannot be checked ({}: the registry keeps no hash of its token)",
+                        e.state.as_str()
+                    )
+                } else {
+                    format!("secret does not match ({})", e.state.as_str())
+                }
+            } else {
+                "no site of that name".to_string()
+            };
+            return Err(Refusal::NotAToken(detail));
+        };
+        // From here on the caller holds this site's token: it is told why.
+        let entry = entry.clone();
         let public_key: Result<PublicKey, String> = request
             .public_key
             .parse()
             .map_err(|e| format!("the annex's public key {e}"));
-        let (secret_hash, expires) = match &entry.state {
-            EntryState::Pending {
-                secret_hash,
-                expires,
-            } => (secret_hash.clone(), *expires),
+        let expires = match &entry.state {
+            EntryState::Pending { expires, .. } => *expires,
             // The same token with the same keys: the annex lost our answer
             // (or a crash came between): answer again, install if needed.
             EntryState::Joined {
                 public_key: key,
                 certificate: cert,
-                secret_hash: Some(hash),
                 ..
-            } if proves(hash) && public_key.as_ref() == Ok(key) && *cert == certificate => {
+            } if public_key.as_ref() == Ok(key) && *cert == certificate => {
                 let site = site_of(&entry).expect("a joined entry is a site");
                 if inner.active.get(&name).is_none() {
                     let reserved =
                         reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
                     if let Err(e) = lan_allowed(&site, &reserved) {
                         tracing::error!(site = %name, "join refused: {e}");
-                        return Err(lan_refused(&name));
+                        return Err(Refusal::Told(lan_refused(&name)));
                     }
                     let mut active = inner.active.clone();
                     active.insert(site.clone()).map_err(|e| e.to_string())?;
@@ -694,31 +763,25 @@ impl HubSites {
                     self.publish(&inner.active);
                 }
                 tracing::info!(site = %name, "join repeated with the same token and keys: settings sent again");
-                return self.settings(&inner, &entry);
+                return Ok(self.settings(&inner, &entry)?);
             }
             EntryState::Joined { joined_at, .. } => {
-                return Err(format!(
+                return Err(Refusal::Told(format!(
                     "this token was already used: site {name} joined at {}; tokens are \
                      single-use, ask the administrator for a new one",
                     stamp(*joined_at)
-                ))
+                )))
             }
-            EntryState::Revoked { revoked_at } => {
-                return Err(format!(
+            EntryState::Revoked { revoked_at, .. } => {
+                return Err(Refusal::Told(format!(
                     "site {name} was revoked at {}; ask the administrator for a new token",
                     stamp(*revoked_at)
-                ))
+                )))
             }
         };
-        if !proves(&secret_hash) {
-            return Err(format!(
-                "the token's secret does not match the one issued for site {name} (forged, or \
-                 replaced by a newer `site add`)"
-            ));
-        }
         let now = unix_now();
         if now > expires {
-            return Err(if now < CLOCK_SANITY {
+            return Err(Refusal::Told(if now < CLOCK_SANITY {
                 "the hub's clock is not synchronised (it says it is before 2025): fix NTP on the \
                  hub, then try again"
                     .to_string()
@@ -727,7 +790,7 @@ impl HubSites {
                     "the token expired at {}; ask the administrator for a new one",
                     stamp(expires)
                 )
-            });
+            }));
         }
         let public_key = public_key?;
         let site = Site {
@@ -738,13 +801,15 @@ impl HubSites {
             certificate: Some(certificate),
         };
         if public_key == self.hub.public_key {
-            return Err("the annex's public key is the hub's own".into());
+            return Err(Refusal::Told(
+                "the annex's public key is the hub's own".into(),
+            ));
         }
         // The hub's networks as they are now (a route may have come since `site add`).
         let reserved = reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
         if let Err(e) = lan_allowed(&site, &reserved) {
             tracing::error!(site = %name, "join refused: {e}");
-            return Err(lan_refused(&name));
+            return Err(Refusal::Told(lan_refused(&name)));
         }
         let mut active = inner.active.clone();
         active.insert(site.clone()).map_err(|e| e.to_string())?;
@@ -776,13 +841,15 @@ impl HubSites {
                     tracing::error!(site = %name, error = %e2, "cannot undo the join in the registry")
                 }
             }
-            return Err(format!("the hub could not add the site: {e:#}"));
+            return Err(Refusal::Told(format!(
+                "the hub could not add the site: {e:#}"
+            )));
         }
         self.checkpoint(Step::Applied)?;
         // 3. Its probes are welcome.
         inner.active = active;
         self.publish(&inner.active);
-        self.settings(&inner, &joined)
+        Ok(self.settings(&inner, &joined)?)
     }
 
     /// What the annex of `entry` needs to write its config.
@@ -904,7 +971,7 @@ fn info_of(e: &Entry, source: &str, last_handshake: Option<u64>) -> SiteInfo {
                 info.state = "connected".into();
             }
         }
-        EntryState::Revoked { revoked_at } => info.revoked_at = Some(*revoked_at),
+        EntryState::Revoked { revoked_at, .. } => info.revoked_at = Some(*revoked_at),
     }
     info
 }
@@ -915,7 +982,7 @@ mod tests {
     //! table, in a network namespace of the test's own (needs root, as
     //! every test of townlink).
     use super::*;
-    use crate::enroll::token::Token;
+    use crate::enroll::token::{Secret, Token};
     use crate::keys::PrivateKey;
     use crate::tunnel::fake::{self, FakeDevice};
 
@@ -1419,6 +1486,172 @@ mod tests {
                 ),
                 "{e}"
             );
+        });
+    }
+
+    /// What the daemon logs while `body` runs on this thread (the hub's
+    /// journal), as text.
+    async fn logged<F: std::future::Future>(body: F) -> (F::Output, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let out = body.await;
+        drop(guard);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    fn refusal(response: JoinResponse) -> String {
+        match response {
+            JoinResponse::Refused { reason } => reason,
+            JoinResponse::Joined(s) => panic!("joined: {s:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_secret_gets_one_answer_whatever_the_site() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            let pending = Annex::added(&sites, 1).await;
+            let ask = |site: &str, secret: String| {
+                let sites = sites.clone();
+                let request = JoinRequest {
+                    site: site.into(),
+                    secret,
+                    public_key: PrivateKey::generate().public_key().to_string(),
+                };
+                async move {
+                    let remote = "198.18.11.2:4000".parse().unwrap();
+                    sites
+                        .join(request, Fingerprint::from_bytes([9; 32]), remote)
+                        .await
+                }
+            };
+            let forged = || hex::encode(Secret::generate().expose());
+            let hostile = format!("x\n{}", "evil\n".repeat(16 * 1024 / 5));
+            let (answers, log) = logged(async {
+                let mut answers = Vec::new();
+                // Unknown, pending (wrong secret), not hex, hostile name.
+                answers.push(refusal(ask("nobody", forged()).await));
+                answers.push(refusal(ask("annex-7", forged()).await));
+                answers.push(refusal(ask("annex-7", "zz".into()).await));
+                answers.push(refusal(ask(&hostile, forged()).await));
+                // Joined, then revoked: a wrong secret still learns nothing.
+                assert!(matches!(
+                    pending.join(&sites).await,
+                    JoinResponse::Joined(_)
+                ));
+                answers.push(refusal(ask("annex-7", forged()).await));
+                sites.remove("annex-7").await.unwrap();
+                answers.push(refusal(ask("annex-7", forged()).await));
+                answers
+            })
+            .await;
+            for a in &answers {
+                assert_eq!(a, NOT_A_TOKEN, "{answers:#?}");
+            }
+            assert_eq!(device.peers(), Vec::<String>::new());
+            // The hub's journal keeps the detail; the hostile name never
+            // reaches it (nor does any secret).
+            for detail in [
+                "no site of that name",
+                "secret does not match (pending)",
+                "secret is not 32 hex digits",
+                "secret does not match (joined)",
+                "secret does not match (revoked)",
+            ] {
+                assert!(log.contains(detail), "{detail}: {log}");
+            }
+            assert!(log.contains("site name not valid (16"), "{log}");
+            assert!(!log.contains("evil"), "{log}");
+            assert!(log.lines().all(|l| l.len() < 1000), "{log}");
+        });
+    }
+
+    #[test]
+    fn the_rightful_annex_hears_why_it_is_refused() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, _) = hub.start().await;
+            // Expired (the registry says so).
+            let annex = Annex::added(&sites, 1).await;
+            {
+                let mut inner = sites.inner.lock().await;
+                let mut entry = inner
+                    .registry
+                    .get(&Name::new("annex-7").unwrap())
+                    .unwrap()
+                    .clone();
+                entry.state = EntryState::Pending {
+                    secret_hash: annex.token.secret.hash(),
+                    expires: CLOCK_SANITY + 1,
+                };
+                inner.registry.put(entry);
+            }
+            let reason = refusal(annex.join(&sites).await);
+            assert!(
+                reason.starts_with("the token expired at 2025-01-01T00:00:01Z"),
+                "{reason}"
+            );
+            sites.remove("annex-7").await.unwrap();
+            // Revoked.
+            let annex = Annex::added(&sites, 1).await;
+            sites.remove("annex-7").await.unwrap();
+            let reason = refusal(annex.join(&sites).await);
+            assert!(
+                reason.starts_with("site annex-7 was revoked at "),
+                "{reason}"
+            );
+            // Already used by other keys.
+            let annex = Annex::added(&sites, 1).await;
+            assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+            let other = Annex {
+                key: PrivateKey::generate().public_key(),
+                certificate: annex.certificate,
+                token: annex.token.clone(),
+            };
+            let reason = refusal(other.join(&sites).await);
+            assert!(
+                reason.starts_with("this token was already used: site annex-7 joined at "),
+                "{reason}"
+            );
+        });
+    }
+
+    #[test]
+    fn an_unknown_site_costs_one_comparison_like_a_known_one() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, _) = hub.start().await;
+            let annex = Annex::added(&sites, 1).await;
+            let mut costs = Vec::new();
+            for site in ["annex-7", "nobody"] {
+                let mut request = annex.request();
+                request.site = site.into();
+                request.secret = hex::encode(Secret::generate().expose());
+                let before = crate::enroll::token::comparisons();
+                let remote = "198.18.11.2:4000".parse().unwrap();
+                refusal(sites.join(request, annex.certificate, remote).await);
+                costs.push(crate::enroll::token::comparisons() - before);
+            }
+            assert_eq!(costs, vec![1, 1], "hash comparisons: known, unknown site");
         });
     }
 }

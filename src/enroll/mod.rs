@@ -23,13 +23,33 @@ pub const ALPN: &[u8] = b"townlink-enroll/1";
 pub const MAX_MESSAGE: usize = 16 * 1024;
 
 /// The annex's request; its certificate is the one of the connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` never shows the secret, nor a site name or key that is not
+/// valid (text from the network).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub site: String,
     /// The token's secret, hex.
     pub secret: String,
     /// The annex's WireGuard public key (base64).
     pub public_key: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let site = match crate::sites::Name::new(&self.site) {
+            Ok(name) => format!("{name:?}"),
+            Err(_) => format!("<{} bytes, not a site name>", self.site.len()),
+        };
+        let key = match self.public_key.parse::<crate::keys::PublicKey>() {
+            Ok(key) => key.to_string(),
+            Err(_) => format!("<{} bytes, not a key>", self.public_key.len()),
+        };
+        f.debug_struct("JoinRequest")
+            .field("site", &format_args!("{site}"))
+            .field("secret", &format_args!("<redacted>"))
+            .field("public_key", &format_args!("{key}"))
+            .finish()
+    }
 }
 
 /// What the hub tells a new annex: everything its config needs.
@@ -51,4 +71,29 @@ pub struct Settings {
 pub enum JoinResponse {
     Joined(Settings),
     Refused { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_request_never_prints_its_secret_nor_a_hostile_name() {
+        let secret = "0123456789abcdef0123456789abcdef".to_string();
+        let request = JoinRequest {
+            site: format!("evil\n{}", "x".repeat(16 * 1024)),
+            secret: secret.clone(),
+            public_key: "k".repeat(5000),
+        };
+        let shown = format!("{request:?}");
+        let head: String = shown.chars().take(300).collect();
+        assert!(!shown.contains(&secret), "{head}");
+        assert!(!shown.contains("evil"), "{head}");
+        assert!(shown.len() < 200, "{} characters: {head}", shown.len());
+        let good = JoinRequest {
+            site: "annex-1".into(),
+            ..request
+        };
+        assert!(format!("{good:?}").contains("annex-1"));
+    }
 }

@@ -41,10 +41,27 @@ pub enum EntryState {
         secret_hash: Option<String>,
     },
     /// Removed by an administrator: no tunnel, no probes, token void.
-    Revoked { revoked_at: u64 },
+    Revoked {
+        revoked_at: u64,
+        /// The token's secret hash, kept so that the holder of the token
+        /// (and only they) is told the site was revoked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_hash: Option<String>,
+    },
 }
 
 impl EntryState {
+    /// The hash of the secret of the token this entry was issued with,
+    /// when the registry still has it.
+    pub fn secret_hash(&self) -> Option<&str> {
+        match self {
+            EntryState::Pending { secret_hash, .. } => Some(secret_hash),
+            EntryState::Joined { secret_hash, .. } | EntryState::Revoked { secret_hash, .. } => {
+                secret_hash.as_deref()
+            }
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             EntryState::Pending { .. } => "pending",
@@ -242,7 +259,10 @@ mod tests {
         r.put(entry(
             "c",
             "10.99.0.4",
-            EntryState::Revoked { revoked_at: 5 },
+            EntryState::Revoked {
+                revoked_at: 5,
+                secret_hash: Some("cd".repeat(32)),
+            },
         ));
         r.save(&path).unwrap();
         let back = Registry::load(&path).unwrap();
@@ -314,7 +334,10 @@ mod tests {
         r.put(entry(
             "a",
             "10.99.0.2",
-            EntryState::Revoked { revoked_at: 1 },
+            EntryState::Revoked {
+                revoked_at: 1,
+                secret_hash: None,
+            },
         ));
         r.save(&path).unwrap();
         std::fs::write(

@@ -26,9 +26,19 @@ const VERSION: u8 = 1;
 pub const SECRET_LEN: usize = 16;
 const CHECK_LEN: usize = 4;
 
-/// The random secret of a token. Never printed, never logged.
-#[derive(Clone, PartialEq, Eq)]
+/// The random secret of a token. Never printed, never logged; compared
+/// in constant time.
+#[derive(Clone)]
 pub struct Secret(Zeroizing<[u8; SECRET_LEN]>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.0[..].ct_eq(&other.0[..]))
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn generate() -> Secret {
@@ -54,9 +64,23 @@ impl Secret {
     /// Compares with a stored hash in constant time.
     pub fn matches(&self, stored_hash: &str) -> bool {
         use subtle::ConstantTimeEq as _;
+        #[cfg(test)]
+        COMPARISONS.with(|c| c.set(c.get() + 1));
         let ours = self.hash();
         ours.len() == stored_hash.len() && bool::from(ours.as_bytes().ct_eq(stored_hash.as_bytes()))
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: how many times a secret was compared with a hash on this thread.
+    static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tests: how many times [`Secret::matches`] ran on this thread.
+#[cfg(test)]
+pub(crate) fn comparisons() -> usize {
+    COMPARISONS.with(|c| c.get())
 }
 
 impl fmt::Debug for Secret {
@@ -267,6 +291,18 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b)
         );
         assert_eq!(Token::decode(&text), Err(TokenError::Version(9)));
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        let s = Secret::generate();
+        assert_eq!(s, Secret::from_bytes(*s.expose()));
+        let mut other = *s.expose();
+        other[SECRET_LEN - 1] ^= 1;
+        assert_ne!(s, Secret::from_bytes(other));
+        other = *s.expose();
+        other[0] ^= 0x80;
+        assert_ne!(s, Secret::from_bytes(other));
     }
 
     #[test]
