@@ -896,32 +896,25 @@ fn site(
             );
         }
     }
+    // Each prefix: its shape and the hub's networks, then the earlier sites.
     let lan = c.checked_prefixes(&p("lan"), s.lan.as_ref(), |n| {
-        lan_problem(n, reserved).map(|problem| {
-            (
+        if let Some(problem) = lan_problem(n, reserved) {
+            return Some((
                 problem,
                 Some(
                     "a site's LAN is the network behind that annex; the tunnel, the records \
                      server and the Internet stay the hub's",
                 ),
-            )
+            ));
+        }
+        earlier.iter().enumerate().find_map(|(j, e)| {
+            let (_, q) = e.lan.iter().find(|(_, q)| overlaps(n, q))?;
+            Some((
+                format!("{n} overlaps {q} of {}", e.label(j)),
+                Some("each site needs its own LAN prefixes"),
+            ))
         })
     });
-    for (k, prefix) in &lan {
-        let other = earlier.iter().enumerate().find_map(|(j, e)| {
-            e.lan
-                .iter()
-                .find(|(_, q)| overlaps(prefix, q))
-                .map(|(_, q)| (j, e, q))
-        });
-        if let Some((j, e, q)) = other {
-            c.push(
-                format!("{}[{k}]", p("lan")),
-                format!("{prefix} overlaps {q} of {}", e.label(j)),
-                Some("each site needs its own LAN prefixes"),
-            );
-        }
-    }
     let certificate = match &s.certificate {
         None => Some(None),
         Some(f) => c.fingerprint(&p("certificate"), f).map(Some),

@@ -544,3 +544,32 @@ fn a_site_lan_cannot_take_the_hubs_routes() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn wrong_types_inside_lists_and_tables_of_lists_are_named() {
+    let dir = dir_with_key();
+    let key = PrivateKey::generate().public_key();
+    let text = hub_text(
+        "listen_port = 51820",
+        &format!(
+            "[[site]]\nname = \"a\"\npublic_key = \"{key}\"\naddress = \"10.99.0.2\"\n\
+             [[site]]\nname = \"b\"\npublic_key = \"{key}\"\naddress = \"10.99.0.3\"\nlan = [7]\n\
+             [[check]]\nname = \"c\"\ntcp = \"10.50.0.10:80\"\ninterval = 10\n"
+        ),
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "site[1].lan[0]: is an integer, expected a string",
+            "check[0].interval: is an integer, expected a string",
+            "site[1].public_key: is already the public key of site[0] (a)",
+        ],
+        "{problems:#?}"
+    );
+    let problems = parse("role = \"hub\"\nsite = [1]\n", dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems)[0],
+        "site[0]: is an integer, expected a table"
+    );
+}
