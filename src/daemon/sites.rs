@@ -1654,4 +1654,37 @@ mod tests {
             assert_eq!(costs, vec![1, 1], "hash comparisons: known, unknown site");
         });
     }
+
+    #[test]
+    fn a_reload_refuses_a_site_over_the_hubs_route() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let (sites, device) = hub.start().await;
+            admin_route(&hub, "172.30.0.0/16");
+            let mut config = SiteSet::new();
+            config
+                .insert(Site {
+                    name: Name::new("annex-8").unwrap(),
+                    public_key: PrivateKey::generate().public_key(),
+                    address: "10.99.0.8".parse().unwrap(),
+                    lan: vec!["172.30.8.0/24".parse().unwrap()],
+                    certificate: None,
+                })
+                .unwrap();
+            let crate::config::Role::Hub(h) = &hub.config.role else {
+                unreachable!()
+            };
+            let e = sites
+                .reload(config, h.enrollment.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e,
+                "site annex-8: LAN 172.30.8.0/24 overlaps the hub's route 172.30.0.0/16 dev lo \
+                 (proto static), which townlink did not make; sites left as they were"
+            );
+            assert_eq!(device.peers(), Vec::<String>::new());
+            assert_eq!(hub.routes(), Vec::<String>::new());
+        });
+    }
 }
