@@ -76,6 +76,20 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Why the `/metrics` server closed a connection: the values of the
+/// `cause` label of `townlink_metrics_dropped_connections_total`.
+pub const METRICS_DROP_CAUSES: [&str; 2] = ["header_timeout", "evicted"];
+
 /// Every state an uplink can be in: the values of the `state` label.
 pub const STATES: [Health; 4] = [
     Health::Unknown,
@@ -117,6 +131,9 @@ pub struct Metrics {
     // Both roles: end-to-end checks.
     pub check_up: Family<CheckLabels, Gauge>,
     pub check_latency: Family<CheckLabels, FloatGauge>,
+    // Both roles: the listeners.
+    pub metrics_dropped_connections: Family<CauseLabels, Counter>,
+    pub connection_panics: Family<ListenerLabels, Counter>,
     // Hub: what each annex reports over its probe connection.
     pub site_report: Family<SiteLabels, FloatGauge>,
     pub site_uplink_active: Family<SiteUplinkLabels, Gauge>,
@@ -154,6 +171,13 @@ fn register(
 }
 
 impl Metrics {
+    /// The panic counter of `listener`'s connections.
+    pub fn connection_panics(&self, listener: &str) -> Counter {
+        self.connection_panics.get_or_create_owned(&ListenerLabels {
+            listener: listener.into(),
+        })
+    }
+
     /// The registry of a role ("annex" or "hub"): the families that
     /// role exports, and `townlink_build_info`.
     pub fn registry(&self, role: &str) -> Registry {
@@ -197,6 +221,18 @@ impl Metrics {
             "check_latency_seconds",
             "Time the last successful end-to-end check took (NaN before the first success)",
             m.check_latency,
+        );
+        register(
+            r_,
+            "metrics_dropped_connections",
+            "Connections the /metrics server closed, by cause (header_timeout: headers not sent in time; evicted: closed to make room)",
+            m.metrics_dropped_connections,
+        );
+        register(
+            r_,
+            "connection_panics",
+            "Panics while serving one connection of a listener (metrics, responder): the connection was closed, the listener goes on",
+            m.connection_panics,
         );
         if role == "annex" {
             register(

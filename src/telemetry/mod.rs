@@ -204,12 +204,47 @@ impl Telemetry {
                 ..CheckView::default()
             });
         }
+        for cause in METRICS_DROP_CAUSES {
+            let _ = m.metrics_dropped_connections.get_or_create(&CauseLabels {
+                cause: cause.into(),
+            });
+        }
+        let _ = m.connection_panics("metrics");
+        if role == "hub" {
+            let _ = m.connection_panics("responder");
+        }
         let registry = m.registry(role);
         Arc::new(Telemetry {
             metrics: m,
             registry,
             status: Mutex::new(status),
         })
+    }
+
+    /// A panic while serving one connection of `listener` (metrics,
+    /// responder): logged and counted; the listener goes on. Such a panic
+    /// is a bug, but a remote client must not be able to stop the whole
+    /// router with it (see `docs/systemd.md`).
+    pub fn connection_panicked(
+        &self,
+        listener: &str,
+        remote: std::net::SocketAddr,
+        panic: &(dyn std::any::Any + Send),
+    ) {
+        let message = if let Some(s) = panic.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = panic.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "(no message)".to_string()
+        };
+        self.metrics.connection_panics(listener).inc();
+        tracing::error!(
+            listener,
+            %remote,
+            panic = %message,
+            "a connection panicked: it was closed, the listener goes on (a bug: please report it)"
+        );
     }
 
     /// The result of an enrollment attempt.
