@@ -144,6 +144,10 @@ pub struct Metrics {
     pub responder_connections: Family<ResultLabels, Counter>,
     pub responder_garbage: Counter,
     pub responder_echoes: Counter,
+    pub responder_dropped_datagrams: Family<CauseLabels, Counter>,
+    pub responder_retries: Counter,
+    pub responder_handshakes: Gauge,
+    pub responder_open_connections: Gauge,
     // Hub: enrollment.
     pub enrollments: Family<ResultLabels, Counter>,
 }
@@ -360,8 +364,32 @@ impl Metrics {
             register(
                 r_,
                 "responder_connections",
-                "Probe connections to the hub, by result (authenticated, refused)",
+                "Probe connections to the hub, by result (authenticated, refused, limited, timed_out)",
                 m.responder_connections,
+            );
+            register(
+                r_,
+                "responder_dropped_datagrams",
+                "Datagrams the responder dropped before any handshake, by cause (malformed, unsupported_version, short_initial, rate_limited)",
+                m.responder_dropped_datagrams,
+            );
+            register(
+                r_,
+                "responder_retries",
+                "QUIC Retry packets the responder sent (one per admitted Initial without a token)",
+                m.responder_retries,
+            );
+            register(
+                r_,
+                "responder_handshakes",
+                "Probe and enrollment handshakes in progress",
+                m.responder_handshakes,
+            );
+            register(
+                r_,
+                "responder_open_connections",
+                "Probe and enrollment connections open, handshakes included",
+                m.responder_open_connections,
             );
             register(
                 r_,

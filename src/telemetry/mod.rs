@@ -165,10 +165,15 @@ impl Telemetry {
                 "annex"
             }
             Role::Hub(hub) => {
-                for r in ["authenticated", "refused"] {
+                for r in ["authenticated", "refused", "limited", "timed_out"] {
                     let _ = m
                         .responder_connections
                         .get_or_create(&ResultLabels { result: r.into() });
+                }
+                for cause in crate::probe::guard::CAUSES {
+                    let _ = m.responder_dropped_datagrams.get_or_create(&CauseLabels {
+                        cause: cause.into(),
+                    });
                 }
                 status.responder = Some(ResponderView::default());
                 for r in ["joined", "refused"] {
@@ -398,11 +403,28 @@ impl Telemetry {
             m.responder_connections
                 .get_or_create_owned(&ResultLabels { result: r.into() })
         };
+        let dropped = |cause: &str| {
+            m.responder_dropped_datagrams
+                .get_or_create_owned(&CauseLabels {
+                    cause: cause.into(),
+                })
+        };
         ResponderCounters {
             authenticated: r("authenticated"),
             refused: r("refused"),
+            limited: r("limited"),
+            timed_out: r("timed_out"),
             garbage: m.responder_garbage.clone(),
             echoed: m.responder_echoes.clone(),
+            handshakes: m.responder_handshakes.clone(),
+            open: m.responder_open_connections.clone(),
+            guard: std::sync::Arc::new(crate::probe::guard::GuardCounters {
+                malformed: dropped("malformed"),
+                unsupported_version: dropped("unsupported_version"),
+                short_initial: dropped("short_initial"),
+                rate_limited: dropped("rate_limited"),
+                retries: m.responder_retries.clone(),
+            }),
         }
     }
 
