@@ -487,7 +487,7 @@ fn alert_rules_pass_promtool_and_each_has_a_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 6);
+    assert_eq!(alerts.len(), 7);
     for alert in alerts {
         let cases: Vec<&str> = tests
             .split("alertname: ")

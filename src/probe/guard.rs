@@ -9,6 +9,9 @@
 //!   Negotiation packet; the hub answers nothing.
 //! - An Initial in a datagram shorter than 1200 bytes (RFC 9000 §14.1):
 //!   `short_initial`.
+//! - Datagrams the kernel dropped because the socket's receive buffer
+//!   was full (read from the socket, `SO_MEMINFO`): `socket_buffer`. The
+//!   buffer is [`RECEIVE_BUFFER`], so that a burst does not push out probes.
 //! - Initials beyond the rates: `rate_limited`. Every source address (an
 //!   IPv4 address, an IPv6 /64) may send [`PER_SOURCE`] Initials; all
 //!   sources together [`FRESH`] Initials without a token (each draws one
@@ -64,6 +67,11 @@ pub const VALIDATED: Rate = Rate {
     burst: 512,
     per_second: 256,
 };
+/// Receive buffer of the responder's socket.
+pub const RECEIVE_BUFFER: usize = 2 << 20;
+/// How often the kernel's drop count of the socket is read.
+const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Per-source buckets: sources are hashed (with a random key) onto this
 /// many buckets, so a flood from spoofed addresses takes no memory.
 const SOURCE_BUCKETS: usize = 4096;
@@ -227,15 +235,18 @@ pub struct GuardCounters {
     pub unsupported_version: Counter,
     pub short_initial: Counter,
     pub rate_limited: Counter,
+    /// The kernel's count (set, not incremented).
+    pub socket_buffer: Counter,
     pub retries: Counter,
 }
 
 /// Every cause of a drop: the values of the `cause` label.
-pub const CAUSES: [&str; 4] = [
+pub const CAUSES: [&str; 5] = [
     "malformed",
     "unsupported_version",
     "short_initial",
     "rate_limited",
+    "socket_buffer",
 ];
 
 impl GuardCounters {
@@ -276,26 +287,97 @@ pub fn retain_datagrams(
     write
 }
 
+/// Raises the receive buffer of `socket` to [`RECEIVE_BUFFER`]: above
+/// `net.core.rmem_max` with `SO_RCVBUFFORCE` (CAP_NET_ADMIN), else as
+/// far as that maximum allows.
+pub fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: size points to a c_int of the announced length; the
+    // descriptor is the live socket borrowed here.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = socket2::SockRef::from(socket).set_recv_buffer_size(RECEIVE_BUFFER);
+    }
+}
+
+/// Datagrams the kernel dropped at socket `fd` (`SK_MEMINFO_DROPS`).
+fn kernel_drops(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info and len describe a writable buffer of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize > libc::SK_MEMINFO_DROPS as usize * 4)
+        .then(|| u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
+}
+
 /// The responder's socket: the inner socket, guarded.
 #[derive(Debug)]
 pub struct GuardedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// The inner socket's descriptor (it lives as long as `inner`).
+    fd: std::os::fd::RawFd,
     limiter: Mutex<Limiter>,
+    /// When the kernel's drop count was last read.
+    drops_read: Mutex<Instant>,
     counters: Arc<GuardCounters>,
 }
 
 impl GuardedSocket {
-    pub fn new(inner: Arc<dyn AsyncUdpSocket>, counters: Arc<GuardCounters>) -> GuardedSocket {
-        GuardedSocket {
+    /// Wraps `socket` for quinn's `runtime` and guards it.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        runtime: &dyn quinn::Runtime,
+        counters: Arc<GuardCounters>,
+    ) -> io::Result<GuardedSocket> {
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        let inner = runtime.wrap_udp_socket(socket)?;
+        Ok(GuardedSocket {
             inner,
+            fd,
             limiter: Mutex::new(Limiter::new(Instant::now())),
+            drops_read: Mutex::new(Instant::now()),
             counters,
+        })
+    }
+
+    /// Copies the kernel's drop count into the counter, at most every
+    /// [`KERNEL_DROPS_EVERY`].
+    fn read_kernel_drops(&self, now: Instant) {
+        let mut last = self.drops_read.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(*last) < KERNEL_DROPS_EVERY {
+            return;
+        }
+        *last = now;
+        if let Some(drops) = kernel_drops(self.fd) {
+            self.counters
+                .socket_buffer
+                .inner()
+                .store(drops, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// Filters the `n` received buffers in place; returns how many remain.
     fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
         let now = Instant::now();
+        self.read_kernel_drops(now);
         let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = 0;
         for i in 0..n {

@@ -125,9 +125,13 @@ pub fn endpoint(
         .supported_versions(vec![super::guard::QUIC_V1])
         .grease_quic_bit(false);
     let socket = std::net::UdpSocket::bind(bind)?;
+    super::guard::enlarge_receive_buffer(&socket);
     let runtime = Arc::new(quinn::TokioRuntime);
-    let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
-    let guarded = Arc::new(GuardedSocket::new(inner, counters.guard.clone()));
+    let guarded = Arc::new(GuardedSocket::new(
+        socket,
+        &*runtime,
+        counters.guard.clone(),
+    )?);
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), guarded, runtime)?;
     Ok(endpoint)

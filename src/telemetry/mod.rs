@@ -423,6 +423,7 @@ impl Telemetry {
                 unsupported_version: dropped("unsupported_version"),
                 short_initial: dropped("short_initial"),
                 rate_limited: dropped("rate_limited"),
+                socket_buffer: dropped("socket_buffer"),
                 retries: m.responder_retries.clone(),
             }),
         }
