@@ -446,7 +446,10 @@ async fn enroll(
         };
         let (mut send, bytes) = tokio::time::timeout(ENROLL_REQUEST_TIMEOUT, request)
             .await
-            .map_err(|_| format!("no request within {ENROLL_REQUEST_TIMEOUT:?}"))??;
+            .map_err(|_| {
+                cx.counters.timed_out.inc();
+                format!("no request within {ENROLL_REQUEST_TIMEOUT:?}")
+            })??;
         let response = match serde_json::from_slice::<JoinRequest>(&bytes) {
             Ok(request) => enroller(request, fingerprint, remote).await,
             Err(e) => JoinResponse::Refused {
@@ -506,5 +509,119 @@ async fn echo(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{dir_with_key, example};
+
+    #[test]
+    fn refusal_logs_are_limited_per_window_and_say_how_many_were_not_logged() {
+        let mut l = LogLimit::new();
+        let t0 = l.window;
+        for _ in 0..LOG_BURST {
+            assert_eq!(l.allow(t0), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(l.allow(t0 + LOG_WINDOW), Some(25));
+        assert_eq!(l.allow(t0 + LOG_WINDOW), Some(0));
+    }
+
+    /// A hub's responder on a loopback port, enrollment answering at once.
+    async fn responder() -> (
+        SocketAddr,
+        Fingerprint,
+        Arc<ResponderCounters>,
+        CancellationToken,
+    ) {
+        let dir = dir_with_key();
+        let telemetry = Telemetry::new(&example("hub.toml", dir.path()).expect("example"));
+        let identity = Identity::generate("hub").unwrap();
+        let counters = Arc::new(telemetry.responder_counters());
+        let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &identity, &counters).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let cx = Context {
+            allowed: Arc::default(),
+            sessions: Arc::default(),
+            counters: counters.clone(),
+            telemetry,
+            enroll: Some(Arc::new(|_, _, _| {
+                Box::pin(async {
+                    JoinResponse::Refused {
+                        reason: "test".into(),
+                    }
+                })
+            })),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(endpoint, cx, stop.clone()));
+        (addr, identity.fingerprint(), counters, stop)
+    }
+
+    #[tokio::test]
+    async fn enrollment_clients_that_send_nothing_are_dropped_and_capped() {
+        let (addr, hub, counters, stop) = responder().await;
+        let id = Identity::generate("annex").unwrap();
+        let rustls = tls::enroll_client_config(&id, hub).unwrap();
+        let config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap(),
+        ));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_ENROLLMENTS {
+            let conn = client
+                .connect_with(config.clone(), addr, tls::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            idle.push(conn);
+        }
+        let start = Instant::now();
+        // One more than the cap: closed at once, with a reason.
+        let extra = client
+            .connect_with(config.clone(), addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(2), extra.closed())
+            .await
+            .expect("the connection over the cap is closed at once");
+        assert!(
+            format!("{reason}").contains("too many enrollments"),
+            "{reason}"
+        );
+        assert_eq!(counters.limited.get(), 1);
+        // The others never send a request: closed after the request
+        // deadline (not the 10 s of a whole exchange, nor the idle timeout).
+        for conn in &idle {
+            tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .expect("an idle enrollment connection is closed");
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= ENROLL_REQUEST_TIMEOUT - Duration::from_millis(500)
+                && took < ENROLL_REQUEST_TIMEOUT + Duration::from_secs(2),
+            "closed after {took:?}"
+        );
+        assert_eq!(counters.timed_out.get(), MAX_ENROLLMENTS as u64);
+        assert_eq!(counters.open.get(), 0);
+        assert_eq!(counters.handshakes.get(), 0);
+        // The slots are free again: a real request is answered.
+        let conn = client
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"{}").await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).contains("refused"));
+        stop.cancel();
     }
 }
