@@ -321,3 +321,106 @@ fn reload_applies_what_changed_and_refuses_a_broken_config() {
     echo_within(&wan.annex(1).lan, records, Duration::from_secs(45))
         .unwrap_or_else(|e| panic!("annex-1 after its site came back: {e}"));
 }
+
+/// The unit's `RuntimeDirectoryMode=`, as a mode.
+fn runtime_directory_mode() -> u32 {
+    let line = unit()
+        .lines()
+        .find_map(|l| l.strip_prefix("RuntimeDirectoryMode="))
+        .expect("the unit sets RuntimeDirectoryMode")
+        .to_string();
+    u32::from_str_radix(line.trim(), 8).expect("an octal mode")
+}
+
+/// `townlink ARGS --socket SOCKET` as uid/gid 65534 (nobody), with the
+/// supplementary groups `groups` (none if empty): (exit code, stdout, stderr).
+fn as_nobody(groups: &str, args: &[&str], socket: &Path) -> (i32, String, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.arg(format!("--groups={groups}"));
+    }
+    let out = cmd
+        .arg("--")
+        .arg(townlink_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn control_group_members_get_the_status_and_only_root_administers_sites() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut wan = Wan::build(0);
+    // /run/townlink as systemd makes it for the unit: root's, with the
+    // unit's RuntimeDirectoryMode (the test's own directory must be
+    // searchable for the others to get there at all).
+    std::fs::set_permissions(wan.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let run = wan.dir.path().join("run");
+    std::fs::DirBuilder::new().mode(0o700).create(&run).unwrap();
+    std::fs::set_permissions(
+        &run,
+        std::fs::Permissions::from_mode(runtime_directory_mode()),
+    )
+    .unwrap();
+    let socket = run.join("townlink.sock");
+    // "users" (gid 100) exists on every Debian system.
+    let config = std::fs::read_to_string(&wan.hub_config).unwrap().replace(
+        "[control]\nsocket = \"hub.sock\"\n",
+        &format!(
+            "[control]\nsocket = \"{}\"\ngroup = \"users\"\n",
+            socket.display()
+        ),
+    );
+    assert!(config.contains("group = \"users\""), "{config}");
+    std::fs::write(&wan.hub_config, config).unwrap();
+    let hub = wan.start_hub();
+    wan.daemons[hub]
+        .wait_for_log(&["townlink is up"], Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(
+        wan.daemons[hub].log_lines(&["cannot reach the control socket"]),
+        Vec::<String>::new()
+    );
+
+    // A member of the group: the status, not the sites.
+    let (code, out, err) = as_nobody("100", &["status"], &socket);
+    assert_eq!(code, 0, "status as a member of control.group: {err}");
+    assert!(out.contains("hub"), "{out}");
+    for args in [
+        &["site", "list"][..],
+        &["site", "add", "intruder"][..],
+        &["site", "remove", "intruder"][..],
+    ] {
+        let (code, _, err) = as_nobody("100", args, &socket);
+        assert_ne!(code, 0, "{args:?} as a member of control.group");
+        assert!(err.contains("needs root"), "{args:?}: {err}");
+    }
+    // Nobody else gets anything.
+    let (code, _, err) = as_nobody("", &["status"], &socket);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("run as root, or as a member of control.group"),
+        "{err}"
+    );
+    // root administers sites.
+    let out = Command::new(townlink_bin())
+        .args(["site", "list", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,8 +2,11 @@
 //! administration) ask the running daemon over a Unix socket.
 //!
 //! Protocol: the client sends one JSON [`Request`] on one line, the daemon
-//! answers one JSON [`Response`] on one line and closes. Access is by file
-//! permissions: mode 0600 (root), or 0660 with `control.group`.
+//! answers one JSON [`Response`] on one line and closes. Who may connect
+//! is decided by the socket's mode: 0600 (root), or 0660 with
+//! `control.group`. What a caller may ask is decided by its peer
+//! credentials: the status for everyone who connects, site
+//! administration for root only.
 
 pub mod client;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -57,31 +57,53 @@ fn group_id(name: &str) -> anyhow::Result<libc::gid_t> {
     Ok(grp.gr_gid)
 }
 
-/// Binds the control socket. Refuses when another daemon answers on it;
-/// removes a stale socket file left by a crash.
+/// Binds the control socket. Refuses when another daemon answers on it,
+/// and when something else than a socket is at its path; removes a stale
+/// socket left by a crash. A missing directory is created with mode 0755
+/// (the socket's own mode decides who may connect).
 pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
     let path = &config.socket;
     let shown = path.display();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "creating {} for the control socket (control.socket)",
-                    dir.display()
-                )
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .and_then(|()| {
+                    // The umask (systemd's UMask=0077) may have narrowed it.
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                })
+                .with_context(|| {
+                    format!(
+                        "creating {} for the control socket (control.socket)",
+                        dir.display()
+                    )
+                })?;
         }
     }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "another townlink answers on the control socket {shown}: stop it, or give this \
-                 instance its own control.socket"
-            );
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot look at {shown} (control.socket)"))
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale control socket {shown}"))?;
-        tracing::info!(path = %shown, "removed a stale control socket");
+        Ok(meta) if !meta.file_type().is_socket() => anyhow::bail!(
+            "{shown} exists and is not a socket (a {}): townlink does not remove it; move it \
+             away, or set control.socket to another path",
+            kind(&meta.file_type())
+        ),
+        Ok(_) => {
+            if UnixStream::connect(path).await.is_ok() {
+                anyhow::bail!(
+                    "another townlink answers on the control socket {shown}: stop it, or give \
+                     this instance its own control.socket"
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale control socket {shown}"))?;
+            tracing::info!(path = %shown, "removed a stale control socket");
+        }
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot create the control socket {shown} (control.socket)"))?;
@@ -94,6 +116,16 @@ pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
             let gid = group_id(group)?;
             std::os::unix::fs::chown(path, None, Some(gid))
                 .with_context(|| format!("giving {shown} to group {group}"))?;
+            if let Some((dir, mode)) = closed_to_group(path, gid) {
+                tracing::warn!(
+                    directory = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    group = %group,
+                    "members of control.group cannot reach the control socket: this directory \
+                     is not searchable by them; make it mode 0755 (under systemd: \
+                     RuntimeDirectoryMode=0755)"
+                );
+            }
             0o660
         }
         None => 0o600,
@@ -101,6 +133,72 @@ pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {shown}"))?;
     Ok(listener)
+}
+
+fn kind(t: &std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// The first directory above `path` that members of group `gid` cannot
+/// search (neither by others' nor, owned by `gid`, by the group's
+/// permission), with its mode.
+fn closed_to_group(path: &Path, gid: libc::gid_t) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = std::path::absolute(path).ok()?;
+    for dir in absolute.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).ok()?;
+        let mode = meta.mode() & 0o7777;
+        let searchable = mode & 0o001 != 0 || (mode & 0o010 != 0 && meta.gid() == gid);
+        if !searchable {
+            return Some((dir.to_path_buf(), mode));
+        }
+    }
+    None
+}
+
+/// Who sent a request, from the socket's peer credentials (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: libc::uid_t,
+}
+
+impl Caller {
+    /// root, or the user the daemon runs as.
+    fn is_admin(&self) -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        self.uid == 0 || self.uid == unsafe { libc::geteuid() }
+    }
+}
+
+/// What a caller may ask: the status for anyone who can open the socket
+/// (root, members of `control.group`), site administration for root only.
+fn permitted(request: &Request, caller: Caller) -> Result<(), String> {
+    let command = match request {
+        Request::Status => return Ok(()),
+        Request::SiteAdd { .. } => "site add",
+        Request::SiteList => "site list",
+        Request::SiteRemove { .. } => "site remove",
+    };
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`townlink {command}` needs root: members of control.group may only run \
+             `townlink status`"
+        ))
+    }
 }
 
 /// What the control socket serves: the status always; site
@@ -111,7 +209,7 @@ pub struct Handler {
     pub hub: OnceLock<Arc<HubSites>>,
 }
 
-async fn answer(request: &str, h: &Handler) -> Response {
+async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
     let request = match serde_json::from_str::<Request>(request) {
         Ok(r) => r,
         Err(e) => {
@@ -120,6 +218,13 @@ async fn answer(request: &str, h: &Handler) -> Response {
             }
         }
     };
+    if let Err(message) = permitted(&request, caller) {
+        tracing::info!(
+            uid = caller.uid,
+            "control request refused: site administration needs root"
+        );
+        return Response::Error { message };
+    }
     let hub = || {
         h.hub.get().cloned().ok_or_else(|| {
             if h.telemetry.snapshot().role == "hub" {
@@ -159,6 +264,10 @@ async fn answer(request: &str, h: &Handler) -> Response {
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 
 async fn client(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
+    // Without credentials the caller is nobody in particular: status only.
+    let caller = Caller {
+        uid: stream.peer_cred().map_or(libc::uid_t::MAX, |c| c.uid()),
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST as u64))
@@ -166,15 +275,16 @@ async fn client(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
         .await?;
     // A site change runs to its end inside the hub whatever happens here:
     // only the waiting stops.
-    let response = match tokio::time::timeout(ANSWER_WITHIN, answer(line.trim(), handler)).await {
-        Ok(r) => r,
-        Err(_) => Response::Error {
-            message: format!(
-                "no answer within {ANSWER_WITHIN:?}; a site change goes on to its end in the \
+    let response =
+        match tokio::time::timeout(ANSWER_WITHIN, answer(line.trim(), caller, handler)).await {
+            Ok(r) => r,
+            Err(_) => Response::Error {
+                message: format!(
+                    "no answer within {ANSWER_WITHIN:?}; a site change goes on to its end in the \
                  hub: see `townlink site list`"
-            ),
-        },
-    };
+                ),
+            },
+        };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
@@ -228,4 +338,103 @@ pub async fn serve(
     clients.abort_all();
     drop(listener);
     failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: &Path) -> ControlConfig {
+        ControlConfig {
+            socket: path.to_path_buf(),
+            group: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_at_the_socket_path_is_an_error_naming_it_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("townlink.sock");
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = bind(&config(&path)).await.unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+
+        // A directory and a symbolic link (even to a socket) are kept too.
+        let sub = dir.path().join("sub.sock");
+        std::fs::create_dir(&sub).unwrap();
+        let err = bind(&config(&sub)).await.unwrap_err().to_string();
+        assert!(err.contains("directory"), "{err}");
+        assert!(sub.is_dir());
+        let real = dir.path().join("real.sock");
+        drop(std::os::unix::net::UnixListener::bind(&real).unwrap());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = bind(&config(&link)).await.unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("townlink.sock");
+        // Left by a crash: the file is there, nobody answers.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind(&config(&path)).await.expect("stale socket replaced");
+        let err = bind(&config(&path)).await.unwrap_err().to_string();
+        assert!(err.contains("another townlink answers"), "{err}");
+        drop(listener);
+        assert!(!path.exists(), "removed with its listener");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_created_searchable() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/townlink/townlink.sock");
+        let _listener = bind(&config(&path)).await.unwrap();
+        let mode = std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        let socket = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(socket, 0o600);
+    }
+
+    #[test]
+    fn status_for_anyone_who_connects_site_administration_for_root() {
+        let member = Caller { uid: 12345 };
+        let root = Caller { uid: 0 };
+        let add = Request::SiteAdd {
+            name: "a".into(),
+            lan: vec![],
+            expires: None,
+        };
+        let remove = Request::SiteRemove { name: "a".into() };
+        assert_eq!(permitted(&Request::Status, member), Ok(()));
+        for r in [&add, &Request::SiteList, &remove] {
+            assert_eq!(permitted(r, root), Ok(()));
+            let err = permitted(r, member).unwrap_err();
+            assert!(err.contains("needs root"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_directory_closed_to_the_group_is_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let path = run.join("townlink.sock");
+        // What RuntimeDirectoryMode=0750 made, owned by root's group.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let other_gid = 4242;
+        assert_eq!(
+            closed_to_group(&path, other_gid),
+            Some((run.clone(), 0o750))
+        );
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(closed_to_group(&path, other_gid), None);
+    }
 }

@@ -60,19 +60,30 @@ pub(super) async fn start(
     // Dual-stack where IPv6 exists, IPv4 otherwise.
     let port = config.probe.listen_port;
     let identity = &config.probe.identity;
-    let endpoint = responder::endpoint(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), identity)
-        .or_else(|_| responder::endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), identity))
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the probe responder on UDP port {port} (probe.listen_port): {e}"
-            )
-        })?;
+    let counters = Arc::new(installed.telemetry.responder_counters());
+    let endpoint = responder::endpoint(
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        identity,
+        &counters,
+    )
+    .or_else(|_| {
+        responder::endpoint(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            identity,
+            &counters,
+        )
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the probe responder on UDP port {port} (probe.listen_port): {e}"
+        )
+    })?;
     tracing::info!(port, "probe responder listening (probes and enrollment)");
     let enroller_sites = sites.clone();
     let cx = Context {
         allowed,
         sessions,
-        counters: Arc::new(installed.telemetry.responder_counters()),
+        counters,
         telemetry: installed.telemetry.clone(),
         enroll: Some(Arc::new(move |request, certificate, remote| {
             let sites = enroller_sites.clone();

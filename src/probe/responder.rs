@@ -1,21 +1,37 @@
 //! The hub's QUIC responder: echoes the probes of authenticated annexes.
 //!
-//! Not a reflector nor an amplifier: a client must first prove its address
-//! (QUIC Retry, so the hub sends at most one small packet per unvalidated
-//! Initial), then present a registered certificate; only then are its
-//! datagrams read, and only well-formed probes are answered, with a
-//! datagram of the same size.
+//! Not a reflector nor an amplifier: every datagram goes through the
+//! [`guard`](super::guard) first (what a client never sends is dropped and
+//! counted, Initials are rate-limited per source and in total); a client
+//! must then prove its address (QUIC Retry, so the hub sends at most one
+//! small packet per unvalidated Initial), then present a registered
+//! certificate; only then are its datagrams read, and only well-formed
+//! probes are answered, with a datagram of the same size.
+//!
+//! Limits: [`MAX_HANDSHAKES`] handshakes in progress and [`MAX_CONNECTIONS`]
+//! connections at once (beyond: refused, counted as `limited`); a
+//! handshake gets [`HANDSHAKE_TIMEOUT`]; an enrollment connection gets
+//! [`ENROLL_REQUEST_TIMEOUT`] to send its request and [`ENROLL_TIMEOUT`]
+//! in all, and at most [`MAX_ENROLLMENTS`] run at once. Refusals are
+//! logged, at most [`LOG_BURST`] lines per [`LOG_WINDOW`]; the others are
+//! counted in the next line. A panic while serving one connection closes
+//! it and is logged and counted (`townlink_connection_panics_total`).
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::guard::{GuardCounters, GuardedSocket};
 use super::tls::{self, AllowedSites, Fingerprint, Identity};
 use super::wire::{self, Report};
 use crate::enroll::{JoinRequest, JoinResponse};
@@ -32,13 +48,37 @@ pub struct ResponderCounters {
     pub authenticated: Counter,
     /// Connection attempts that failed (unknown certificate, bad handshake).
     pub refused: Counter,
+    /// Connection attempts refused because a limit was reached.
+    pub limited: Counter,
+    /// Handshakes (or enrollment exchanges) that took too long.
+    pub timed_out: Counter,
     /// Datagrams on authenticated connections that were neither probes nor reports.
     pub garbage: Counter,
     pub echoed: Counter,
+    /// Handshakes in progress.
+    pub handshakes: Gauge,
+    /// Connections open (handshakes included).
+    pub open: Gauge,
+    /// What the socket's guard dropped, and the Retry packets sent.
+    pub guard: Arc<GuardCounters>,
 }
 
-/// Longest enrollment exchange.
-const ENROLL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Handshakes in progress at once.
+pub const MAX_HANDSHAKES: i64 = 64;
+/// Connections at once, handshakes included (two per site: one per uplink).
+pub const MAX_CONNECTIONS: i64 = 1024;
+/// A handshake not finished within this time is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Enrollment connections at once.
+pub const MAX_ENROLLMENTS: i64 = 8;
+/// Time an enrollment client gets to send its request, after the handshake.
+pub const ENROLL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusal lines logged per window at most.
+pub const LOG_BURST: u32 = 10;
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Longest enrollment exchange, after the handshake.
+pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle timeout of a probe connection; longer than the slowest probe interval.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,13 +100,40 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// Binds the responder's endpoint.
-pub fn endpoint(bind: SocketAddr, identity: &Identity) -> anyhow::Result<quinn::Endpoint> {
+/// Binds the responder's endpoint, on a guarded socket (see
+/// [`super::guard`]) counting into `counters`.
+pub fn endpoint(
+    bind: SocketAddr,
+    identity: &Identity,
+    counters: &ResponderCounters,
+) -> anyhow::Result<quinn::Endpoint> {
     let crypto = tls::server_config(identity)?;
     let mut config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(crypto)?));
     config.transport_config(Arc::new(transport()));
-    let endpoint = quinn::Endpoint::server(config, bind)?;
+    // Connection attempts quinn keeps before the accept loop sees them,
+    // and what they may buffer: far below quinn's defaults (65536, 10 MiB
+    // each, 100 MiB in all), which are meant for big servers.
+    config
+        .max_incoming(4 * MAX_HANDSHAKES as usize)
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(4 << 20);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    // QUIC v1 only (the guard drops the rest, so no Version Negotiation
+    // is ever sent), and the fixed bit always set.
+    endpoint_config
+        .supported_versions(vec![super::guard::QUIC_V1])
+        .grease_quic_bit(false);
+    let socket = std::net::UdpSocket::bind(bind)?;
+    super::guard::enlarge_receive_buffer(&socket);
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let guarded = Arc::new(GuardedSocket::new(
+        socket,
+        &*runtime,
+        counters.guard.clone(),
+    )?);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), guarded, runtime)?;
     Ok(endpoint)
 }
 
@@ -130,9 +197,94 @@ pub struct Context {
     pub enroll: Option<Enroller>,
 }
 
+/// Refusal logs: at most [`LOG_BURST`] lines per [`LOG_WINDOW`].
+#[derive(Debug)]
+struct LogLimit {
+    window: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn new() -> LogLimit {
+        LogLimit {
+            window: Instant::now(),
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if a line may be logged now (`n`: lines not logged
+    /// before it); `None` if this one is not logged (it is counted).
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window) >= LOG_WINDOW {
+            self.window = now;
+            self.lines = 0;
+        }
+        if self.lines < LOG_BURST {
+            self.lines += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// What every connection task of one responder shares.
+struct Shared {
+    cx: Context,
+    refusals: Mutex<LogLimit>,
+    enrolling: AtomicI64,
+}
+
+impl Shared {
+    /// Logs a refusal, unless too many were logged lately.
+    fn refusal(&self, remote: SocketAddr, what: &str, detail: &str) {
+        let allowed = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(Instant::now());
+        match allowed {
+            Some(0) => tracing::info!(%remote, detail, "probe connection refused: {what}"),
+            Some(suppressed) => tracing::info!(
+                %remote,
+                detail,
+                suppressed,
+                "probe connection refused: {what} (and {suppressed} refusals not logged since the \
+                 last line)"
+            ),
+            None => {}
+        }
+    }
+}
+
+/// Decrements a gauge when dropped (also when a task panics).
+struct Held(Gauge);
+
+impl Held {
+    fn new(g: &Gauge) -> Held {
+        g.inc();
+        Held(g.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves until `stop`; then closes every connection.
 pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationToken) {
     let tasks = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        cx,
+        refusals: Mutex::new(LogLimit::new()),
+        enrolling: AtomicI64::new(0),
+    });
+    let counters = shared.cx.counters.clone();
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => break,
@@ -144,57 +296,130 @@ pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationTok
         if !incoming.remote_address_validated() {
             // Stateless Retry: costs the client one round trip, and makes
             // the hub useless as an amplifier toward a spoofed address.
-            let _ = incoming.retry();
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
             continue;
         }
-        let (cx, stop) = (cx.clone(), stop.clone());
+        let remote = incoming.remote_address();
+        if counters.handshakes.get() >= MAX_HANDSHAKES || counters.open.get() >= MAX_CONNECTIONS {
+            // The address is proven: a refusal goes to the real sender.
+            counters.limited.inc();
+            incoming.refuse();
+            shared.refusal(
+                remote,
+                "too many connections",
+                &format!(
+                    "{} handshakes (at most {MAX_HANDSHAKES}), {} connections (at most {MAX_CONNECTIONS})",
+                    counters.handshakes.get(),
+                    counters.open.get()
+                ),
+            );
+            continue;
+        }
+        let open = Held::new(&counters.open);
+        let handshake = Held::new(&counters.handshakes);
+        let (shared, stop) = (shared.clone(), stop.clone());
         tasks.spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.accept() {
-                Ok(connecting) => connecting.await,
-                Err(e) => Err(e),
-            };
-            let conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    cx.counters.refused.inc();
-                    tracing::info!(%remote, error = %e, "probe connection refused");
-                    return;
-                }
-            };
-            let Some(fingerprint) = peer_fingerprint(&conn) else {
-                cx.counters.refused.inc();
-                conn.close(1u8.into(), b"no certificate");
-                return;
-            };
-            if alpn(&conn).as_deref() == Some(crate::enroll::ALPN) {
-                enroll(&conn, fingerprint, remote, &cx).await;
-                return;
+            let telemetry = shared.cx.telemetry.clone();
+            let connection = connection(incoming, remote, handshake, &shared, &stop);
+            if let Err(panic) = AssertUnwindSafe(connection).catch_unwind().await {
+                telemetry.connection_panicked("responder", remote, &*panic);
             }
-            let Some(site) = cx.allowed.site(&fingerprint) else {
-                cx.counters.refused.inc();
-                tracing::info!(%remote, certificate = %fingerprint, "probe connection refused: unknown certificate");
-                conn.close(1u8.into(), b"unknown site");
-                return;
-            };
-            cx.counters.authenticated.inc();
-            cx.sessions.track(&site, &conn);
-            tracing::info!(site = %site, %remote, "probe connection up");
-            echo(&conn, &site, &cx.counters, &cx.telemetry, &stop).await;
-            tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
+            drop(open);
         });
     }
     endpoint.close(0u8.into(), b"hub stopping");
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    let counters = &cx.counters;
+    let guard = &counters.guard;
     tracing::info!(
         authenticated = counters.authenticated.get(),
         refused = counters.refused.get(),
+        limited = counters.limited.get(),
+        timed_out = counters.timed_out.get(),
         garbage = counters.garbage.get(),
         echoed = counters.echoed.get(),
+        dropped_malformed = guard.malformed.get(),
+        dropped_unsupported_version = guard.unsupported_version.get(),
+        dropped_short_initial = guard.short_initial.get(),
+        dropped_rate_limited = guard.rate_limited.get(),
+        retries = guard.retries.get(),
         "probe responder stopped"
     );
+}
+
+/// One connection, from its validated Initial to its end.
+async fn connection(
+    incoming: quinn::Incoming,
+    remote: SocketAddr,
+    handshake: Held,
+    shared: &Shared,
+    stop: &CancellationToken,
+) {
+    let cx = &shared.cx;
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            cx.counters.refused.inc();
+            shared.refusal(remote, "handshake failed", &e.to_string());
+            return;
+        }
+    };
+    // Dropping `connecting` at the deadline closes the connection.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            cx.counters.refused.inc();
+            shared.refusal(remote, "handshake failed", &e.to_string());
+            return;
+        }
+        Err(_) => {
+            cx.counters.timed_out.inc();
+            shared.refusal(
+                remote,
+                "handshake not finished in time",
+                &format!("{HANDSHAKE_TIMEOUT:?}"),
+            );
+            return;
+        }
+    };
+    drop(handshake);
+    let Some(fingerprint) = peer_fingerprint(&conn) else {
+        cx.counters.refused.inc();
+        conn.close(1u8.into(), b"no certificate");
+        shared.refusal(remote, "no certificate", "");
+        return;
+    };
+    if alpn(&conn).as_deref() == Some(crate::enroll::ALPN) {
+        if shared.enrolling.fetch_add(1, Ordering::SeqCst) >= MAX_ENROLLMENTS {
+            shared.enrolling.fetch_sub(1, Ordering::SeqCst);
+            cx.counters.limited.inc();
+            conn.close(4u8.into(), b"too many enrollments: try again");
+            shared.refusal(
+                remote,
+                "too many enrollments at once",
+                &format!("at most {MAX_ENROLLMENTS}"),
+            );
+            return;
+        }
+        enroll(&conn, fingerprint, remote, shared).await;
+        shared.enrolling.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let Some(site) = cx.allowed.site(&fingerprint) else {
+        cx.counters.refused.inc();
+        conn.close(1u8.into(), b"unknown site");
+        shared.refusal(remote, "unknown certificate", &fingerprint.to_string());
+        return;
+    };
+    cx.counters.authenticated.inc();
+    cx.sessions.track(&site, &conn);
+    tracing::info!(site = %site, %remote, "probe connection up");
+    echo(&conn, &site, &cx.counters, &cx.telemetry, stop).await;
+    tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
 }
 
 /// One enrollment exchange: a request on one bidirectional stream, the
@@ -203,18 +428,28 @@ async fn enroll(
     conn: &quinn::Connection,
     fingerprint: Fingerprint,
     remote: SocketAddr,
-    cx: &Context,
+    shared: &Shared,
 ) {
+    let cx = &shared.cx;
     let Some(enroller) = &cx.enroll else {
         conn.close(3u8.into(), b"no enrollment here");
         return;
     };
     let exchange = async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let bytes = recv
-            .read_to_end(crate::enroll::MAX_MESSAGE)
+        let request = async {
+            let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let bytes = recv
+                .read_to_end(crate::enroll::MAX_MESSAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, bytes))
+        };
+        let (mut send, bytes) = tokio::time::timeout(ENROLL_REQUEST_TIMEOUT, request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                cx.counters.timed_out.inc();
+                format!("no request within {ENROLL_REQUEST_TIMEOUT:?}")
+            })??;
         let response = match serde_json::from_slice::<JoinRequest>(&bytes) {
             Ok(request) => enroller(request, fingerprint, remote).await,
             Err(e) => JoinResponse::Refused {
@@ -225,13 +460,20 @@ async fn enroll(
         send.write_all(&out).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         // Let the client read the answer before the connection goes.
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         Ok::<(), String>(())
     };
     match tokio::time::timeout(ENROLL_TIMEOUT, exchange).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::info!(%remote, error = %e, "enrollment exchange failed"),
-        Err(_) => tracing::info!(%remote, "enrollment exchange took too long: dropped"),
+        Ok(Err(e)) => shared.refusal(remote, "enrollment exchange failed", &e),
+        Err(_) => {
+            cx.counters.timed_out.inc();
+            shared.refusal(
+                remote,
+                "enrollment exchange took too long",
+                &format!("{ENROLL_TIMEOUT:?}"),
+            );
+        }
     }
     conn.close(0u8.into(), b"done");
 }
@@ -267,5 +509,119 @@ async fn echo(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{dir_with_key, example};
+
+    #[test]
+    fn refusal_logs_are_limited_per_window_and_say_how_many_were_not_logged() {
+        let mut l = LogLimit::new();
+        let t0 = l.window;
+        for _ in 0..LOG_BURST {
+            assert_eq!(l.allow(t0), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(l.allow(t0 + LOG_WINDOW), Some(25));
+        assert_eq!(l.allow(t0 + LOG_WINDOW), Some(0));
+    }
+
+    /// A hub's responder on a loopback port, enrollment answering at once.
+    async fn responder() -> (
+        SocketAddr,
+        Fingerprint,
+        Arc<ResponderCounters>,
+        CancellationToken,
+    ) {
+        let dir = dir_with_key();
+        let telemetry = Telemetry::new(&example("hub.toml", dir.path()).expect("example"));
+        let identity = Identity::generate("hub").unwrap();
+        let counters = Arc::new(telemetry.responder_counters());
+        let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &identity, &counters).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let cx = Context {
+            allowed: Arc::default(),
+            sessions: Arc::default(),
+            counters: counters.clone(),
+            telemetry,
+            enroll: Some(Arc::new(|_, _, _| {
+                Box::pin(async {
+                    JoinResponse::Refused {
+                        reason: "test".into(),
+                    }
+                })
+            })),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(endpoint, cx, stop.clone()));
+        (addr, identity.fingerprint(), counters, stop)
+    }
+
+    #[tokio::test]
+    async fn enrollment_clients_that_send_nothing_are_dropped_and_capped() {
+        let (addr, hub, counters, stop) = responder().await;
+        let id = Identity::generate("annex").unwrap();
+        let rustls = tls::enroll_client_config(&id, hub).unwrap();
+        let config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap(),
+        ));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_ENROLLMENTS {
+            let conn = client
+                .connect_with(config.clone(), addr, tls::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            idle.push(conn);
+        }
+        let start = Instant::now();
+        // One more than the cap: closed at once, with a reason.
+        let extra = client
+            .connect_with(config.clone(), addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(2), extra.closed())
+            .await
+            .expect("the connection over the cap is closed at once");
+        assert!(
+            format!("{reason}").contains("too many enrollments"),
+            "{reason}"
+        );
+        assert_eq!(counters.limited.get(), 1);
+        // The others never send a request: closed after the request
+        // deadline (not the 10 s of a whole exchange, nor the idle timeout).
+        for conn in &idle {
+            tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .expect("an idle enrollment connection is closed");
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= ENROLL_REQUEST_TIMEOUT - Duration::from_millis(500)
+                && took < ENROLL_REQUEST_TIMEOUT + Duration::from_secs(2),
+            "closed after {took:?}"
+        );
+        assert_eq!(counters.timed_out.get(), MAX_ENROLLMENTS as u64);
+        assert_eq!(counters.open.get(), 0);
+        assert_eq!(counters.handshakes.get(), 0);
+        // The slots are free again: a real request is answered.
+        let conn = client
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"{}").await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).contains("refused"));
+        stop.cancel();
     }
 }

@@ -76,6 +76,20 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Why the `/metrics` server closed a connection: the values of the
+/// `cause` label of `townlink_metrics_dropped_connections_total`.
+pub const METRICS_DROP_CAUSES: [&str; 2] = ["header_timeout", "evicted"];
+
 /// Every state an uplink can be in: the values of the `state` label.
 pub const STATES: [Health; 4] = [
     Health::Unknown,
@@ -117,6 +131,9 @@ pub struct Metrics {
     // Both roles: end-to-end checks.
     pub check_up: Family<CheckLabels, Gauge>,
     pub check_latency: Family<CheckLabels, FloatGauge>,
+    // Both roles: the listeners.
+    pub metrics_dropped_connections: Family<CauseLabels, Counter>,
+    pub connection_panics: Family<ListenerLabels, Counter>,
     // Hub: what each annex reports over its probe connection.
     pub site_report: Family<SiteLabels, FloatGauge>,
     pub site_uplink_active: Family<SiteUplinkLabels, Gauge>,
@@ -127,6 +144,10 @@ pub struct Metrics {
     pub responder_connections: Family<ResultLabels, Counter>,
     pub responder_garbage: Counter,
     pub responder_echoes: Counter,
+    pub responder_dropped_datagrams: Family<CauseLabels, Counter>,
+    pub responder_retries: Counter,
+    pub responder_handshakes: Gauge,
+    pub responder_open_connections: Gauge,
     // Hub: enrollment.
     pub enrollments: Family<ResultLabels, Counter>,
 }
@@ -154,6 +175,13 @@ fn register(
 }
 
 impl Metrics {
+    /// The panic counter of `listener`'s connections.
+    pub fn connection_panics(&self, listener: &str) -> Counter {
+        self.connection_panics.get_or_create_owned(&ListenerLabels {
+            listener: listener.into(),
+        })
+    }
+
     /// The registry of a role ("annex" or "hub"): the families that
     /// role exports, and `townlink_build_info`.
     pub fn registry(&self, role: &str) -> Registry {
@@ -197,6 +225,18 @@ impl Metrics {
             "check_latency_seconds",
             "Time the last successful end-to-end check took (NaN before the first success)",
             m.check_latency,
+        );
+        register(
+            r_,
+            "metrics_dropped_connections",
+            "Connections the /metrics server closed, by cause (header_timeout: headers not sent in time; evicted: closed to make room)",
+            m.metrics_dropped_connections,
+        );
+        register(
+            r_,
+            "connection_panics",
+            "Panics while serving one connection of a listener (metrics, responder): the connection was closed, the listener goes on",
+            m.connection_panics,
         );
         if role == "annex" {
             register(
@@ -324,8 +364,32 @@ impl Metrics {
             register(
                 r_,
                 "responder_connections",
-                "Probe connections to the hub, by result (authenticated, refused)",
+                "Probe connections to the hub, by result (authenticated, refused, limited, timed_out)",
                 m.responder_connections,
+            );
+            register(
+                r_,
+                "responder_dropped_datagrams",
+                "Datagrams the responder dropped before any handshake, by cause (malformed, unsupported_version, short_initial, rate_limited)",
+                m.responder_dropped_datagrams,
+            );
+            register(
+                r_,
+                "responder_retries",
+                "QUIC Retry packets the responder sent (one per admitted Initial without a token)",
+                m.responder_retries,
+            );
+            register(
+                r_,
+                "responder_handshakes",
+                "Probe and enrollment handshakes in progress",
+                m.responder_handshakes,
+            );
+            register(
+                r_,
+                "responder_open_connections",
+                "Probe and enrollment connections open, handshakes included",
+                m.responder_open_connections,
             );
             register(
                 r_,

@@ -165,10 +165,15 @@ impl Telemetry {
                 "annex"
             }
             Role::Hub(hub) => {
-                for r in ["authenticated", "refused"] {
+                for r in ["authenticated", "refused", "limited", "timed_out"] {
                     let _ = m
                         .responder_connections
                         .get_or_create(&ResultLabels { result: r.into() });
+                }
+                for cause in crate::probe::guard::CAUSES {
+                    let _ = m.responder_dropped_datagrams.get_or_create(&CauseLabels {
+                        cause: cause.into(),
+                    });
                 }
                 status.responder = Some(ResponderView::default());
                 for r in ["joined", "refused"] {
@@ -204,12 +209,47 @@ impl Telemetry {
                 ..CheckView::default()
             });
         }
+        for cause in METRICS_DROP_CAUSES {
+            let _ = m.metrics_dropped_connections.get_or_create(&CauseLabels {
+                cause: cause.into(),
+            });
+        }
+        let _ = m.connection_panics("metrics");
+        if role == "hub" {
+            let _ = m.connection_panics("responder");
+        }
         let registry = m.registry(role);
         Arc::new(Telemetry {
             metrics: m,
             registry,
             status: Mutex::new(status),
         })
+    }
+
+    /// A panic while serving one connection of `listener` (metrics,
+    /// responder): logged and counted; the listener goes on. Such a panic
+    /// is a bug, but a remote client must not be able to stop the whole
+    /// router with it (see `docs/systemd.md`).
+    pub fn connection_panicked(
+        &self,
+        listener: &str,
+        remote: std::net::SocketAddr,
+        panic: &(dyn std::any::Any + Send),
+    ) {
+        let message = if let Some(s) = panic.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = panic.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "(no message)".to_string()
+        };
+        self.metrics.connection_panics(listener).inc();
+        tracing::error!(
+            listener,
+            %remote,
+            panic = %message,
+            "a connection panicked: it was closed, the listener goes on (a bug: please report it)"
+        );
     }
 
     /// The result of an enrollment attempt.
@@ -363,11 +403,29 @@ impl Telemetry {
             m.responder_connections
                 .get_or_create_owned(&ResultLabels { result: r.into() })
         };
+        let dropped = |cause: &str| {
+            m.responder_dropped_datagrams
+                .get_or_create_owned(&CauseLabels {
+                    cause: cause.into(),
+                })
+        };
         ResponderCounters {
             authenticated: r("authenticated"),
             refused: r("refused"),
+            limited: r("limited"),
+            timed_out: r("timed_out"),
             garbage: m.responder_garbage.clone(),
             echoed: m.responder_echoes.clone(),
+            handshakes: m.responder_handshakes.clone(),
+            open: m.responder_open_connections.clone(),
+            guard: std::sync::Arc::new(crate::probe::guard::GuardCounters {
+                malformed: dropped("malformed"),
+                unsupported_version: dropped("unsupported_version"),
+                short_initial: dropped("short_initial"),
+                rate_limited: dropped("rate_limited"),
+                socket_buffer: dropped("socket_buffer"),
+                retries: m.responder_retries.clone(),
+            }),
         }
     }
 

@@ -107,7 +107,7 @@ fn documented() -> BTreeSet<String> {
         .collect()
 }
 
-const LABELS: [&str; 13] = [
+const LABELS: [&str; 15] = [
     "uplink",
     "interface",
     "metered",
@@ -121,6 +121,8 @@ const LABELS: [&str; 13] = [
     "result",
     "version",
     "role",
+    "cause",
+    "listener",
 ];
 
 fn check_rules(text: &str) -> BTreeSet<String> {
