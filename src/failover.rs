@@ -4,9 +4,10 @@
 //! decision, replaces the default route of the tunnel's table (one netlink
 //! message) and pushes traffic through the tunnel at once, so that the hub
 //! learns the new endpoint (WireGuard roaming; the annex never changes the
-//! peer's endpoint). Also sets each prober's rate: fast on the active
-//! uplink (and on all of them while the active one is not up), slow on a
-//! standby one, slower still on a metered one.
+//! peer's endpoint). Also sets each prober's rate: fast where the engine
+//! wants it (the active uplink, all of them while the active one is not
+//! up, a preferred one being judged for its return), slow on a standby
+//! one, slower still on a metered one.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, RoutingConfig};
-use crate::decision::{Decision, Engine, Health, Policy, Sample};
+use crate::decision::{Decision, Engine, Policy, Sample};
 use crate::netlink::Netlink;
 use crate::probe::prober::Outgoing;
 use crate::routing::{self, NextHop};
@@ -58,10 +59,10 @@ pub struct Failover {
 
 impl Failover {
     fn set_rates(&self, engine: &Engine) {
-        let active = engine.active();
-        let urgent = engine.quality(active).health != Health::Up;
         for (i, tx) in self.intervals.iter().enumerate() {
-            let interval = if i == active || urgent {
+            // Fast: the active uplink, all while it is not up, and a
+            // preferred uplink being judged for its return (the engine says).
+            let interval = if engine.wants_fast_probes(i) {
                 self.probe.interval
             } else if self.metered[i] {
                 self.probe.metered_interval

@@ -10,6 +10,7 @@
 //! configured in the root namespace.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod netem;
 
 use std::fs::File;

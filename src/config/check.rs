@@ -14,7 +14,7 @@ use super::raw::{
     RawRouting, RawSite, RawTunnel, RawUplink,
 };
 use super::*;
-use crate::decision::{Policy, Sla};
+use crate::decision::{Damping, Policy, Sla};
 use crate::sites::{lan_problem, overlaps, Reserved, Site};
 
 struct Checker {
@@ -1207,6 +1207,40 @@ fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
         s(0),
         s(600),
     );
+    let max_holddown = c.duration(
+        "failover.max_holddown",
+        f.max_holddown.as_ref(),
+        d.damping.max_holddown,
+        s(0),
+        s(86_400),
+    );
+    if let (Some(max), Some(base)) = (max_holddown, holddown) {
+        if max < base {
+            c.push(
+                "failover.max_holddown",
+                format!(
+                    "{} is shorter than failover.holddown ({})",
+                    humantime::format_duration(max),
+                    humantime::format_duration(base)
+                ),
+                Some("the hold-down grows from holddown up to max_holddown; make max_holddown at least holddown"),
+            );
+        }
+    }
+    let half_life = c.duration(
+        "failover.damping_half_life",
+        f.damping_half_life.as_ref(),
+        d.damping.half_life,
+        s(1),
+        s(86_400),
+    );
+    let probation = c.duration(
+        "failover.probation",
+        f.probation.as_ref(),
+        d.damping.probation,
+        s(0),
+        s(3600),
+    );
     Some(Policy {
         down_after_lost: down_after_lost?,
         sla: Sla {
@@ -1218,6 +1252,11 @@ fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
             sustain: sustain?,
         },
         holddown: holddown?,
+        damping: Damping {
+            half_life: half_life?,
+            max_holddown: max_holddown?,
+            probation: probation?,
+        },
     })
 }
 

@@ -62,6 +62,9 @@ pub struct RawFailover {
     pub max_rtt: Option<String>,
     pub max_jitter: Option<String>,
     pub sla_sustain: Option<String>,
+    pub max_holddown: Option<String>,
+    pub damping_half_life: Option<String>,
+    pub probation: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -573,3 +573,46 @@ fn wrong_types_inside_lists_and_tables_of_lists_are_named() {
         "site[0]: is an integer, expected a table"
     );
 }
+
+#[test]
+fn failover_damping_keys_and_mistakes() {
+    let dir = dir_with_key();
+    let c = example("annex.toml", dir.path()).unwrap();
+    let Role::Annex(a) = &c.role else {
+        panic!("annex expected")
+    };
+    assert_eq!(a.failover, crate::decision::Policy::default());
+    let c = annex_with(
+        "[failover]\nholddown = \"5s\"\nmax_holddown = \"2m\"\ndamping_half_life = \"15m\"\nprobation = \"1m\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let Role::Annex(a) = &c.role else {
+        panic!("annex expected")
+    };
+    let s = std::time::Duration::from_secs;
+    assert_eq!(a.failover.holddown, s(5));
+    assert_eq!(a.failover.damping.max_holddown, s(120));
+    assert_eq!(a.failover.damping.half_life, s(900));
+    assert_eq!(a.failover.damping.probation, s(60));
+
+    let problems = annex_with(
+        "[failover]\nholddown = \"30s\"\nmax_holddown = \"20s\"\ndamping_half_life = \"0s\"\nprobation = \"soon\"\n",
+        dir.path(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "failover.max_holddown",
+            "failover.damping_half_life",
+            "failover.probation",
+        ],
+        "{problems:?}"
+    );
+    let shorter = &problems[0];
+    assert!(
+        shorter.message.contains("shorter than failover.holddown"),
+        "{shorter:?}"
+    );
+}

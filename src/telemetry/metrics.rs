@@ -98,9 +98,10 @@ pub const STATES: [Health; 4] = [
     Health::Down,
 ];
 /// Every reason class of a failover: the values of the `reason` label.
-pub const REASONS: [ReasonClass; 3] = [
+pub const REASONS: [ReasonClass; 4] = [
     ReasonClass::Dead,
     ReasonClass::Brownout,
+    ReasonClass::Congested,
     ReasonClass::Recovered,
 ];
 
@@ -116,6 +117,9 @@ pub struct Metrics {
     pub uplink_rtt: Family<UplinkLabels, FloatGauge>,
     pub uplink_jitter: Family<UplinkLabels, FloatGauge>,
     pub uplink_loss: Family<UplinkLabels, FloatGauge>,
+    pub uplink_late: Family<UplinkLabels, FloatGauge>,
+    pub uplink_holddown: Family<UplinkLabels, FloatGauge>,
+    pub uplink_penalty: Family<UplinkLabels, FloatGauge>,
     pub uplink_probe_sent: Family<UplinkLabels, Counter>,
     pub uplink_probe_received: Family<UplinkLabels, Counter>,
     pub uplink_state_changes: Family<UplinkLabels, Counter>,
@@ -272,7 +276,7 @@ impl Metrics {
             register(
                 r_,
                 "uplink_rtt_seconds",
-                "Mean probe round-trip time over the SLA window (NaN before the first echo)",
+                "Median probe round-trip time over the SLA window, late echoes included (NaN before the first echo)",
                 m.uplink_rtt,
             );
             register(
@@ -286,6 +290,24 @@ impl Metrics {
                 "uplink_loss_ratio",
                 "Share of probes lost over the SLA window, 0 to 1 (NaN before enough samples)",
                 m.uplink_loss,
+            );
+            register(
+                r_,
+                "uplink_late_ratio",
+                "Share of probes answered only after the probe timeout (a queue) over the SLA window, 0 to 1 (NaN before the first probe)",
+                m.uplink_late,
+            );
+            register(
+                r_,
+                "uplink_holddown_seconds",
+                "Down or recovering: the hold-down of this recovery; up: the hold-down a failure now would give (grows with the penalty)",
+                m.uplink_holddown,
+            );
+            register(
+                r_,
+                "uplink_penalty",
+                "Flap damping penalty: about the number of recent failures, halved every damping half-life",
+                m.uplink_penalty,
             );
             register(
                 r_,

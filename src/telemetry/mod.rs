@@ -122,6 +122,11 @@ impl Telemetry {
                     m.uplink_rtt.get_or_create(&l).set(f64::NAN);
                     m.uplink_jitter.get_or_create(&l).set(0.0);
                     m.uplink_loss.get_or_create(&l).set(f64::NAN);
+                    m.uplink_late.get_or_create(&l).set(f64::NAN);
+                    m.uplink_holddown
+                        .get_or_create(&l)
+                        .set(seconds(annex.failover.holddown));
+                    m.uplink_penalty.get_or_create(&l).set(0.0);
                     for f in [
                         &m.uplink_probe_sent,
                         &m.uplink_probe_received,
@@ -149,6 +154,7 @@ impl Telemetry {
                         metered: u.metered,
                         state: Health::Unknown.as_str().into(),
                         active: i == active,
+                        holddown_s: seconds(annex.failover.holddown),
                         ..UplinkView::default()
                     });
                 }
@@ -454,11 +460,19 @@ impl Telemetry {
             m.uplink_loss
                 .get_or_create(&l)
                 .set(q.loss.unwrap_or(f64::NAN));
+            m.uplink_late
+                .get_or_create(&l)
+                .set(q.late.unwrap_or(f64::NAN));
+            m.uplink_holddown.get_or_create(&l).set(seconds(q.holddown));
+            m.uplink_penalty.get_or_create(&l).set(q.penalty);
             u.state = q.health.as_str().into();
             u.active = i == active;
             u.rtt_ms = q.rtt.map(ms);
             u.jitter_ms = ms(q.jitter);
             u.loss = q.loss;
+            u.late = q.late;
+            u.holddown_s = seconds(q.holddown);
+            u.penalty = q.penalty;
         }
         s.active = s.uplinks.get(active).map(|u| u.name.clone());
     }

@@ -58,6 +58,16 @@ pub struct UplinkView {
     pub rtt_ms: Option<f64>,
     pub jitter_ms: f64,
     pub loss: Option<f64>,
+    /// Share of probes answered after the timeout (a queue).
+    #[serde(default)]
+    pub late: Option<f64>,
+    /// Down or recovering: the hold-down of this recovery; up: the one a
+    /// failure now would give.
+    #[serde(default)]
+    pub holddown_s: f64,
+    /// The flap damping penalty (about the number of recent failures).
+    #[serde(default)]
+    pub penalty: f64,
     pub state_changes: u64,
     /// Why the uplink is in its state, e.g. "4 probes lost in a row".
     pub reason: Option<String>,
@@ -73,7 +83,7 @@ pub struct FailoverView {
     pub at: f64,
     pub from: String,
     pub to: String,
-    /// dead, brownout or recovered.
+    /// dead, brownout, congested or recovered.
     pub class: String,
     pub reason: String,
 }
@@ -175,6 +185,24 @@ impl Status {
                 self.active.as_deref().unwrap_or("-")
             )?;
             for u in &self.uplinks {
+                let mut notes = Vec::new();
+                if u.late.is_some_and(|l| l > 0.0) {
+                    notes.push(format!("late {}", pct(u.late)));
+                }
+                // The damping, when it matters: out of service, or failed recently.
+                if u.state == "down" || u.state == "recovering" || u.penalty >= 0.05 {
+                    notes.push(format!(
+                        "hold-down {} s, penalty {:.1}",
+                        u.holddown_s.round(),
+                        u.penalty
+                    ));
+                }
+                if u.metered {
+                    notes.push(format!(
+                        "metered, {} B probing",
+                        u.probe_sent_bytes + u.probe_received_bytes
+                    ));
+                }
                 writeln!(
                     o,
                     "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>7}  {}",
@@ -185,15 +213,14 @@ impl Status {
                     ms(u.rtt_ms),
                     ms(Some(u.jitter_ms)),
                     pct(u.loss),
-                    if u.metered {
-                        format!(
-                            "metered, {} B probing",
-                            u.probe_sent_bytes + u.probe_received_bytes
-                        )
-                    } else {
-                        String::new()
-                    }
+                    notes.join("; ")
                 )?;
+                // Why an uplink is out of service (and for how long).
+                if u.state != "up" {
+                    if let Some(r) = &u.reason {
+                        writeln!(o, "      {r}")?;
+                    }
+                }
             }
             match &self.last_failover {
                 Some(f) => writeln!(

@@ -260,17 +260,20 @@ fn every_series_exists_before_any_event() {
     let dir = dir_with_key();
     let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
     let text = annex.encode();
-    // 2 uplinks: 2 directions × 3 reasons, all at 0.
+    // 2 uplinks: 2 directions × 4 reasons, all at 0.
     let failovers: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("townlink_failovers_total{"))
         .collect();
-    assert_eq!(failovers.len(), 6, "{failovers:?}");
+    assert_eq!(failovers.len(), 8, "{failovers:?}");
     assert!(failovers.iter().all(|l| l.ends_with(" 0")), "{failovers:?}");
     assert!(text.contains("townlink_last_failover_timestamp_seconds 0.0"));
     assert!(text.contains("townlink_uplink_active{uplink=\"fiber\"} 1"));
     assert!(text.contains("townlink_uplink_state{uplink=\"lte\",state=\"unknown\"} 1"));
     assert!(text.contains("townlink_check_up{check=\"records\"} 0"));
+    // The damping: no failure yet, the base hold-down.
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 0.0"));
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 10.0"));
 }
 
 #[test]
@@ -361,4 +364,45 @@ fn status_renders_uplinks_checks_and_sites() {
     let json = serde_json::to_string(&s).unwrap();
     let back: Status = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
+}
+
+#[test]
+fn status_shows_the_damping_and_why_an_uplink_is_out() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let q = |health, holddown: u64, penalty| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.2),
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(holddown),
+        penalty,
+    };
+    annex.uplinks(&[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)], 1);
+    annex.state_change(&StateChange {
+        uplink: 0,
+        from: Health::Down,
+        to: Health::Recovering,
+        reason: "fiber: answering again, hold-down 37 s after 3 failures in 2 min".into(),
+        at: Duration::from_secs(100),
+    });
+    let text = annex.encode();
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 37.0"));
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 2.6"));
+    assert!(text.contains("townlink_uplink_late_ratio{uplink=\"fiber\"} 0.2"));
+    let shown = annex.snapshot().render(now());
+    assert!(
+        shown.contains("late 20.0 %; hold-down 37 s, penalty 2.6"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .contains("\n      fiber: answering again, hold-down 37 s after 3 failures in 2 min\n"),
+        "{shown}"
+    );
+    // An up uplink that never failed shows neither.
+    let lte = shown.lines().find(|l| l.contains(" lte ")).unwrap();
+    assert!(!lte.contains("hold-down"), "{lte}");
 }

@@ -2,21 +2,33 @@
 //! and time, that says which uplink carries the tunnel and why.
 //!
 //! Down fast, up slowly:
-//! - an uplink is **down** after `down_after_lost` consecutive probes went
-//!   unanswered, or after its SLA (loss, median RTT, jitter over `window`)
-//!   has been violated for `sustain` (a brownout);
+//! - an uplink is **down** after `down_after_lost` consecutive probes were
+//!   lost (no echo at all), or after its SLA (probes not answered in time,
+//!   median RTT, jitter over `window`) has been violated for `sustain`: a
+//!   brownout, or congestion when the probes come back late (a queue);
 //! - a down uplink is **recovering** once it answers again and meets its SLA,
-//!   and **up** after `holddown` of continuous health (two consecutive
-//!   losses or an SLA violation send it back to down);
+//!   and **up** after its hold-down of continuous health, judged on the SLA
+//!   over enough probes; the hold-down grows with each failure (flap
+//!   damping, `damping.rs`);
 //! - the active uplink is the up uplink of best priority; with none up, the
 //!   last active one is kept (and still probed).
+//!
+//! One file per concern: `window.rs` (the SLA window and its judgement),
+//! `damping.rs` (penalty and hold-down), `link.rs` (one link's health),
+//! this file (the choice among links).
 //!
 //! No I/O and no clock: time is passed in (`Time`, the time since the
 //! daemon started), so every rule is tested with synthetic probe streams.
 
-use std::collections::VecDeque;
+mod damping;
+mod link;
+mod window;
+
 use std::fmt;
 use std::time::Duration;
+
+pub use damping::Damping;
+use link::{Link, Role};
 
 /// A point in time: the time since the daemon started.
 pub type Time = Duration;
@@ -63,7 +75,9 @@ pub struct Sla {
 pub struct Policy {
     pub down_after_lost: u32,
     pub sla: Sla,
+    /// The hold-down after one failure (the base of the damping).
     pub holddown: Duration,
+    pub damping: Damping,
 }
 
 impl Default for Policy {
@@ -80,6 +94,7 @@ impl Default for Policy {
                 sustain: Duration::from_secs(2),
             },
             holddown: Duration::from_secs(10),
+            damping: Damping::default(),
         }
     }
 }
@@ -92,7 +107,8 @@ pub enum Outcome {
     },
     /// Not answered within the probe timeout.
     Lost,
-    /// Answered after it was counted lost: only remembered for the reason text.
+    /// Answered after it was counted lost (at its timeout): a queue, not
+    /// a dead link. `rtt` is its real round-trip time.
     Late {
         rtt: Duration,
     },
@@ -133,8 +149,11 @@ impl Health {
 pub enum ReasonClass {
     /// The active uplink stopped answering.
     Dead,
-    /// The active uplink violated its SLA.
+    /// The active uplink violated its SLA (loss, RTT, jitter).
     Brownout,
+    /// The active uplink's probes came back late: a queue (a saturated
+    /// line), not a dead one.
+    Congested,
     /// A preferred uplink came back after its hold-down.
     Recovered,
 }
@@ -144,6 +163,7 @@ impl ReasonClass {
         match self {
             ReasonClass::Dead => "dead",
             ReasonClass::Brownout => "brownout",
+            ReasonClass::Congested => "congested",
             ReasonClass::Recovered => "recovered",
         }
     }
@@ -174,78 +194,21 @@ pub struct StateChange {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quality {
     pub health: Health,
-    /// Median RTT of the answered probes in the window.
+    /// Median RTT of the probes answered in the window (late ones included).
     pub rtt: Option<Duration>,
     /// RFC 3550 interarrival jitter of the RTT.
     pub jitter: Duration,
     /// Lost / resolved probes in the window; `None` with no probe resolved.
     pub loss: Option<f64>,
+    /// Late / resolved probes in the window (answered after the timeout).
+    pub late: Option<f64>,
     pub consecutive_lost: u32,
-}
-
-#[derive(Debug, Clone)]
-struct Link {
-    name: String,
-    priority: u32,
-    health: Health,
-    /// Why it is down (kept for the switch reason).
-    down_reason: (ReasonClass, String),
-    /// (send time, RTT or None if lost), oldest first.
-    window: VecDeque<(Time, Option<Duration>)>,
-    consecutive_lost: u32,
-    first_lost_sent: Option<Time>,
-    last_rtt: Option<Duration>,
-    jitter_s: f64,
-    late_rtt: Option<Duration>,
-    breach_since: Option<Time>,
-    healthy_since: Option<Time>,
-    /// When it last went down.
-    down_at: Option<Time>,
-    /// Send time of the last probe that was echoed.
-    last_echo_sent: Option<Time>,
-}
-
-impl Link {
-    fn stats(&self) -> (usize, f64, Option<Duration>) {
-        let n = self.window.len();
-        let lost = self.window.iter().filter(|(_, r)| r.is_none()).count();
-        let mut rtts: Vec<Duration> = self.window.iter().filter_map(|(_, r)| *r).collect();
-        rtts.sort();
-        let median = (!rtts.is_empty()).then(|| rtts[rtts.len() / 2]);
-        let loss = if n == 0 { 0.0 } else { lost as f64 / n as f64 };
-        (n, loss, median)
-    }
-
-    /// The SLA violation in words, if the SLA is judged and violated.
-    fn breach(&self, sla: &Sla) -> Option<String> {
-        let (n, loss, median) = self.stats();
-        if n < sla.min_samples {
-            return None;
-        }
-        if loss > sla.max_loss {
-            return Some(format!(
-                "loss {:.0}% > {:.0}%",
-                loss * 100.0,
-                sla.max_loss * 100.0
-            ));
-        }
-        if let Some(rtt) = median.filter(|r| *r > sla.max_rtt) {
-            return Some(format!(
-                "RTT {} ms > {} ms",
-                rtt.as_millis(),
-                sla.max_rtt.as_millis()
-            ));
-        }
-        let jitter = Duration::from_secs_f64(self.jitter_s);
-        if jitter > sla.max_jitter {
-            return Some(format!(
-                "jitter {} ms > {} ms",
-                jitter.as_millis(),
-                sla.max_jitter.as_millis()
-            ));
-        }
-        None
-    }
+    /// Down or recovering: the hold-down of this recovery; up: the one a
+    /// failure now would give.
+    pub holddown: Duration,
+    /// The damping penalty now (about the number of recent failures,
+    /// halved every half-life).
+    pub penalty: f64,
 }
 
 /// The engine: one per annex (later: per path, i.e. hub × uplink).
@@ -255,6 +218,8 @@ pub struct Engine {
     links: Vec<Link>,
     active: usize,
     changes: Vec<StateChange>,
+    /// The time of the last event, for what depends on time in queries.
+    now: Time,
 }
 
 fn ms(d: Duration) -> u128 {
@@ -270,25 +235,11 @@ impl Engine {
             policy,
             links: uplinks
                 .iter()
-                .map(|(name, priority)| Link {
-                    name: name.clone(),
-                    priority: *priority,
-                    health: Health::Unknown,
-                    down_reason: (ReasonClass::Dead, String::new()),
-                    window: VecDeque::new(),
-                    consecutive_lost: 0,
-                    first_lost_sent: None,
-                    last_rtt: None,
-                    jitter_s: 0.0,
-                    late_rtt: None,
-                    breach_since: None,
-                    healthy_since: None,
-                    down_at: None,
-                    last_echo_sent: None,
-                })
+                .map(|(name, priority)| Link::new(name.clone(), *priority, &policy))
                 .collect(),
             active,
             changes: Vec::new(),
+            now: Time::ZERO,
         }
     }
 
@@ -300,21 +251,38 @@ impl Engine {
         &self.policy
     }
 
-    /// A reloaded policy; states and windows carry on under the new rules.
+    /// A reloaded policy; states, windows and penalties carry on under the
+    /// new rules (a hold-down in progress keeps its length).
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }
 
     pub fn quality(&self, uplink: usize) -> Quality {
-        let l = &self.links[uplink];
-        let (n, loss, rtt) = l.stats();
-        Quality {
-            health: l.health,
-            rtt,
-            jitter: Duration::from_secs_f64(l.jitter_s),
-            loss: (n > 0).then_some(loss),
-            consecutive_lost: l.consecutive_lost,
+        self.links[uplink].quality(&self.policy, self.now)
+    }
+
+    /// Whether uplink `i` should be probed fast (`probe.interval`) rather
+    /// than at a standby rate: the active uplink; every uplink while the
+    /// active one is not up; and an uplink preferred over the active one
+    /// that is not up but answers (recovering, or down while still
+    /// answering, as after a brownout): it is a candidate to take the
+    /// tunnel back, and its hold-down is judged on the SLA, which needs
+    /// `sla_min_samples` probes in the window. A preferred uplink that
+    /// answers nothing is probed at its standby rate until it does.
+    pub fn wants_fast_probes(&self, i: usize) -> bool {
+        let a = self.active;
+        if i == a || self.links[a].health != Health::Up {
+            return true;
         }
+        let Some(l) = self.links.get(i) else {
+            return false;
+        };
+        let preferred = (l.priority, i) < (self.links[a].priority, a);
+        preferred
+            && match l.health {
+                Health::Up | Health::Recovering => true,
+                Health::Down | Health::Unknown => l.window.has_answers(),
+            }
     }
 
     /// The health changes since the last call, oldest first.
@@ -324,153 +292,35 @@ impl Engine {
 
     /// Feeds one probe outcome.
     pub fn observe(&mut self, now: Time, sample: Sample) -> Option<Decision> {
-        let l = self.links.get_mut(sample.uplink)?;
-        match sample.outcome {
-            Outcome::Echo { rtt } => {
-                if matches!(l.health, Health::Down | Health::Unknown) && l.consecutive_lost > 0 {
-                    // A dead uplink answers again, or a new one answers for
-                    // the first time (probes before its first QUIC
-                    // handshake count as lost): judge it on what it does
-                    // from now on, not on the outage still in its window.
-                    l.window.retain(|(sent, _)| *sent > sample.sent);
-                }
-                l.window.push_back((sample.sent, Some(rtt)));
-                l.consecutive_lost = 0;
-                l.first_lost_sent = None;
-                l.late_rtt = None;
-                if let Some(prev) = l.last_rtt {
-                    // RFC 3550: J += (|D| - J) / 16.
-                    let d = (rtt.as_secs_f64() - prev.as_secs_f64()).abs();
-                    l.jitter_s += (d - l.jitter_s) / 16.0;
-                }
-                l.last_rtt = Some(rtt);
-                l.last_echo_sent = l.last_echo_sent.max(Some(sample.sent));
-            }
-            Outcome::Lost => {
-                l.window.push_back((sample.sent, None));
-                l.consecutive_lost += 1;
-                l.first_lost_sent.get_or_insert(sample.sent);
-            }
-            Outcome::Late { rtt } => l.late_rtt = Some(rtt),
-        }
-        // Keep the window ordered by send time (outcomes resolve out of order).
-        l.window.make_contiguous().sort_by_key(|(sent, _)| *sent);
+        let policy = self.policy;
+        self.links
+            .get_mut(sample.uplink)?
+            .observe(&policy, now, &sample);
         self.tick(now)
     }
 
     /// Re-evaluates every uplink at `now` (call regularly: hold-downs and
     /// sustained violations end with time, not with samples).
     pub fn tick(&mut self, now: Time) -> Option<Decision> {
+        self.now = self.now.max(now);
         for i in 0..self.links.len() {
-            self.evaluate(i, now);
+            let role = Role {
+                active: i == self.active,
+                fast: self.wants_fast_probes(i),
+            };
+            let from = self.links[i].health;
+            if let Some((to, reason)) = self.links[i].evaluate(&self.policy, now, role) {
+                self.links[i].health = to;
+                self.changes.push(StateChange {
+                    uplink: i,
+                    from,
+                    to,
+                    reason,
+                    at: now,
+                });
+            }
         }
         self.select(now)
-    }
-
-    fn set_health(&mut self, i: usize, to: Health, reason: String, now: Time) {
-        let l = &mut self.links[i];
-        if l.health == to {
-            return;
-        }
-        self.changes.push(StateChange {
-            uplink: i,
-            from: l.health,
-            to,
-            reason,
-            at: now,
-        });
-        l.health = to;
-        if to == Health::Down {
-            l.down_at = Some(now);
-        }
-    }
-
-    fn evaluate(&mut self, i: usize, now: Time) {
-        let p = self.policy;
-        let l = &mut self.links[i];
-        let horizon = now.saturating_sub(p.sla.window);
-        while l.window.front().is_some_and(|(sent, _)| *sent < horizon) {
-            l.window.pop_front();
-        }
-        let breach = l.breach(&p.sla);
-        match (&breach, l.breach_since) {
-            (Some(_), None) => l.breach_since = Some(now),
-            (None, Some(_)) => l.breach_since = None,
-            _ => {}
-        }
-        // Not yet answered, still starting: not down yet (see STARTUP_GRACE).
-        let starting = l.health == Health::Unknown && now < STARTUP_GRACE;
-        let dead = l.consecutive_lost >= p.down_after_lost && !starting;
-        let dead_reason = || {
-            let span = now.saturating_sub(l.first_lost_sent.unwrap_or(now));
-            let mut r = format!(
-                "{}: {} probes lost in {} ms",
-                l.name,
-                l.consecutive_lost,
-                ms(span)
-            );
-            if let Some(late) = l.late_rtt {
-                r.push_str(&format!(" (late answers at {} ms)", ms(late)));
-            }
-            r
-        };
-        let answered = l.window.back().is_some_and(|(_, r)| r.is_some()) && l.consecutive_lost == 0;
-        match l.health {
-            Health::Unknown | Health::Up if dead => {
-                let reason = dead_reason();
-                l.down_reason = (ReasonClass::Dead, reason.clone());
-                l.healthy_since = None;
-                self.set_health(i, Health::Down, reason, now);
-            }
-            Health::Up => {
-                let sustained = l
-                    .breach_since
-                    .is_some_and(|since| now.saturating_sub(since) >= p.sla.sustain);
-                if let (true, Some(b)) = (sustained, &breach) {
-                    let since = now.saturating_sub(l.breach_since.unwrap_or(now));
-                    let reason =
-                        format!("{}: brownout: {b} for {:.1} s", l.name, since.as_secs_f64());
-                    l.down_reason = (ReasonClass::Brownout, reason.clone());
-                    self.set_health(i, Health::Down, reason, now);
-                }
-            }
-            Health::Unknown => {
-                if answered {
-                    let reason = format!("{}: answering", l.name);
-                    self.set_health(i, Health::Up, reason, now);
-                }
-            }
-            Health::Down => {
-                if answered && breach.is_none() {
-                    l.healthy_since = Some(now);
-                    let reason = format!(
-                        "{}: answering again, hold-down {} s",
-                        l.name,
-                        p.holddown.as_secs()
-                    );
-                    self.set_health(i, Health::Recovering, reason, now);
-                }
-            }
-            Health::Recovering => {
-                if l.consecutive_lost >= 2 || breach.is_some() {
-                    let reason = match &breach {
-                        Some(b) => format!("{}: {b} during hold-down", l.name),
-                        None => format!(
-                            "{}: {} probes lost during hold-down",
-                            l.name, l.consecutive_lost
-                        ),
-                    };
-                    l.healthy_since = None;
-                    self.set_health(i, Health::Down, reason, now);
-                } else if l
-                    .healthy_since
-                    .is_some_and(|s| now.saturating_sub(s) >= p.holddown)
-                {
-                    let reason = format!("{}: healthy for {} s", l.name, p.holddown.as_secs());
-                    self.set_health(i, Health::Up, reason, now);
-                }
-            }
-        }
     }
 
     fn select(&mut self, now: Time) -> Option<Decision> {
@@ -480,26 +330,31 @@ impl Engine {
                 .min_by_key(|i| (self.links[*i].priority, *i))
         };
         let current = &self.links[self.active];
+        let mut returning = false;
         let (best, class, reason) = match best_with(Health::Up) {
             Some(best) if best == self.active => return None,
-            Some(best) if current.health == Health::Up => (
-                // The active uplink is fine, but a preferred one is back.
-                best,
-                ReasonClass::Recovered,
-                format!(
-                    "{}: healthy for {} s, preferred over {}",
-                    self.links[best].name,
-                    self.policy.holddown.as_secs(),
-                    current.name
-                ),
-            ),
+            Some(best) if current.health == Health::Up => {
+                // The active uplink is fine, but a preferred one is back:
+                // a return, on probation (see Damping::probation).
+                returning = true;
+                (
+                    best,
+                    ReasonClass::Recovered,
+                    format!(
+                        "{}: healthy for {}, preferred over {}",
+                        self.links[best].name,
+                        damping::words(self.links[best].holddown),
+                        current.name
+                    ),
+                )
+            }
             // The active uplink is not judged yet (start-up): a standby that
             // answered first is no reason to leave it. Four lost probes
             // make it down soon enough if it is dead.
             Some(_) if current.health == Health::Unknown => return None,
             // The active uplink answers again (in hold-down after an
             // outage it shared with the others, e.g. a hub restart): the
-            // traffic flows, no reason to move it. Two lost probes make it
+            // traffic flows, no reason to move it. A new failure makes it
             // down again.
             Some(_) if current.health == Health::Recovering => return None,
             // The active uplink is down: move to the best one that is up,
@@ -508,7 +363,7 @@ impl Engine {
             // the hub, not the uplink, is unreachable, the standby's next
             // probes are lost too and nothing moves (see HUB_SETTLE).
             Some(best) => {
-                let fresh = match current.first_lost_sent {
+                let fresh = match current.consecutive_lost().1 {
                     Some(first) => self.links[best].last_echo_sent >= Some(first),
                     // A brownout: the hub answers, the standby's state stands.
                     None => true,
@@ -555,6 +410,9 @@ impl Engine {
         };
         let from = self.active;
         self.active = best;
+        if returning {
+            self.links[best].returned_at = Some(now);
+        }
         Some(Decision {
             from,
             to: best,
