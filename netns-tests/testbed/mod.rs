@@ -10,6 +10,7 @@
 //! configured in the root namespace.
 #![allow(dead_code)]
 
+pub mod bgp;
 pub mod load;
 pub mod netem;
 

@@ -1,0 +1,612 @@
+//! The backup-site test bed: two hubs and the data centre told by BGP.
+//!
+//! ```text
+//!                 ┌── hub-main   (10.60.1.2 | 198.18.0.2) ──┐
+//!  records ── dc ─┤                                         ├── core
+//!   (BIRD: dc)    └── hub-backup (10.60.2.2 | 198.18.3.2) ──┘
+//!                     (BIRD on each hub)
+//! ```
+//! Every router runs its own BIRD 2 ([`Bird`]) with the configuration the
+//! project ships (`config/bird/hub.conf`, `config/bird/dc.conf`), rendered
+//! by [`render`] with this topology's addresses: the tests read those files,
+//! they keep no copy. The dc learns each site's prefixes from both hubs and
+//! installs the route with the lower MED in its main table; it has no
+//! default route, so a prefix no hub announces is unreachable from it.
+//!
+//! Namespaces are named per process and per topology (as [`super::Wan`]'s);
+//! dropping a [`DataCentre`] stops every BIRD by PID, then deletes the
+//! namespaces and the directory, also when the test panics.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{link, Impairment, Netns, RECORDS};
+
+/// The shipped configurations, read at build time: one source for the
+/// technician and the tests.
+pub const HUB_CONF: &str = include_str!("../../config/bird/hub.conf");
+pub const DC_CONF: &str = include_str!("../../config/bird/dc.conf");
+
+/// The AS every hub shares, and the data centre's.
+pub const HUB_AS: u32 = 65010;
+pub const DC_AS: u32 = 65000;
+
+/// Renders a shipped BIRD configuration: sets the value of each
+/// `define NAME = VALUE;` named in `values` and sends the log to `log`
+/// instead of syslog. Panics if the file lacks one of them (the shipped
+/// file changed under the tests).
+pub fn render(template: &str, values: &[(&str, &str)], log: &Path) -> String {
+    let mut found = vec![false; values.len()];
+    let mut log_found = false;
+    let mut out = String::with_capacity(template.len());
+    for line in template.lines() {
+        let mut replaced = None;
+        if let Some(rest) = line.trim_start().strip_prefix("define ") {
+            if let Some((name, _)) = rest.split_once('=') {
+                if let Some(i) = values.iter().position(|(n, _)| *n == name.trim()) {
+                    found[i] = true;
+                    replaced = Some(format!("define {} = {};", values[i].0, values[i].1));
+                }
+            }
+        }
+        if line.trim() == "log syslog all;" {
+            log_found = true;
+            replaced = Some(format!("log \"{}\" all;", log.display()));
+        }
+        out.push_str(replaced.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    for (i, (name, _)) in values.iter().enumerate() {
+        assert!(found[i], "no `define {name} = ...;` in the BIRD template");
+    }
+    assert!(log_found, "no `log syslog all;` line in the BIRD template");
+    out
+}
+
+/// One BIRD 2 process in a namespace, with its own configuration, control
+/// socket, pid file and log under the topology's directory (namespaces
+/// share the file system). Stopped on drop (SIGTERM, then SIGKILL).
+pub struct Bird {
+    /// e.g. "hub-main"; names the files.
+    pub name: String,
+    pub netns: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    /// BIRD's own log (`log "FILE" all`), plus its stdout and stderr.
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// When the running process was spawned.
+    pub started: Instant,
+}
+
+impl Bird {
+    /// Writes `config` to `DIR/NAME.conf` and starts `bird -f` with it in
+    /// `ns`; does not wait for anything.
+    pub fn start(ns: &Netns, name: &str, config: &str, dir: &Path) -> Bird {
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, config).expect("BIRD config");
+        let mut bird = Bird {
+            name: name.to_string(),
+            netns: ns.name.clone(),
+            config: path,
+            socket: dir.join(format!("{name}.ctl")),
+            pid_file: dir.join(format!("{name}.pid")),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            started: Instant::now(),
+        };
+        bird.spawn();
+        bird
+    }
+
+    /// (Re)starts the process with the same files.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "BIRD {} is running", self.name);
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("BIRD log file");
+        self.started = Instant::now();
+        // `ip netns exec` execs bird, which stays in the foreground (-f):
+        // the child's PID is BIRD's own.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "bird", "-f", "-c"])
+            .arg(&self.config)
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("-P")
+            .arg(&self.pid_file)
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start BIRD {}: {e}", self.name));
+        self.child = Some(child);
+        // Fail now, with a useful message, when bird is missing or refuses
+        // the configuration (it exits at once).
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            self.child = None;
+            panic!(
+                "BIRD {} exited at start ({status}); is bird2 installed (scripts/test installs it)?\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("BIRD running").id() as i32
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: the router dies; its sessions close (or go silent).
+    pub fn kill(&mut self) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        self.wait(Duration::from_secs(10))
+    }
+
+    /// SIGTERM and wait (BIRD closes its sessions cleanly).
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.wait(timeout)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("BIRD running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("BIRD {} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `birdc -s SOCKET ARGS...`: its output, or why it failed.
+    pub fn birdc(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run birdc: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "birdc {args:?} for {}: {}{}",
+                self.name,
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Whether `show protocols` lists `protocol` as Established.
+    pub fn established(&self, protocol: &str) -> bool {
+        self.birdc(&["show", "protocols", protocol])
+            .map(|text| {
+                text.lines().any(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some(protocol) && words.any(|w| w == "Established")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Waits until the BGP session `protocol` is Established; returns the
+    /// time since this process was spawned.
+    pub fn wait_established(&self, protocol: &str, within: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.established(protocol) {
+                return Ok(self.started.elapsed());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "BGP session {protocol} of {} not Established within {within:?}:\n{}",
+                    self.name,
+                    self.birdc(&["show", "protocols", "all", protocol])
+                        .unwrap_or_else(|e| e)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process (if running); on a panicking thread, prints what
+    /// BIRD knew and its log first.
+    fn shut_down(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- BIRD {} ----\n{}\n{}\n{}",
+                self.name,
+                self.birdc(&["show", "protocols", "all"])
+                    .unwrap_or_else(|e| e),
+                self.birdc(&["show", "route", "all"]).unwrap_or_else(|e| e),
+                self.log_text()
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Drops every packet `ns` itself sends or receives on `iface` (INPUT and
+/// OUTPUT chains: BGP and BFD end in the router, they are not forwarded),
+/// until dropped.
+pub fn blackhole_local<'a>(ns: &'a Netns, iface: &str) -> Impairment<'a> {
+    let mut rules = Vec::new();
+    for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+        let rule: Vec<String> = [chain, dir, iface, "-j", "DROP"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut args = vec!["iptables", "-I"];
+        args.extend(rule.iter().map(String::as_str));
+        ns.exec(&args);
+        rules.push(rule);
+    }
+    Impairment { ns, rules }
+}
+
+/// One hub router: its namespace, its BGP speaker, its addresses.
+pub struct Hub {
+    /// "main" or "backup".
+    pub role: &'static str,
+    /// Dropped before the namespace.
+    pub bird: Bird,
+    pub ns: Netns,
+    /// The hub's address on its link to the dc (interface `dc0`); BGP next hop.
+    pub dc_address: &'static str,
+    /// The dc's address on that link.
+    pub dc_peer: &'static str,
+    /// The hub's public (WAN) address on its link to `core` (interface `core0`).
+    pub wan_address: &'static str,
+}
+
+impl Hub {
+    /// Creates `tl0`, a veth pair standing in for townlink's tunnel
+    /// interface (this kernel has no dummy links), for routes added by hand.
+    pub fn stand_in_tunnel(&self) {
+        self.ns.ip(&[
+            "link", "add", "tl0", "type", "veth", "peer", "name", "tl0-peer",
+        ]);
+        self.ns.ip(&["link", "set", "tl0-peer", "up"]);
+        self.ns.ip(&["link", "set", "tl0", "up"]);
+    }
+
+    /// What townlink will write for a site: `ip route replace PREFIX dev tl0
+    /// proto 116 table 116 metric METRIC`.
+    pub fn announce(&self, prefix: &str, metric: u32) {
+        self.ns.ip(&[
+            "route",
+            "replace",
+            prefix,
+            "dev",
+            "tl0",
+            "proto",
+            "116",
+            "table",
+            "116",
+            "metric",
+            &metric.to_string(),
+        ]);
+    }
+
+    /// Removes that route again.
+    pub fn withdraw(&self, prefix: &str, metric: u32) {
+        self.ns.ip(&[
+            "route",
+            "del",
+            prefix,
+            "dev",
+            "tl0",
+            "proto",
+            "116",
+            "table",
+            "116",
+            "metric",
+            &metric.to_string(),
+        ]);
+    }
+}
+
+/// The two-hub topology with its BGP speakers.
+pub struct DataCentre {
+    pub main: Hub,
+    pub backup: Hub,
+    /// The data centre router's BGP speaker (protocols `hub_main`, `hub_backup`).
+    pub dc_bird: Bird,
+    pub dc: Netns,
+    pub records: Netns,
+    pub core: Netns,
+    /// How long after the three BIRDs were started every session was Established.
+    pub bgp_up: Duration,
+    pub dir: tempfile::TempDir,
+}
+
+impl DataCentre {
+    /// Builds the namespaces, starts a BIRD on each router with the shipped
+    /// configurations and waits until both hubs' sessions with the dc are
+    /// Established.
+    pub fn build() -> DataCentre {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the netns tests need root (network namespaces); run them as root"
+        );
+        let prefix = format!(
+            "tl{}-{}",
+            std::process::id(),
+            super::COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let ns = |role: &str| Netns::new(format!("{prefix}-{role}"));
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let dc = ns("dc");
+        let records = ns("records");
+        let core = ns("core");
+        let hub_main = ns("hub-main");
+        let hub_backup = ns("hub-backup");
+        for n in [&dc, &core, &hub_main, &hub_backup] {
+            n.sysctl("net.ipv4.ip_forward", "1");
+        }
+        link(
+            &dc,
+            "rec0",
+            "10.50.0.1/24",
+            &records,
+            "eth0",
+            &format!("{RECORDS}/24"),
+        );
+        records.ip(&["route", "add", "default", "via", "10.50.0.1"]);
+
+        // (role, namespace, hub's dc-link address, dc's, hub's WAN address, core's)
+        let mut hubs = Vec::new();
+        for (role, ns, dc_address, dc_peer, wan_address, core_address) in [
+            (
+                "main",
+                hub_main,
+                "10.60.1.2",
+                "10.60.1.1",
+                "198.18.0.2",
+                "198.18.0.1",
+            ),
+            (
+                "backup",
+                hub_backup,
+                "10.60.2.2",
+                "10.60.2.1",
+                "198.18.3.2",
+                "198.18.3.1",
+            ),
+        ] {
+            let side = format!("{role}0");
+            link(
+                &ns,
+                "dc0",
+                &format!("{dc_address}/24"),
+                &dc,
+                &side,
+                &format!("{dc_peer}/24"),
+            );
+            link(
+                &ns,
+                "core0",
+                &format!("{wan_address}/24"),
+                &core,
+                &side,
+                &format!("{core_address}/24"),
+            );
+            // The internet by the WAN, the records server by the dc.
+            ns.ip(&["route", "add", "default", "via", core_address]);
+            ns.ip(&["route", "add", "10.50.0.0/24", "via", dc_peer]);
+            hubs.push((role, ns, dc_address, dc_peer, wan_address));
+        }
+
+        let log = |name: &str| dir.path().join(format!("{name}.log"));
+        let dc_conf = render(
+            DC_CONF,
+            &[
+                ("DC_ROUTER_ID", "10.60.1.1"),
+                ("DC_AS", &DC_AS.to_string()),
+                ("HUB_AS", &HUB_AS.to_string()),
+                ("HUB_MAIN_ADDRESS", hubs[0].2),
+                ("HUB_BACKUP_ADDRESS", hubs[1].2),
+            ],
+            &log("dc"),
+        );
+        let dc_bird = Bird::start(&dc, "dc", &dc_conf, dir.path());
+        let mut started = Vec::new();
+        for (role, ns, dc_address, dc_peer, wan_address) in hubs {
+            let name = format!("hub-{role}");
+            let conf = render(
+                HUB_CONF,
+                &[
+                    ("HUB_ADDRESS", dc_address),
+                    ("HUB_AS", &HUB_AS.to_string()),
+                    ("DC_ADDRESS", dc_peer),
+                    ("DC_AS", &DC_AS.to_string()),
+                ],
+                &log(&name),
+            );
+            let bird = Bird::start(&ns, &name, &conf, dir.path());
+            started.push(Hub {
+                role,
+                bird,
+                ns,
+                dc_address,
+                dc_peer,
+                wan_address,
+            });
+        }
+        let backup = started.pop().expect("backup hub");
+        let main = started.pop().expect("main hub");
+        let mut dcn = DataCentre {
+            main,
+            backup,
+            dc_bird,
+            dc,
+            records,
+            core,
+            bgp_up: Duration::ZERO,
+            dir,
+        };
+        let within = Duration::from_secs(30);
+        let mut up = Duration::ZERO;
+        for (bird, protocol) in [
+            (&dcn.dc_bird, "hub_main"),
+            (&dcn.dc_bird, "hub_backup"),
+            (&dcn.main.bird, "dc"),
+            (&dcn.backup.bird, "dc"),
+        ] {
+            up = up.max(bird.wait_established(protocol, within).unwrap());
+        }
+        dcn.bgp_up = up;
+        dcn
+    }
+
+    /// The dc's next hop toward `addr` (`ip -j route get`), or None when
+    /// the dc has no route to it.
+    pub fn dc_next_hop(&self, addr: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.dc.name, "-j", "route", "get", addr])
+            .output()
+            .expect("run ip route get");
+        if !out.status.success() {
+            // "Network is unreachable": no hub announces it.
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ip -j route get {addr}: {e}"));
+        v[0]["gateway"].as_str().map(str::to_string)
+    }
+
+    /// Which hub the dc sends `addr`'s traffic to: "main", "backup", or
+    /// None (unreachable). Panics on any other next hop.
+    pub fn dc_route(&self, addr: &str) -> Option<&'static str> {
+        let hop = self.dc_next_hop(addr)?;
+        [&self.main, &self.backup]
+            .into_iter()
+            .find(|h| h.dc_address == hop)
+            .map(|h| h.role)
+            .or_else(|| panic!("dc routes {addr} via {hop}, which is no hub"))
+    }
+
+    /// Polls the dc's route to `addr` every 5 ms until it goes to `hub`
+    /// (None: unreachable); returns the time since `since`.
+    pub fn wait_dc_route(
+        &self,
+        addr: &str,
+        hub: Option<&str>,
+        since: Instant,
+        within: Duration,
+    ) -> Result<Duration, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.dc_route(addr);
+            if now == hub {
+                return Ok(since.elapsed());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "dc route to {addr}: {now:?} after {within:?}, expected {hub:?}\n{}",
+                    self.dc
+                        .run_output(&["ip", "route", "show"])
+                        .stdout
+                        .escape_ascii()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The MED of `protocol`'s (`hub_main`, `hub_backup`) route to `prefix`
+    /// in the dc's BIRD, None when that hub announces no such route.
+    pub fn dc_med(&self, prefix: &str, protocol: &str) -> Option<u32> {
+        let text = self
+            .dc_bird
+            .birdc(&["show", "route", prefix, "protocol", protocol, "all"])
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("BGP.med:"))
+            .map(|v| v.trim().parse().expect("BGP.med is a number"))
+    }
+
+    /// Polls [`DataCentre::dc_med`] every 5 ms until it is `med`; returns
+    /// the time since `since`.
+    pub fn wait_dc_med(
+        &self,
+        prefix: &str,
+        protocol: &str,
+        med: Option<u32>,
+        since: Instant,
+        within: Duration,
+    ) -> Result<Duration, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.dc_med(prefix, protocol);
+            if now == med {
+                return Ok(since.elapsed());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "MED of {protocol}'s {prefix} at the dc: {now:?} after {within:?}, expected {med:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The dc's kernel routes installed by BIRD (`proto bird`), as JSON.
+    pub fn dc_bird_routes(&self) -> serde_json::Value {
+        self.dc.ip_json(&["route", "show", "proto", "bird"])
+    }
+}
+
+impl Drop for DataCentre {
+    fn drop(&mut self) {
+        // Every BIRD before any namespace goes (fields drop afterwards).
+        self.main.bird.shut_down();
+        self.backup.bird.shut_down();
+        self.dc_bird.shut_down();
+    }
+}
