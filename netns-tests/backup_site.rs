@@ -131,36 +131,43 @@ fn removed_routes_are_withdrawn_and_only_townlinks_are_announced() {
     let dcn = attached_to_main();
 
     // What is not townlink's (another protocol in table 116, protocol 116
-    // in another table) is never announced: checked once a later route of
-    // townlink's has arrived (BIRD reads the kernel's notifications in order).
-    dcn.main.ns.ip(&[
-        "route",
-        "add",
-        "192.168.50.0/24",
-        "dev",
-        "tl0",
-        "proto",
-        "static",
-        "table",
-        "116",
-    ]);
-    dcn.main.ns.ip(&[
-        "route",
-        "add",
-        "192.168.51.0/24",
-        "dev",
-        "tl0",
-        "proto",
-        "116",
-        "table",
-        "100",
-    ]);
+    // in another table) is never announced, and the dc refuses what is no
+    // site's (the records network, a default route): checked once a later
+    // route of townlink's has arrived (BIRD reads the kernel's
+    // notifications in order, the dc the hub's updates in order).
+    let add = |args: &str| dcn.main.ns.ip(&args.split(' ').collect::<Vec<_>>());
+    add("route add 192.168.50.0/24 dev tl0 proto static table 116");
+    add("route add 192.168.51.0/24 dev tl0 proto 116 table 100");
+    dcn.main.announce("10.50.0.0/24", 100);
+    dcn.main.announce("default", 100);
     let t = Instant::now();
     dcn.main.announce("192.168.52.0/24", 100);
     dcn.wait_dc_route("192.168.52.10", Some("main"), t, ANNOUNCEMENT)
         .unwrap();
     assert_eq!(dcn.dc_route("192.168.50.10"), None);
     assert_eq!(dcn.dc_route("192.168.51.10"), None);
+    let sent = dcn
+        .main
+        .bird
+        .birdc(&["show", "route", "export", "dc"])
+        .unwrap();
+    for prefix in ["10.50.0.0/24", "0.0.0.0/0"] {
+        assert!(
+            sent.contains(prefix),
+            "hub-main does not send {prefix}:\n{sent}"
+        );
+        assert_eq!(dcn.dc_med(prefix, "hub_main"), None, "dc took {prefix}");
+    }
+    let installed = dcn.dc_bird_routes();
+    let installed: Vec<&str> = installed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert_eq!(installed, [SITE_LAN, "192.168.52.0/24"]);
+    dcn.main.withdraw("10.50.0.0/24", 100);
+    dcn.main.withdraw("default", 100);
 
     // townlink removes the site's route (the site left hub-main).
     let t = Instant::now();

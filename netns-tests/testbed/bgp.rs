@@ -34,6 +34,10 @@ pub const DC_CONF: &str = include_str!("../../config/bird/dc.conf");
 pub const HUB_AS: u32 = 65010;
 pub const DC_AS: u32 = 65000;
 
+/// What the dc accepts from the hubs: the annexes' LANs (`192.168.N.0/24`)
+/// and tunnel addresses (`10.99.0.0/24`), as in [`super::Wan`].
+pub const SITE_PREFIXES: &str = "[ 192.168.0.0/16+, 10.99.0.0/24+ ]";
+
 /// Renders a shipped BIRD configuration: sets the value of each
 /// `define NAME = VALUE;` named in `values` and sends the log to `log`
 /// instead of syslog. Panics if the file lacks one of them (the shipped
@@ -451,6 +455,7 @@ impl DataCentre {
                 ("HUB_AS", &HUB_AS.to_string()),
                 ("HUB_MAIN_ADDRESS", hubs[0].2),
                 ("HUB_BACKUP_ADDRESS", hubs[1].2),
+                ("SITE_PREFIXES", SITE_PREFIXES),
             ],
             &log("dc"),
         );
@@ -562,10 +567,15 @@ impl DataCentre {
     /// The MED of `protocol`'s (`hub_main`, `hub_backup`) route to `prefix`
     /// in the dc's BIRD, None when that hub announces no such route.
     pub fn dc_med(&self, prefix: &str, protocol: &str) -> Option<u32> {
-        let text = self
+        let text = match self
             .dc_bird
             .birdc(&["show", "route", prefix, "protocol", protocol, "all"])
-            .unwrap();
+        {
+            Ok(text) => text,
+            // birdc fails when no protocol has a route to the prefix.
+            Err(e) if e.contains("Network not found") => return None,
+            Err(e) => panic!("{e}"),
+        };
         text.lines()
             .find_map(|l| l.trim().strip_prefix("BGP.med:"))
             .map(|v| v.trim().parse().expect("BGP.med is a number"))
