@@ -216,13 +216,15 @@ impl Bird {
             .unwrap_or(false)
     }
 
-    /// Waits until the BGP session `protocol` is Established; returns the
-    /// time since this process was spawned.
-    pub fn wait_established(&self, protocol: &str, within: Duration) -> Result<Duration, String> {
+    /// Waits until the BGP session `protocol` is Established; returns when
+    /// it was seen so. Each poll is a birdc request, which also wakes
+    /// BIRD's main loop: watch a session from the peer's side when the
+    /// timing of this BIRD's own updates matters.
+    pub fn wait_established(&self, protocol: &str, within: Duration) -> Result<Instant, String> {
         let deadline = Instant::now() + within;
         loop {
             if self.established(protocol) {
-                return Ok(self.started.elapsed());
+                return Ok(Instant::now());
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -274,22 +276,53 @@ impl Drop for Bird {
     }
 }
 
+/// iptables rules in `ns`'s filter table (each a chain and its match and
+/// target), removed on drop.
+fn local_rules<'a>(ns: &'a Netns, rules: &[&[&str]]) -> Impairment<'a> {
+    let mut added = Vec::new();
+    for rule in rules {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let mut args = vec!["iptables", "-I"];
+        args.extend(rule.iter().map(String::as_str));
+        ns.exec(&args);
+        added.push(rule);
+    }
+    Impairment { ns, rules: added }
+}
+
 /// Drops every packet `ns` itself sends or receives on `iface` (INPUT and
 /// OUTPUT chains: BGP and BFD end in the router, they are not forwarded),
 /// until dropped.
 pub fn blackhole_local<'a>(ns: &'a Netns, iface: &str) -> Impairment<'a> {
-    let mut rules = Vec::new();
-    for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
-        let rule: Vec<String> = [chain, dir, iface, "-j", "DROP"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut args = vec!["iptables", "-I"];
-        args.extend(rule.iter().map(String::as_str));
-        ns.exec(&args);
-        rules.push(rule);
-    }
-    Impairment { ns, rules }
+    local_rules(
+        ns,
+        &[
+            &["INPUT", "-i", iface, "-j", "DROP"],
+            &["OUTPUT", "-o", iface, "-j", "DROP"],
+        ],
+    )
+}
+
+/// Refuses (TCP reset) the BGP connections `ns` opens on `iface`, so that
+/// only the peer's connections come up, until dropped.
+pub fn refuse_outgoing_bgp<'a>(ns: &'a Netns, iface: &str) -> Impairment<'a> {
+    local_rules(
+        ns,
+        &[&[
+            "OUTPUT",
+            "-o",
+            iface,
+            "-p",
+            "tcp",
+            "--dport",
+            "179",
+            "--syn",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]],
+    )
 }
 
 /// One hub router: its namespace, its BGP speaker, its addresses.
@@ -503,7 +536,8 @@ impl DataCentre {
             (&dcn.main.bird, "dc"),
             (&dcn.backup.bird, "dc"),
         ] {
-            up = up.max(bird.wait_established(protocol, within).unwrap());
+            let seen = bird.wait_established(protocol, within).unwrap();
+            up = up.max(seen.saturating_duration_since(dcn.dc_bird.started));
         }
         dcn.bgp_up = up;
         dcn
