@@ -49,6 +49,11 @@ pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(135);
 /// plus the probe timeout, plus this.
 const SILENCE_SLACK: Duration = Duration::from_secs(1);
 
+/// Failed attempts in a row on every uplink before the responder counts
+/// as unreachable: a hub that starts (or restarts) at the same time as
+/// the annex is not one (the 4G's third attempt ends ~9 s after start).
+pub const UNREACHABLE_AFTER: u32 = 3;
+
 /// When the engine's view was last published.
 struct Published {
     telemetry: Instant,
@@ -79,9 +84,9 @@ impl Probing {
             return Probing::Refused(r);
         }
         if !connections.is_empty()
-            && connections
-                .iter()
-                .all(|c| matches!(c, Connection::Unreachable { .. }))
+            && connections.iter().all(|c| {
+                matches!(c, Connection::Unreachable { failures } if *failures >= UNREACHABLE_AFTER)
+            })
         {
             return Probing::ResponderUnreachable;
         }
@@ -638,8 +643,15 @@ mod tests {
     #[test]
     fn probing_states_and_calm() {
         use Connection::*;
-        let unreachable = Unreachable { failures: 3 };
+        let unreachable = Unreachable {
+            failures: UNREACHABLE_AFTER,
+        };
         let refused = Refused(Refusal::UnknownCertificate);
+        // A hub starting with the annex: not unreachable after one failure.
+        assert_eq!(
+            Probing::of(&[Unreachable { failures: 1 }, unreachable]),
+            Probing::Measuring
+        );
         assert_eq!(Probing::of(&[Up, unreachable]), Probing::Measuring);
         assert_eq!(Probing::of(&[Connecting, unreachable]), Probing::Measuring);
         assert_eq!(

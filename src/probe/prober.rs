@@ -439,6 +439,18 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
         }
         set_connection(Connection::Up);
     };
+    // The hub refused us: said once, then retried less and less often.
+    let refused = |r: Refusal, refusals: &mut u32| {
+        *refusals += 1;
+        let wait = refused_wait(*refusals);
+        if *refusals == 1 {
+            tracing::warn!(uplink = %spec.name, hub = %spec.hub, reason = r.as_str(), retry_in = ?wait, "refused by the hub: its probe responder does not accept this annex's certificate; retrying after 1, 2, 4, 8, then every 10 min: register the site at the hub (townlink site add and join, or its [[site]] certificate)");
+        } else {
+            tracing::debug!(uplink = %spec.name, reason = r.as_str(), retry_in = ?wait, "refused by the hub again");
+        }
+        set_connection(Connection::Refused(r));
+        wait
+    };
     let mut endpoint: Option<quinn::Endpoint> = None;
     let mut conn: Option<quinn::Connection> = None;
     let mut connecting: Option<Connecting> = None;
@@ -567,17 +579,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
                         conn = None;
                         let now = Instant::now();
                         match failure(&e) {
-                            Failure::Refused(r) => {
-                                refusals += 1;
-                                let wait = refused_wait(refusals);
-                                if refusals == 1 {
-                                    tracing::warn!(uplink = %spec.name, hub = %spec.hub, reason = r.as_str(), retry_in = ?wait, "refused by the hub: its probe responder does not accept this annex's certificate; retrying less and less often (at most every 10 min): register the site at the hub (townlink site add / join, or its [[site]] certificate)");
-                                } else {
-                                    tracing::debug!(uplink = %spec.name, reason = r.as_str(), retry_in = ?wait, "refused by the hub again");
-                                }
-                                set_connection(Connection::Refused(r));
-                                reconnect_at = now + wait;
-                            }
+                            Failure::Refused(r) => reconnect_at = now + refused(r, &mut refusals),
                             Failure::Other(e) => {
                                 tracing::info!(uplink = %spec.name, error = %e, "probe connection lost");
                                 set_connection(Connection::Connecting);
@@ -602,15 +604,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
                         // Up once the hub answers: a hub that refuses us
                         // completes the handshake, then closes.
                     }
-                    Err(Failure::Refused(r)) => {
-                        refusals += 1;
-                        let wait = refused_wait(refusals);
-                        if refusals == 1 {
-                            tracing::warn!(uplink = %spec.name, hub = %spec.hub, reason = r.as_str(), retry_in = ?wait, "refused by the hub: its probe responder does not accept this annex's certificate; retrying less and less often (at most every 10 min)");
-                        }
-                        set_connection(Connection::Refused(r));
-                        reconnect_at = now + wait;
-                    }
+                    Err(Failure::Refused(r)) => reconnect_at = now + refused(r, &mut refusals),
                     Err(Failure::Other(e)) => {
                         failures += 1;
                         let wait = retry_wait(failures, every, spec.metered);
