@@ -241,22 +241,25 @@ impl Refusal {
 /// that a quick retry could fix.
 pub const REFUSED_FIRST: Duration = Duration::from_secs(60);
 pub const REFUSED_MAX: Duration = Duration::from_secs(600);
-/// The longest wait between two attempts of a metered uplink.
-pub const METERED_MAX: Duration = Duration::from_secs(600);
+/// The longest wait between two attempts of a metered uplink: an attempt
+/// without answer costs ~4.9 kB, so 20 minutes is ~4 B/s (11 MB a month).
+/// The tunnel needing it (faster interval) ends the wait at once.
+pub const METERED_MAX: Duration = Duration::from_secs(1200);
 /// On a fast-probed uplink that is not metered (the active fiber), the
 /// first attempts after a loss follow each other closely, each given
 /// [`FAST_LIMIT`], so that a restarted hub is found within about a second.
 const FAST_TRIES: u32 = 10;
 const FAST_PAUSE: Duration = Duration::from_millis(200);
 const FAST_LIMIT: Duration = Duration::from_secs(1);
-/// The initial RTT estimate of a metered uplink's connection: its first
-/// packet is retransmitted after about three times this (3 s), after the
-/// attempt was given up ([`METERED_LIMIT`]), so that an attempt that gets no
-/// answer costs one padded 1.2 kB Initial and the packet that closes it,
-/// not six (quinn sends two probes at each timeout). A real 4G handshake
-/// takes two round trips (Retry, then the handshake), well under 2.5 s.
-pub const METERED_INITIAL_RTT: Duration = Duration::from_secs(1);
+/// How long an attempt of a metered uplink may take: its first packet
+/// (a padded 1.2 kB Initial) is repeated once, twice, after ~1 s; the
+/// next repetition would come at ~3 s. So an attempt without answer costs
+/// four 1,228-byte packets (with the one that closes it), not six.
 const METERED_LIMIT: Duration = Duration::from_millis(2500);
+/// Failed attempts of a metered uplink before its retries slow down to its
+/// interval: a loaded router or a hub starting at the same time may fail
+/// an attempt or two.
+const METERED_QUICK_TRIES: u32 = 2;
 /// Hellos sent on a new connection until the hub's instance is known.
 const HELLO_TRIES: u32 = 5;
 /// A connection of an uplink that is not metered that brought no echo for
@@ -275,21 +278,22 @@ const EXPIRED_KEPT: usize = 64;
 ///   to 5 s;
 /// - not metered, standby: 0.5 s doubling, at most three intervals
 ///   (5 s to 60 s);
-/// - metered: from 0.5 s when probed fast (the tunnel needs it), else from
-///   the interval, doubling, at most twenty intervals (5 s to 10 min).
+/// - metered: 0.5 s doubling when probed fast (the tunnel needs it) and
+///   for the first [`METERED_QUICK_TRIES`], else from the interval,
+///   doubling; at most forty intervals (5 s to 20 min).
 pub fn retry_wait(failures: u32, interval: Duration, metered: bool) -> Duration {
     let doubling = |base: Duration, cap: Duration| {
         (base * 2u32.saturating_pow(failures.saturating_sub(1).min(16))).min(cap)
     };
     let fast = interval < Duration::from_secs(1);
     if metered {
-        let base = if fast {
-            Duration::from_millis(500)
-        } else {
-            interval
-        };
-        let cap = (interval * 20).clamp(Duration::from_secs(5), METERED_MAX);
-        return doubling(base, cap);
+        let cap = (interval * 40).clamp(Duration::from_secs(5), METERED_MAX);
+        if fast || failures <= METERED_QUICK_TRIES {
+            return doubling(Duration::from_millis(500), cap);
+        }
+        let slow =
+            (interval * 2u32.saturating_pow((failures - METERED_QUICK_TRIES - 1).min(16))).min(cap);
+        return slow;
     }
     if fast && failures <= FAST_TRIES {
         return FAST_PAUSE;
@@ -601,6 +605,12 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
                         send_report(spec.uplink, Some(&c), &reports.borrow());
                         conn = Some(c);
                         last_answer = now;
+                        // Measure at once: on a slowly probed standby, the
+                        // next probe may be 30 s away, and probes sent before
+                        // the connection were all lost (a 4G whose first
+                        // packet was lost while the hub started would stay
+                        // "down" for that long).
+                        next_probe = now;
                         // Up once the hub answers: a hub that refuses us
                         // completes the handshake, then closes.
                     }
@@ -693,10 +703,13 @@ mod tests {
             retry_wait(20, Duration::from_secs(20), false),
             Duration::from_secs(60)
         );
-        // A metered standby: from its interval up to 10 minutes.
+        // A metered standby: two quick retries (a loaded router, a hub
+        // starting), then from its interval up to 10 minutes.
         let standby = Duration::from_secs(30);
-        assert_eq!(retry_wait(1, standby, true), standby);
-        assert_eq!(retry_wait(2, standby, true), 2 * standby);
+        assert_eq!(retry_wait(1, standby, true), Duration::from_millis(500));
+        assert_eq!(retry_wait(2, standby, true), Duration::from_secs(1));
+        assert_eq!(retry_wait(3, standby, true), standby);
+        assert_eq!(retry_wait(4, standby, true), 2 * standby);
         assert_eq!(retry_wait(30, standby, true), METERED_MAX);
         // A metered uplink the tunnel needs now: from 0.5 s up to 5 s.
         assert_eq!(retry_wait(1, fast, true), Duration::from_millis(500));
