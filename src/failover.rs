@@ -8,17 +8,30 @@
 //! wants it (the active uplink, all of them while the active one is not
 //! up, a preferred one being judged for its return), slow on a standby
 //! one, slower still on a metered one.
+//!
+//! Two things the engine cannot see are handled here:
+//! - a prober that stops reporting ([`Silence`]): its uplink is fed lost
+//!   probes, so that it goes down by the usual rule, with a reason that
+//!   says the prober is silent;
+//! - probes that cannot measure anything ([`Probing`]): the hub's probe
+//!   responder unreachable on every uplink while the tunnel's handshake is
+//!   fresh (a firewall dropping UDP 51821), or the hub refusing this
+//!   annex. Then the uplinks are shown unmeasured rather than down, the
+//!   tunnel stays where it is (no uplink answers, so the engine moves
+//!   nothing) and no uplink is probed fast for it (`docs/failover.md`).
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, RoutingConfig};
-use crate::decision::{Decision, Engine, Policy, Sample};
+use crate::decision::{Decision, Engine, Health, Outcome, Policy, Quality, Sample, Time};
 use crate::netlink::Netlink;
-use crate::probe::prober::Outgoing;
+use crate::probe::budget::Budget;
+use crate::probe::prober::{Connection, Outgoing, Refusal};
 use crate::routing::{self, NextHop};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
@@ -30,11 +43,158 @@ pub const REPORT_PERIOD: Duration = Duration::from_secs(5);
 /// How often RTT and loss reach the telemetry when no state changes
 /// (samples arrive 10-30 times a second; scrapes come every few seconds).
 const TELEMETRY_PERIOD: Duration = Duration::from_millis(250);
+/// A WireGuard handshake younger than this means the tunnel works
+/// (WireGuard's REJECT_AFTER_TIME is 180 s; rekeying starts at 120 s).
+pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(135);
+/// A prober is silent when no sample came for three of its intervals,
+/// plus the probe timeout, plus this.
+const SILENCE_SLACK: Duration = Duration::from_secs(1);
+
+/// Failed attempts in a row on every uplink before the responder counts
+/// as unreachable: a hub that starts (or restarts) at the same time as
+/// the annex is not one (the 4G's third attempt ends ~9 s after start).
+pub const UNREACHABLE_AFTER: u32 = 3;
 
 /// When the engine's view was last published.
 struct Published {
     telemetry: Instant,
     report: Instant,
+}
+
+/// What the probes as a whole can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probing {
+    /// Some prober is connected (or still on its first attempt).
+    Measuring,
+    /// No prober reaches the hub's probe responder.
+    ResponderUnreachable,
+    /// The hub refuses this annex's probes.
+    Refused(Refusal),
+}
+
+impl Probing {
+    /// From every prober's connection.
+    pub fn of(connections: &[Connection]) -> Probing {
+        if connections.contains(&Connection::Up) {
+            return Probing::Measuring;
+        }
+        if let Some(r) = connections.iter().find_map(|c| match c {
+            Connection::Refused(r) => Some(*r),
+            _ => None,
+        }) {
+            return Probing::Refused(r);
+        }
+        if !connections.is_empty()
+            && connections.iter().all(|c| {
+                matches!(c, Connection::Unreachable { failures } if *failures >= UNREACHABLE_AFTER)
+            })
+        {
+            return Probing::ResponderUnreachable;
+        }
+        Probing::Measuring
+    }
+
+    /// The words of status and logs; `None` while measuring.
+    pub fn problem(self) -> Option<String> {
+        match self {
+            Probing::Measuring => None,
+            Probing::ResponderUnreachable => Some("probe responder unreachable".into()),
+            Probing::Refused(r) => Some(format!("refused by the hub: {}", r.as_str())),
+        }
+    }
+
+    /// Probing cannot tell anything about the uplinks, and probing faster
+    /// would not help: the hub refuses us, or its responder is unreachable
+    /// everywhere while the tunnel itself works.
+    pub fn calm(self, handshake_fresh: bool) -> bool {
+        match self {
+            Probing::Measuring => false,
+            Probing::ResponderUnreachable => handshake_fresh,
+            Probing::Refused(_) => true,
+        }
+    }
+}
+
+/// Notices a prober that stopped reporting (a hung or ended task, a bug):
+/// no sample for three of its intervals plus the timeout (plus
+/// [`SILENCE_SLACK`]). Its uplink is then fed one lost probe per interval.
+#[derive(Debug, Clone)]
+pub struct Silence {
+    uplinks: Vec<Heard>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// When the last sample came (or the watch started).
+    last: Time,
+    /// The interval in force at the last sample.
+    interval: Duration,
+    /// Silent since, and when the next lost probe is due.
+    silent: Option<(Time, Time)>,
+}
+
+impl Silence {
+    pub fn new(intervals: &[Duration], now: Time) -> Silence {
+        Silence {
+            uplinks: intervals
+                .iter()
+                .map(|i| Heard {
+                    last: now,
+                    interval: *i,
+                    silent: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// A sample of uplink `i` came; returns how long it had been silent.
+    pub fn heard(&mut self, i: usize, now: Time, interval: Duration) -> Option<Duration> {
+        let h = self.uplinks.get_mut(i)?;
+        h.last = now;
+        h.interval = interval;
+        h.silent.take().map(|(since, _)| now.saturating_sub(since))
+    }
+
+    /// Since when uplink `i` is silent, if it is.
+    pub fn silent_since(&self, i: usize) -> Option<Time> {
+        self.uplinks.get(i)?.silent.map(|(since, _)| since)
+    }
+
+    /// The lost probes due at `now` for silent probers. `intervals[i]` is
+    /// the longest time uplink `i`'s prober may now take between probes;
+    /// the returned flag is true for an uplink that just fell silent.
+    pub fn due(
+        &mut self,
+        now: Time,
+        intervals: &[Duration],
+        timeout: Duration,
+    ) -> Vec<(Sample, bool)> {
+        let mut out = Vec::new();
+        for (i, (h, current)) in self.uplinks.iter_mut().zip(intervals).enumerate() {
+            // A rate just lowered still has its old probe on the way.
+            let every = h.interval.max(*current);
+            let lost = |at: Time| Sample {
+                uplink: i,
+                sent: at.saturating_sub(timeout),
+                outcome: Outcome::Lost,
+            };
+            match h.silent {
+                None => {
+                    let limit = every * 3 + timeout + SILENCE_SLACK;
+                    if now.saturating_sub(h.last) >= limit {
+                        h.silent = Some((h.last, now + every));
+                        out.push((lost(now), true));
+                    }
+                }
+                Some((since, next)) if now >= next => {
+                    h.silent = Some((since, now + every));
+                    out.push((lost(now), false));
+                }
+                Some(_) => {}
+            }
+        }
+        out
+    }
 }
 
 /// What the failover task needs besides the engine.
@@ -55,14 +215,24 @@ pub struct Failover {
     pub reports: watch::Sender<Outgoing>,
     /// Reloaded `[failover]` and `[probe]` settings.
     pub settings: watch::Receiver<(Policy, ProbeConfig)>,
+    /// One per uplink: how its prober's connection fares.
+    pub connections: Vec<watch::Receiver<Connection>>,
+    /// One per uplink: its probe budget, if it has one.
+    pub budgets: Vec<Option<Arc<Budget>>>,
+    /// The last WireGuard handshake with the hub (from the handshake keeper).
+    pub handshake: watch::Receiver<Option<SystemTime>>,
 }
 
 impl Failover {
     fn set_rates(&self, engine: &Engine) {
+        let active = engine.active();
+        // Not for trouble that faster probing cannot solve (see `Probing::calm`).
+        let calm = self.calm();
         for (i, tx) in self.intervals.iter().enumerate() {
             // Fast: the active uplink, all while it is not up, and a
-            // preferred uplink being judged for its return (the engine says).
-            let interval = if engine.wants_fast_probes(i) {
+            // preferred uplink being judged for its return (the engine
+            // says); only the active one while probing cannot measure.
+            let interval = if engine.wants_fast_probes(i) && (i == active || !calm) {
                 self.probe.interval
             } else if self.metered[i] {
                 self.probe.metered_interval
@@ -77,6 +247,41 @@ impl Failover {
         }
     }
 
+    fn connections(&self) -> Vec<Connection> {
+        self.connections.iter().map(|c| *c.borrow()).collect()
+    }
+
+    fn probing(&self) -> Probing {
+        Probing::of(&self.connections())
+    }
+
+    fn handshake_fresh(&self) -> bool {
+        self.handshake
+            .borrow()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < HANDSHAKE_FRESH)
+    }
+
+    fn calm(&self) -> bool {
+        self.probing().calm(self.handshake_fresh())
+    }
+
+    /// The longest time each prober may now take between two samples.
+    fn expected_intervals(&self) -> Vec<Duration> {
+        self.intervals
+            .iter()
+            .zip(&self.budgets)
+            .map(|(tx, budget)| {
+                let every = *tx.borrow();
+                match budget {
+                    // A probe delayed by the budget may wait a few exchanges' refill.
+                    Some(b) if b.limited() => every.max(b.pacing() * 4),
+                    _ => every,
+                }
+            })
+            .collect()
+    }
+
     /// Publishes the engine's view: to the telemetry at a change, else at
     /// most every [`TELEMETRY_PERIOD`]; the hub's report at a change, else
     /// every [`REPORT_PERIOD`].
@@ -85,8 +290,13 @@ impl Failover {
             return;
         }
         last.telemetry = Instant::now();
-        let qualities: Vec<_> = (0..self.names.len()).map(|i| engine.quality(i)).collect();
+        let connections = self.connections();
+        let probing = Probing::of(&connections);
+        let qualities: Vec<Quality> = (0..self.names.len())
+            .map(|i| unmeasured(engine.quality(i), probing, connections[i]))
+            .collect();
         self.telemetry.uplinks(&qualities, engine.active());
+        self.telemetry.probing(&connections, probing.problem());
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
@@ -143,29 +353,59 @@ impl Failover {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_rates(&engine);
+        let mut silence = Silence::new(&self.expected_intervals(), clock.elapsed());
         let mut last = Published {
             telemetry: Instant::now(),
             report: Instant::now(),
         };
+        let mut probing = Probing::Measuring;
         self.publish(&engine, true, &mut last);
         loop {
-            let decision = tokio::select! {
+            let mut decisions = Vec::new();
+            tokio::select! {
                 _ = stop.cancelled() => return,
                 Ok(()) = self.settings.changed() => {
                     let (policy, probe) = self.settings.borrow_and_update().clone();
                     engine.set_policy(policy);
                     self.probe = probe;
                     tracing::info!("failover and probe settings reloaded");
-                    engine.tick(clock.elapsed())
+                    decisions.extend(engine.tick(clock.elapsed()));
                 }
                 s = samples.recv() => match s {
-                    Some(s) => engine.observe(clock.elapsed(), s),
+                    Some(s) => {
+                        let now = clock.elapsed();
+                        let every = self.intervals.get(s.uplink).map_or(Duration::ZERO, |tx| *tx.borrow());
+                        if let Some(silent) = silence.heard(s.uplink, now, every) {
+                            tracing::info!(uplink = %self.names[s.uplink], silent_s = silent.as_secs_f64(), "the uplink's prober reports again");
+                        }
+                        decisions.extend(engine.observe(now, s));
+                    }
                     None => return,
                 },
-                _ = tick.tick() => engine.tick(clock.elapsed()),
+                _ = tick.tick() => {
+                    let now = clock.elapsed();
+                    decisions.extend(engine.tick(now));
+                    for (lost, new) in silence.due(now, &self.expected_intervals(), self.probe.timeout) {
+                        if new {
+                            tracing::error!(uplink = %self.names[lost.uplink], "the uplink's prober sent no probe result for several intervals: its probes count as lost until it reports again");
+                        }
+                        decisions.extend(engine.observe(now, lost));
+                    }
+                }
             };
-            let changes = engine.take_changes();
-            for c in &changes {
+            let now = clock.elapsed();
+            let mut changes = engine.take_changes();
+            let connections = self.connections();
+            for c in &mut changes {
+                c.reason = explain(
+                    &c.reason,
+                    c.uplink,
+                    c.to == Health::Down,
+                    &self.names,
+                    &silence,
+                    &connections,
+                    now,
+                );
                 self.telemetry.state_change(c);
                 tracing::info!(
                     uplink = %self.names[c.uplink],
@@ -175,13 +415,34 @@ impl Failover {
                     "uplink state"
                 );
             }
-            let changed = !changes.is_empty() || decision.is_some();
-            if let Some(d) = decision {
-                if self.apply(&d).await {
-                    routed = d.to;
-                    self.telemetry.failover(&d);
+            let now_probing = Probing::of(&connections);
+            let probing_changed = now_probing != probing;
+            if probing_changed {
+                self.log_probing(probing, now_probing);
+                probing = now_probing;
+            }
+            let changed = !changes.is_empty() || !decisions.is_empty() || probing_changed;
+            for d in &mut decisions {
+                if d.class == crate::decision::ReasonClass::Dead {
+                    d.reason = explain(
+                        &d.reason,
+                        d.from,
+                        true,
+                        &self.names,
+                        &silence,
+                        &connections,
+                        now,
+                    );
                 }
-            } else if routed != engine.active() && self.route_to(engine.active()).await {
+                if self.apply(d).await {
+                    routed = d.to;
+                    self.telemetry.failover(d);
+                }
+            }
+            if decisions.is_empty()
+                && routed != engine.active()
+                && self.route_to(engine.active()).await
+            {
                 // An earlier switch failed in the kernel: retried on every event.
                 routed = engine.active();
                 tunnel::push_traffic(self.hub_address);
@@ -190,5 +451,257 @@ impl Failover {
             self.set_rates(&engine);
             self.publish(&engine, changed, &mut last);
         }
+    }
+
+    fn log_probing(&self, before: Probing, now: Probing) {
+        let fresh = self.handshake_fresh();
+        match now {
+            Probing::Measuring => {
+                tracing::info!(was = ?before.problem(), "probes measure the uplinks again");
+            }
+            Probing::ResponderUnreachable => tracing::warn!(
+                handshake_fresh = fresh,
+                "probe responder unreachable on every uplink (a firewall dropping UDP to the hub's probe port, 51821 by default?); {}",
+                if fresh {
+                    "the tunnel's handshake is fresh, so the tunnel works: it stays where it is, and no uplink is probed fast for this"
+                } else {
+                    "and the tunnel has no fresh handshake either: the hub itself may be unreachable"
+                }
+            ),
+            Probing::Refused(r) => tracing::warn!(
+                reason = r.as_str(),
+                handshake_fresh = fresh,
+                "refused by the hub: {}; the uplinks cannot be measured, and probes retry every few minutes",
+                r.as_str()
+            ),
+        }
+    }
+}
+
+/// An uplink's quality as shown: while probes cannot measure (responder
+/// unreachable, refused), an uplink without a connection is unknown, not
+/// "down at 100 % loss".
+fn unmeasured(mut q: Quality, probing: Probing, connection: Connection) -> Quality {
+    if probing != Probing::Measuring && connection != Connection::Up {
+        q.health = Health::Unknown;
+        q.rtt = None;
+        q.loss = None;
+        q.late = None;
+        q.jitter = Duration::ZERO;
+    }
+    q
+}
+
+/// The reason of a state change (or a switch) of uplink `i`, with what the
+/// engine cannot know: its prober is silent, or its probes never reach the
+/// responder, or the hub refuses them.
+fn explain(
+    reason: &str,
+    i: usize,
+    down: bool,
+    names: &[String],
+    silence: &Silence,
+    connections: &[Connection],
+    now: Time,
+) -> String {
+    if !down {
+        return reason.to_string();
+    }
+    if let Some(since) = silence.silent_since(i) {
+        return format!(
+            "{}: prober silent for {:.1} s (no probe result): counted as lost",
+            names[i],
+            now.saturating_sub(since).as_secs_f64()
+        );
+    }
+    match connections.get(i) {
+        Some(Connection::Unreachable { .. }) => {
+            format!("{reason} (probe responder unreachable over {})", names[i])
+        }
+        Some(Connection::Refused(r)) => format!("{reason} (refused by the hub: {})", r.as_str()),
+        _ => reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Engine, Policy};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_silent_prober_makes_its_uplink_down_and_says_why() {
+        let names = vec!["fiber".to_string(), "lte".to_string()];
+        let mut engine = Engine::new(
+            Policy::default(),
+            &[("fiber".into(), 0), ("lte".into(), 1)],
+            0,
+        );
+        let intervals = [100 * MS, 100 * MS];
+        let timeout = 300 * MS;
+        let mut silence = Silence::new(&intervals, Duration::ZERO);
+        let connections = [Connection::Up, Connection::Up];
+        let mut now = Duration::ZERO;
+        let mut downs = Vec::new();
+        let mut decisions = Vec::new();
+        let mut fiber_silent_at = None;
+        // Both answer for 8 s; then the fiber's prober stops (no sample at
+        // all: not even lost ones), the 4G's goes on.
+        while now < Duration::from_secs(14) {
+            now += 50 * MS;
+            let fiber_alive = now < Duration::from_secs(8);
+            if now.as_millis() % 100 == 0 {
+                for (i, alive) in [(0, fiber_alive), (1, true)] {
+                    if !alive {
+                        continue;
+                    }
+                    let s = Sample {
+                        uplink: i,
+                        sent: now - 10 * MS,
+                        outcome: Outcome::Echo { rtt: 10 * MS },
+                    };
+                    silence.heard(i, now, intervals[i]);
+                    decisions.extend(engine.observe(now, s));
+                }
+            }
+            decisions.extend(engine.tick(now));
+            for (lost, new) in silence.due(now, &intervals, timeout) {
+                assert_eq!(lost.uplink, 0, "the 4G's prober reports");
+                if new {
+                    fiber_silent_at.get_or_insert(now);
+                }
+                decisions.extend(engine.observe(now, lost));
+            }
+            for c in engine.take_changes() {
+                if c.to == Health::Down {
+                    downs.push((
+                        now,
+                        explain(
+                            &c.reason,
+                            c.uplink,
+                            true,
+                            &names,
+                            &silence,
+                            &connections,
+                            now,
+                        ),
+                    ));
+                }
+            }
+        }
+        // Silent after 3 intervals + timeout + slack (1.6 s), down 4 lost
+        // probes later (0.3 s more).
+        let silent_at = fiber_silent_at.expect("the silence was noticed");
+        assert!(
+            silent_at > Duration::from_secs(9) && silent_at < Duration::from_millis(9_700),
+            "{silent_at:?}"
+        );
+        assert_eq!(downs.len(), 1, "{downs:?}");
+        let (down_at, reason) = &downs[0];
+        assert!(*down_at < Duration::from_secs(10) + 500 * MS, "{down_at:?}");
+        assert!(
+            reason.starts_with("fiber: prober silent for") && reason.contains("counted as lost"),
+            "{reason}"
+        );
+        // And the tunnel left it for the 4G, which still answers.
+        assert_eq!(engine.active(), 1);
+        assert!(
+            decisions.iter().any(|d| d.from == 0 && d.to == 1),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
+    fn a_slower_rate_is_no_silence_nor_is_a_prober_that_reports() {
+        let mut silence = Silence::new(&[100 * MS], Duration::ZERO);
+        let timeout = 300 * MS;
+        // The standby rate: one sample per 30 s is fine.
+        let slow = [Duration::from_secs(30)];
+        let mut now = Duration::ZERO;
+        while now < Duration::from_secs(300) {
+            now += Duration::from_secs(1);
+            if now.as_secs() % 30 == 0 {
+                assert_eq!(silence.heard(0, now, slow[0]), None);
+            }
+            assert!(silence.due(now, &slow, timeout).is_empty(), "at {now:?}");
+        }
+        // From 30 s to 100 ms: the last sample is old, but the old rate
+        // still governs until the next sample.
+        let fast = [100 * MS];
+        now += Duration::from_secs(20);
+        assert!(silence.due(now, &fast, timeout).is_empty());
+        // ... and a prober that stops at the fast rate is found.
+        silence.heard(0, now, fast[0]);
+        now += Duration::from_secs(2);
+        let due = silence.due(now, &fast, timeout);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].1);
+        assert!(silence.due(now + 50 * MS, &fast, timeout).is_empty());
+        assert_eq!(silence.due(now + 100 * MS, &fast, timeout).len(), 1);
+        assert_eq!(
+            silence.heard(0, now + 150 * MS, fast[0]),
+            Some(Duration::from_millis(2_150))
+        );
+    }
+
+    #[test]
+    fn probing_states_and_calm() {
+        use Connection::*;
+        let unreachable = Unreachable {
+            failures: UNREACHABLE_AFTER,
+        };
+        let refused = Refused(Refusal::UnknownCertificate);
+        // A hub starting with the annex: not unreachable after one failure.
+        assert_eq!(
+            Probing::of(&[Unreachable { failures: 1 }, unreachable]),
+            Probing::Measuring
+        );
+        assert_eq!(Probing::of(&[Up, unreachable]), Probing::Measuring);
+        assert_eq!(Probing::of(&[Connecting, unreachable]), Probing::Measuring);
+        assert_eq!(
+            Probing::of(&[unreachable, unreachable]),
+            Probing::ResponderUnreachable
+        );
+        assert_eq!(
+            Probing::of(&[refused, unreachable]),
+            Probing::Refused(Refusal::UnknownCertificate)
+        );
+        assert_eq!(
+            Probing::ResponderUnreachable.problem().as_deref(),
+            Some("probe responder unreachable")
+        );
+        assert_eq!(
+            Probing::Refused(Refusal::UnknownCertificate)
+                .problem()
+                .as_deref(),
+            Some("refused by the hub: unknown certificate")
+        );
+        // Responder unreachable with a fresh handshake: no fast probing.
+        assert!(Probing::ResponderUnreachable.calm(true));
+        // Without one, the hub (or the active uplink) may be gone: probe fast.
+        assert!(!Probing::ResponderUnreachable.calm(false));
+        assert!(Probing::Refused(Refusal::Revoked).calm(false));
+        assert!(!Probing::Measuring.calm(true));
+    }
+
+    #[test]
+    fn unmeasured_uplinks_are_unknown_not_down() {
+        let down = Quality {
+            health: Health::Down,
+            rtt: None,
+            jitter: Duration::ZERO,
+            loss: Some(1.0),
+            late: Some(0.0),
+            consecutive_lost: 40,
+            holddown: Duration::from_secs(10),
+            penalty: 1.0,
+        };
+        let unreachable = Connection::Unreachable { failures: 2 };
+        let shown = unmeasured(down, Probing::ResponderUnreachable, unreachable);
+        assert_eq!(shown.health, Health::Unknown);
+        assert_eq!(shown.loss, None);
+        // While probes measure, a down uplink is down.
+        assert_eq!(unmeasured(down, Probing::Measuring, unreachable), down);
     }
 }

@@ -259,6 +259,7 @@ mod tests {
                     gateway: None,
                     priority: i as u32,
                     metered: i == 1,
+                    probe_budget: None,
                 })
                 .collect(),
             failover: crate::decision::Policy::default(),

@@ -1337,11 +1337,35 @@ fn uplink(c: &mut Checker, i: usize, u: &RawUplink) -> Option<Uplink> {
     let priority = u
         .priority
         .map_or(Some(i as u32), |v| c.int(&p("priority"), v, 0, 1000));
+    let metered = u.metered.unwrap_or(false);
+    let probe_budget = match &u.probe_budget {
+        None => Some(metered.then_some(DEFAULT_PROBE_BUDGET)),
+        Some(text) => match crate::probe::budget::parse_size(text) {
+            Some(b) if b >= MIN_PROBE_BUDGET => Some(Some(b)),
+            Some(_) => {
+                c.push(
+                    p("probe_budget"),
+                    format!("{text:?} is below the smallest budget, 100 kB"),
+                    Some("a standby 4G probed every 30 s needs about 20 MB per 30 days"),
+                );
+                None
+            }
+            None => {
+                c.push(
+                    p("probe_budget"),
+                    format!("{text:?} is not a size"),
+                    Some("write a number and a unit (B, kB, MB, GB), e.g. \"30 MB\" (per 30 days)"),
+                );
+                None
+            }
+        },
+    };
     Some(Uplink {
         name: name?,
         interface: interface?,
         gateway: gateway?,
         priority: priority?,
-        metered: u.metered.unwrap_or(false),
+        metered,
+        probe_budget: probe_budget?,
     })
 }

@@ -252,7 +252,15 @@ pub struct Uplink {
     pub priority: u32,
     /// Billed by volume (4G): probed at `probe.metered_interval` on standby.
     pub metered: bool,
+    /// Most probe bytes (both directions, IP headers included) per 30 days;
+    /// `None`: no limit. Default [`DEFAULT_PROBE_BUDGET`] on a metered uplink.
+    pub probe_budget: Option<u64>,
 }
+
+/// Default probe budget of a metered uplink, bytes per 30 days.
+pub const DEFAULT_PROBE_BUDGET: u64 = 30_000_000;
+/// Smallest probe budget: a few connection attempts and standby probes a day.
+pub const MIN_PROBE_BUDGET: u64 = 100_000;
 
 /// A Linux interface name (at most 15 bytes, no '/', no white space).
 #[derive(Clone, PartialEq, Eq, Hash)]

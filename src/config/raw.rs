@@ -86,6 +86,7 @@ pub struct RawUplink {
     pub gateway: Option<String>,
     pub priority: Option<i64>,
     pub metered: Option<bool>,
+    pub probe_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -616,3 +616,41 @@ fn failover_damping_keys_and_mistakes() {
         "{shorter:?}"
     );
 }
+
+#[test]
+fn probe_budget_defaults_and_mistakes() {
+    let dir = dir_with_key();
+    let with = |lte: &str, fiber: &str| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"),
+        )
+        .unwrap()
+        .replace("\nmetered = true\n", &format!("\nmetered = true\n{lte}\n"))
+        .replace("\npriority = 0\n", &format!("\npriority = 0\n{fiber}\n"));
+        parse(&localize(&text), dir.path())
+    };
+    let uplinks = |c: Config| match c.role {
+        Role::Annex(a) => a.uplinks,
+        Role::Hub(_) => panic!("annex expected"),
+    };
+    // Metered: 30 MB per 30 days; not metered: no budget.
+    let u = uplinks(with("", "").unwrap());
+    assert_eq!(u[0].probe_budget, None);
+    assert_eq!(u[1].probe_budget, Some(DEFAULT_PROBE_BUDGET));
+    let u = uplinks(with("probe_budget = \"50 MB\"", "probe_budget = \"2GB\"").unwrap());
+    assert_eq!(u[1].probe_budget, Some(50_000_000));
+    assert_eq!(u[0].probe_budget, Some(2_000_000_000));
+    let problems = with("probe_budget = \"30 MiB\"", "probe_budget = \"10 kB\"").unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec!["uplink[0].probe_budget", "uplink[1].probe_budget"]
+    );
+    assert!(
+        problems[0].message.contains("below the smallest budget"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].message.contains("is not a size"),
+        "{problems:?}"
+    );
+}

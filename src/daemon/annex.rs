@@ -1,6 +1,7 @@
 //! The annex's start-up: uplink next hops, policy routing, the hub peer,
 //! and the handshake keeper that pushes traffic into the tunnel whenever
-//! the session with the hub is missing (boringtun trap 7).
+//! the session with the hub is missing (boringtun trap 7), and starts a new
+//! handshake at once when the probes see that the hub restarted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::Installed;
 use crate::config::{AnnexConfig, Config, HubPeer};
 use crate::decision::Engine;
-use crate::failover::Failover;
-use crate::probe::prober::{self, Outgoing, ProberSpec};
+use crate::failover::{Failover, HANDSHAKE_FRESH};
+use crate::probe::budget::Budget;
+use crate::probe::prober::{self, Connection, Outgoing, ProberIo, ProberSpec};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
 use crate::tunnel::{self, PeerConfig, Tunnel};
@@ -21,9 +23,11 @@ use tokio::sync::{mpsc, watch};
 
 /// How often the handshake keeper looks at the tunnel.
 const KEEPER_PERIOD: Duration = Duration::from_secs(2);
-/// A session older than this is about to be rejected (WireGuard's
-/// REJECT_AFTER_TIME is 180 s; rekeying starts at 120 s): push traffic.
-const STALE_HANDSHAKE: Duration = Duration::from_secs(135);
+/// The initial RTT estimate of the probe connections of uplinks that are
+/// not metered: a connection attempt retransmits its first packet after
+/// about 3 × this, so a hub that comes back is found quickly. Metered
+/// uplinks keep quinn's 333 ms: fewer retransmitted 1.2 kB packets.
+const FAST_INITIAL_RTT: Duration = Duration::from_millis(100);
 /// The next hop of every uplink: from the config, else learned from the kernel.
 async fn next_hops(
     annex: &AnnexConfig,
@@ -124,16 +128,38 @@ pub(super) async fn start(
     tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
     tracing::info!(hub = %hub.name, endpoint = %endpoint, "hub peer added");
     tunnel::push_traffic(hub.address);
+    let (instance_tx, instance) = watch::channel(None);
+    let (handshake_tx, handshake) = watch::channel(None);
     installed.supervisor.service(
         "handshake keeper",
         &installed.stop,
-        keep_handshake(tunnel.clone(), hub.clone(), installed.stop.clone()),
+        keep_handshake(
+            tunnel.clone(),
+            hub_peer(hub, endpoint),
+            hub.clone(),
+            Keeper {
+                instance,
+                handshake: handshake_tx,
+            },
+            installed.stop.clone(),
+        ),
     );
-    start_failover(config, annex, installed, endpoint, hops, active, ipv6)?;
+    start_failover(
+        config,
+        annex,
+        installed,
+        endpoint,
+        hops,
+        active,
+        ipv6,
+        instance_tx,
+        handshake,
+    )?;
     Ok(())
 }
 
 /// One prober per uplink, and the failover task they report to.
+#[allow(clippy::too_many_arguments)]
 fn start_failover(
     config: &Config,
     annex: &AnnexConfig,
@@ -142,42 +168,63 @@ fn start_failover(
     hops: Vec<NextHop>,
     active: usize,
     ipv6: bool,
+    hub_instance: watch::Sender<Option<u64>>,
+    handshake: watch::Receiver<Option<SystemTime>>,
 ) -> anyhow::Result<()> {
     let hub = &annex.hubs[0];
     let crypto = tls::client_config(&config.probe.identity, hub.fingerprint)?;
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?,
-    ));
-    client.transport_config(Arc::new(responder::transport()));
+    let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?);
+    let client = |metered: bool| {
+        let mut transport = responder::transport();
+        if !metered {
+            transport.initial_rtt(FAST_INITIAL_RTT);
+        }
+        let mut client = quinn::ClientConfig::new(quic.clone());
+        client.transport_config(Arc::new(transport));
+        client
+    };
     let probe_addr = SocketAddr::new(endpoint.ip(), hub.probe_port);
     let clock = Instant::now();
     let (samples_tx, samples_rx) = mpsc::channel(1024);
     let mut intervals = Vec::new();
+    let mut connections = Vec::new();
+    let mut budgets = Vec::new();
     let (reports, reports_rx) = watch::channel(Outgoing::default());
     for (i, up) in annex.uplinks.iter().enumerate() {
         let (tx, rx) = watch::channel(config.probe.interval);
         intervals.push(tx);
+        let (connection, connection_rx) = watch::channel(Connection::Connecting);
+        connections.push(connection_rx);
+        let budget = up.probe_budget.map(|bytes| {
+            Arc::new(Budget::new(
+                bytes,
+                installed.telemetry.probe_budget(up.name.as_str()),
+            ))
+        });
+        budgets.push(budget.clone());
         let spec = ProberSpec {
             uplink: i,
             name: up.name.to_string(),
             interface: up.interface.to_string(),
             fwmark: config.routing.uplink_fwmark(i),
             hub: probe_addr,
-            client: client.clone(),
+            client: client(up.metered),
             timeout: config.probe.timeout,
+            metered: up.metered,
+        };
+        let io = ProberIo {
+            interval: rx,
+            reports: reports_rx.clone(),
+            samples: samples_tx.clone(),
+            connection,
+            hub_instance: hub_instance.clone(),
+            counters: Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
+            budget,
         };
         installed.supervisor.service(
             format!("prober {}", up.name),
             &installed.stop,
-            prober::run(
-                spec,
-                rx,
-                reports_rx.clone(),
-                samples_tx.clone(),
-                Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
-                clock,
-                installed.stop.clone(),
-            ),
+            prober::run(spec, io, clock, installed.stop.clone()),
         );
     }
     let names: Vec<(String, u32)> = annex
@@ -201,6 +248,9 @@ fn start_failover(
         telemetry: installed.telemetry.clone(),
         reports,
         settings,
+        connections,
+        budgets,
+        handshake,
     };
     installed.supervisor.service(
         "failover",
@@ -211,16 +261,62 @@ fn start_failover(
     Ok(())
 }
 
+/// What the handshake keeper listens to and tells.
+pub(super) struct Keeper {
+    /// The hub's instance, as the probes learn it.
+    pub instance: watch::Receiver<Option<u64>>,
+    /// The last handshake with the hub, for the failover task.
+    pub handshake: watch::Sender<Option<SystemTime>>,
+}
+
 /// Watches the session with the hub and pushes traffic into the tunnel
 /// while there is none (start-up, after an outage longer than boringtun's
-/// 90 s of handshake attempts, after the hub restarted).
-pub(super) async fn keep_handshake(tunnel: Arc<Tunnel>, hub: HubPeer, stop: CancellationToken) {
+/// 90 s of handshake attempts). When the probes learn that the hub
+/// restarted (its instance changed), the hub no longer knows our session
+/// and would drop our packets until boringtun's own timers give up on it
+/// (keepalive and rekey timeouts, ~15 s): the peer is removed and added
+/// again (boringtun starts a handshake only for a peer without session,
+/// and only when traffic comes) and traffic is pushed at once.
+pub(super) async fn keep_handshake(
+    tunnel: Arc<Tunnel>,
+    peer: PeerConfig,
+    hub: HubPeer,
+    mut keeper: Keeper,
+    stop: CancellationToken,
+) {
     let mut established = false;
     let mut tick = tokio::time::interval(KEEPER_PERIOD);
+    let mut known: Option<u64> = *keeper.instance.borrow_and_update();
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            r = keeper.instance.changed(), if watching => {
+                if r.is_err() {
+                    // Every prober is gone; the tick goes on.
+                    watching = false;
+                    continue;
+                }
+                let new = *keeper.instance.borrow_and_update();
+                let restarted = matches!((known, new), (Some(a), Some(b)) if a != b);
+                known = new.or(known);
+                if restarted {
+                    let started = Instant::now();
+                    tracing::warn!(hub = %hub.name, "the hub restarted (new probe responder instance): starting a new handshake now");
+                    match tunnel.replace_peer(&peer).await {
+                        Ok(()) => {
+                            tunnel::push_traffic(hub.address);
+                            tracing::info!(hub = %hub.name, took_ms = started.elapsed().as_secs_f64() * 1000.0, "hub peer re-added, traffic pushed");
+                        }
+                        Err(e) => {
+                            tracing::error!(hub = %hub.name, error = %e, "cannot re-add the hub peer after its restart; boringtun's own timers will renew the session");
+                        }
+                    }
+                    established = false;
+                }
+                continue;
+            }
         }
         let status = match tunnel.status().await {
             Ok(s) => s,
@@ -229,13 +325,14 @@ pub(super) async fn keep_handshake(tunnel: Arc<Tunnel>, hub: HubPeer, stop: Canc
                 continue;
             }
         };
-        let age = status
+        let last = status
             .peers
             .iter()
             .find(|p| p.public_key == hub.public_key)
-            .and_then(|p| p.last_handshake)
-            .and_then(|t| SystemTime::now().duration_since(t).ok());
-        let fresh = age.is_some_and(|a| a < STALE_HANDSHAKE);
+            .and_then(|p| p.last_handshake);
+        keeper.handshake.send_replace(last);
+        let age = last.and_then(|t| SystemTime::now().duration_since(t).ok());
+        let fresh = age.is_some_and(|a| a < HANDSHAKE_FRESH);
         if fresh != established {
             established = fresh;
             if fresh {

@@ -78,7 +78,12 @@ pub(super) async fn start(
             "cannot open the probe responder on UDP port {port} (probe.listen_port): {e}"
         )
     })?;
-    tracing::info!(port, "probe responder listening (probes and enrollment)");
+    let instance = responder::new_instance();
+    tracing::info!(
+        port,
+        instance = format!("{instance:016x}"),
+        "probe responder listening (probes and enrollment)"
+    );
     let enroller_sites = sites.clone();
     let cx = Context {
         allowed,
@@ -89,6 +94,7 @@ pub(super) async fn start(
             let sites = enroller_sites.clone();
             Box::pin(async move { sites.join(request, certificate, remote).await })
         })),
+        instance,
     };
     installed.supervisor.service(
         "probe responder",

@@ -5,6 +5,7 @@
 //! datagrams (RFC 9221) that the hub echoes ([`wire`]). Both ends are
 //! authenticated by pinned certificate fingerprints ([`tls`]).
 
+pub mod budget;
 pub mod guard;
 pub mod prober;
 pub mod responder;

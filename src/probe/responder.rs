@@ -80,6 +80,15 @@ pub const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Longest enrollment exchange, after the handshake.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// QUIC close codes of the responder. An annex tells a refusal (1, 2),
+/// after which it backs off to minutes, from a hub stopping (0).
+pub const CLOSE_STOPPING: u64 = 0;
+pub const CLOSE_UNKNOWN: u64 = 1;
+pub const CLOSE_REVOKED: u64 = 2;
+pub const CLOSE_NO_ENROLLMENT: u64 = 3;
+/// Too many enrollments at once: the client may try again.
+pub const CLOSE_BUSY: u64 = 4;
+
 /// Idle timeout of a probe connection; longer than the slowest probe interval.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -180,7 +189,7 @@ impl Sessions {
             .unwrap_or_default();
         let open = list.iter().filter(|c| c.close_reason().is_none()).count();
         for c in list {
-            c.close(2u8.into(), b"site revoked");
+            c.close(code(CLOSE_REVOKED), b"site revoked");
         }
         open
     }
@@ -195,6 +204,26 @@ pub struct Context {
     pub telemetry: Arc<Telemetry>,
     /// Enrollment, when the hub offers it.
     pub enroll: Option<Enroller>,
+    /// Drawn at each start; told to annexes that ask (hello), so that they
+    /// know the hub restarted and start a new WireGuard handshake.
+    pub instance: u64,
+}
+
+/// A random instance number for a responder that starts.
+pub fn new_instance() -> u64 {
+    let mut b = [0u8; 8];
+    // A failed draw leaves zeros: the time makes it differ across starts.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return now.as_nanos() as u64;
+    }
+    u64::from_be_bytes(b)
+}
+
+fn code(c: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(c).expect("close codes are small")
 }
 
 /// Refusal logs: at most [`LOG_BURST`] lines per [`LOG_WINDOW`].
@@ -331,7 +360,7 @@ pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationTok
             drop(open);
         });
     }
-    endpoint.close(0u8.into(), b"hub stopping");
+    endpoint.close(code(CLOSE_STOPPING), b"hub stopping");
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     let guard = &counters.guard;
@@ -389,7 +418,7 @@ async fn connection(
     drop(handshake);
     let Some(fingerprint) = peer_fingerprint(&conn) else {
         cx.counters.refused.inc();
-        conn.close(1u8.into(), b"no certificate");
+        conn.close(code(CLOSE_UNKNOWN), b"no certificate");
         shared.refusal(remote, "no certificate", "");
         return;
     };
@@ -397,7 +426,7 @@ async fn connection(
         if shared.enrolling.fetch_add(1, Ordering::SeqCst) >= MAX_ENROLLMENTS {
             shared.enrolling.fetch_sub(1, Ordering::SeqCst);
             cx.counters.limited.inc();
-            conn.close(4u8.into(), b"too many enrollments: try again");
+            conn.close(code(CLOSE_BUSY), b"too many enrollments: try again");
             shared.refusal(
                 remote,
                 "too many enrollments at once",
@@ -411,14 +440,14 @@ async fn connection(
     }
     let Some(site) = cx.allowed.site(&fingerprint) else {
         cx.counters.refused.inc();
-        conn.close(1u8.into(), b"unknown site");
+        conn.close(code(CLOSE_UNKNOWN), b"unknown site");
         shared.refusal(remote, "unknown certificate", &fingerprint.to_string());
         return;
     };
     cx.counters.authenticated.inc();
     cx.sessions.track(&site, &conn);
     tracing::info!(site = %site, %remote, "probe connection up");
-    echo(&conn, &site, &cx.counters, &cx.telemetry, stop).await;
+    echo(&conn, &site, cx, stop).await;
     tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
 }
 
@@ -432,7 +461,7 @@ async fn enroll(
 ) {
     let cx = &shared.cx;
     let Some(enroller) = &cx.enroll else {
-        conn.close(3u8.into(), b"no enrollment here");
+        conn.close(code(CLOSE_NO_ENROLLMENT), b"no enrollment here");
         return;
     };
     let exchange = async {
@@ -481,10 +510,10 @@ async fn enroll(
 async fn echo(
     conn: &quinn::Connection,
     site: &crate::sites::Name,
-    counters: &ResponderCounters,
-    telemetry: &Telemetry,
+    cx: &Context,
     stop: &CancellationToken,
 ) {
+    let counters = &cx.counters;
     loop {
         let datagram = tokio::select! {
             _ = stop.cancelled() => return,
@@ -493,21 +522,19 @@ async fn echo(
                 Err(_) => return,
             },
         };
-        match wire::echo_for(&datagram) {
-            Some(reply) => {
-                if conn
-                    .send_datagram(bytes::Bytes::copy_from_slice(&reply))
-                    .is_ok()
-                {
-                    counters.echoed.inc();
-                }
+        if let Some(reply) = wire::echo_for(&datagram) {
+            if conn
+                .send_datagram(bytes::Bytes::copy_from_slice(&reply))
+                .is_ok()
+            {
+                counters.echoed.inc();
             }
-            None => match Report::parse(&datagram) {
-                Some(report) => telemetry.site_report(site, report),
-                None => {
-                    counters.garbage.inc();
-                }
-            },
+        } else if let Some(reply) = wire::instance_for(&datagram, cx.instance) {
+            let _ = conn.send_datagram(bytes::Bytes::copy_from_slice(&reply));
+        } else if let Some(report) = Report::parse(&datagram) {
+            cx.telemetry.site_report(site, report);
+        } else {
+            counters.garbage.inc();
         }
     }
 }
@@ -556,6 +583,7 @@ mod tests {
                     }
                 })
             })),
+            instance: 7,
         };
         let stop = CancellationToken::new();
         tokio::spawn(serve(endpoint, cx, stop.clone()));

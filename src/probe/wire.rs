@@ -4,9 +4,18 @@
 //! probe (annex → hub): 0x01 | seq: u64 BE | stamp: u64 BE   (17 bytes)
 //! echo  (hub → annex): 0x02 | seq: u64 BE | stamp: u64 BE   (the probe, type changed)
 //! report (annex → hub): 0x03 | JSON of Report                 (at most 1000 bytes)
+//! hello (annex → hub): 0x04 | 16 zero bytes                   (17 bytes)
+//! instance (hub → annex): 0x05 | instance: u64 BE | 8 zero bytes (17 bytes)
 //! ```
 //! `stamp` is the annex's send time in microseconds of its own monotonic
-//! clock; the hub never interprets it. A report tells the hub the annex's
+//! clock; the hub never interprets it, nor does the annex trust it: the
+//! RTT is measured from the send time the annex kept. `instance` is a
+//! random number the hub's responder draws at each start: an annex that
+//! sees it change knows the hub restarted (and lost every WireGuard
+//! session), which a reconnection alone does not tell. The hub answers a
+//! hello with its instance, same size: no amplification. A hub without
+//! hello support counts it as garbage; an annex ignores datagrams it does
+//! not know. A report tells the hub the annex's
 //! active uplink and what its probes measure; the hub trusts the site
 //! name of the connection's certificate, never a name in the report.
 //! Anything else is garbage: the hub drops and counts it.
@@ -19,6 +28,8 @@ use crate::telemetry::status::ReportedUplink;
 pub const PROBE: u8 = 0x01;
 pub const ECHO: u8 = 0x02;
 pub const REPORT: u8 = 0x03;
+pub const HELLO: u8 = 0x04;
+pub const INSTANCE: u8 = 0x05;
 pub const LEN: usize = 17;
 /// Largest report: fits a QUIC datagram on a 1280-byte path.
 pub const MAX_REPORT: usize = 1000;
@@ -98,6 +109,43 @@ pub fn echo_for(b: &[u8]) -> Option<[u8; LEN]> {
     decode(PROBE, b).map(|p| encode(ECHO, p))
 }
 
+/// The annex's question for the hub's instance.
+pub fn hello() -> [u8; LEN] {
+    encode(
+        HELLO,
+        Probe {
+            seq: 0,
+            stamp_us: 0,
+        },
+    )
+}
+
+/// The hub's answer to a hello: its instance; `None` if `b` is no hello.
+pub fn instance_for(b: &[u8], instance: u64) -> Option<[u8; LEN]> {
+    decode(HELLO, b)?;
+    Some(encode(
+        INSTANCE,
+        Probe {
+            seq: instance,
+            stamp_us: 0,
+        },
+    ))
+}
+
+/// What the annex accepts from the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromHub {
+    Echo(Probe),
+    Instance(u64),
+}
+
+pub fn parse_from_hub(b: &[u8]) -> Option<FromHub> {
+    if let Some(p) = decode(ECHO, b) {
+        return Some(FromHub::Echo(p));
+    }
+    decode(INSTANCE, b).map(|p| FromHub::Instance(p.seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +193,28 @@ mod tests {
         bad.uplinks = (0..9).map(|i| up(&format!("u{i}"))).collect();
         bad.active = "u0".into();
         assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+    }
+
+    #[test]
+    fn hello_gets_the_instance_same_size() {
+        let answer = instance_for(&hello(), 0xdead_beef_0123).expect("a hello");
+        assert_eq!(answer.len(), hello().len());
+        assert_eq!(
+            parse_from_hub(&answer),
+            Some(FromHub::Instance(0xdead_beef_0123))
+        );
+        assert_eq!(echo_for(&hello()), None, "a hello is not a probe");
+        let p = Probe {
+            seq: 7,
+            stamp_us: u64::MAX,
+        };
+        assert_eq!(instance_for(&probe(p), 1), None, "a probe is not a hello");
+        assert_eq!(
+            parse_from_hub(&echo_for(&probe(p)).unwrap()),
+            Some(FromHub::Echo(p))
+        );
+        assert_eq!(parse_from_hub(&hello()), None);
+        assert_eq!(instance_for(&hello()[..16], 1), None);
     }
 
     #[test]

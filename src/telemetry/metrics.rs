@@ -97,6 +97,10 @@ pub const STATES: [Health; 4] = [
     Health::Recovering,
     Health::Down,
 ];
+/// Every state of a probe connection: the values of its `state` label.
+pub const PROBE_CONNECTION_STATES: [&str; 4] =
+    ["connecting", "connected", "unreachable", "refused"];
+
 /// Every reason class of a failover: the values of the `reason` label.
 pub const REASONS: [ReasonClass; 4] = [
     ReasonClass::Dead,
@@ -125,6 +129,11 @@ pub struct Metrics {
     pub uplink_state_changes: Family<UplinkLabels, Counter>,
     pub uplink_receive: Family<UplinkLabels, Counter>,
     pub uplink_transmit: Family<UplinkLabels, Counter>,
+    pub uplink_probe_connection: Family<UplinkStateLabels, Gauge>,
+    // Annex: probe budgets of the uplinks that have one.
+    pub uplink_probe_budget: Family<UplinkLabels, FloatGauge>,
+    pub uplink_probe_budget_available: Family<UplinkLabels, FloatGauge>,
+    pub uplink_probe_budget_limited: Family<UplinkLabels, Gauge>,
     // Annex: failovers.
     pub failovers: Family<FailoverLabels, Counter>,
     pub last_failover: FloatGauge,
@@ -338,6 +347,30 @@ impl Metrics {
                 "uplink_transmit_bytes",
                 "Bytes sent on the uplink's interface (kernel counter, all traffic)",
                 m.uplink_transmit,
+            );
+            register(
+                r_,
+                "uplink_probe_connection",
+                "1 for the state of the uplink's probe connection to the hub (connecting, connected, unreachable, refused), 0 for the others",
+                m.uplink_probe_connection,
+            );
+            register(
+                r_,
+                "uplink_probe_budget_bytes",
+                "Probe bytes the uplink may use per 30 days (probe_budget; uplinks with a budget only)",
+                m.uplink_probe_budget,
+            );
+            register(
+                r_,
+                "uplink_probe_budget_available_bytes",
+                "Probe bytes the uplink may spend now (its budget's token bucket)",
+                m.uplink_probe_budget_available,
+            );
+            register(
+                r_,
+                "uplink_probe_budget_limited",
+                "1 while the probe budget delays the uplink's probes or connection attempts, else 0",
+                m.uplink_probe_budget_limited,
             );
             register(
                 r_,

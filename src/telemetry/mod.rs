@@ -19,7 +19,8 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Role};
 use crate::decision::{Decision, Health, Quality, StateChange};
-use crate::probe::prober::ProbeCounters;
+use crate::probe::budget::BudgetGauges;
+use crate::probe::prober::{Connection, ProbeCounters};
 use crate::probe::responder::ResponderCounters;
 use crate::probe::wire::Report;
 use crate::sites::Name;
@@ -119,6 +120,21 @@ impl Telemetry {
                             })
                             .set((s == Health::Unknown) as i64);
                     }
+                    for s in PROBE_CONNECTION_STATES {
+                        m.uplink_probe_connection
+                            .get_or_create(&UplinkStateLabels {
+                                uplink: l.uplink.clone(),
+                                state: s.into(),
+                            })
+                            .set((s == "connecting") as i64);
+                    }
+                    if let Some(budget) = u.probe_budget {
+                        m.uplink_probe_budget.get_or_create(&l).set(budget as f64);
+                        m.uplink_probe_budget_available
+                            .get_or_create(&l)
+                            .set(budget as f64 * crate::probe::budget::BURST_SHARE);
+                        m.uplink_probe_budget_limited.get_or_create(&l).set(0);
+                    }
                     m.uplink_rtt.get_or_create(&l).set(f64::NAN);
                     m.uplink_jitter.get_or_create(&l).set(0.0);
                     m.uplink_loss.get_or_create(&l).set(f64::NAN);
@@ -152,6 +168,7 @@ impl Telemetry {
                         name: u.name.to_string(),
                         interface: u.interface.to_string(),
                         metered: u.metered,
+                        probe: "connecting".into(),
                         state: Health::Unknown.as_str().into(),
                         active: i == active,
                         holddown_s: seconds(annex.failover.holddown),
@@ -343,6 +360,15 @@ impl Telemetry {
             u.probe_received_bytes = m.uplink_probe_received.get_or_create(&l).get();
             u.rx_bytes = m.uplink_receive.get_or_create(&l).get();
             u.tx_bytes = m.uplink_transmit.get_or_create(&l).get();
+            u.budget = m.uplink_probe_budget.get(&l).map(|b| BudgetView {
+                budget_bytes: b.get() as u64,
+                available_bytes: m
+                    .uplink_probe_budget_available
+                    .get_or_create(&l)
+                    .get()
+                    .max(0.0) as u64,
+                limited: m.uplink_probe_budget_limited.get_or_create(&l).get() == 1,
+            });
         }
         if let Some(r) = &mut s.responder {
             let c = |r: &str| {
@@ -386,6 +412,9 @@ impl Telemetry {
                 s.active.as_deref().unwrap_or("-"),
                 uplinks.join(", ")
             ));
+            if let Some(p) = &s.probing {
+                parts.push(p.clone());
+            }
         }
         if !s.checks.is_empty() {
             let ok = s.checks.iter().filter(|c| c.up == Some(true)).count();
@@ -401,6 +430,40 @@ impl Telemetry {
             sent_bytes: self.metrics.uplink_probe_sent.get_or_create_owned(&l),
             received_bytes: self.metrics.uplink_probe_received.get_or_create_owned(&l),
         }
+    }
+
+    /// The gauges of uplink `name`'s probe budget.
+    pub fn probe_budget(&self, name: &str) -> BudgetGauges {
+        let l = uplink(name);
+        let m = &self.metrics;
+        BudgetGauges {
+            budget: m.uplink_probe_budget.get_or_create_owned(&l),
+            available: m.uplink_probe_budget_available.get_or_create_owned(&l),
+            limited: m.uplink_probe_budget_limited.get_or_create_owned(&l),
+        }
+    }
+
+    /// How every prober's connection fares, and what the annex can no
+    /// longer measure because of it ("probe responder unreachable",
+    /// "refused by the hub: ..."), if anything.
+    pub fn probing(&self, connections: &[Connection], problem: Option<String>) {
+        let m = &self.metrics;
+        let mut s = self.status();
+        for (u, c) in s.uplinks.iter_mut().zip(connections) {
+            if u.probe == c.as_str() {
+                continue;
+            }
+            u.probe = c.as_str().into();
+            for st in PROBE_CONNECTION_STATES {
+                m.uplink_probe_connection
+                    .get_or_create(&UplinkStateLabels {
+                        uplink: u.name.clone(),
+                        state: st.into(),
+                    })
+                    .set((st == c.as_str()) as i64);
+            }
+        }
+        s.probing = problem;
     }
 
     pub fn responder_counters(&self) -> ResponderCounters {

@@ -21,6 +21,10 @@ pub struct Status {
     pub uplinks: Vec<UplinkView>,
     /// Annex only: the uplink the tunnel goes through.
     pub active: Option<String>,
+    /// Annex only: why the probes measure nothing, e.g. "probe responder
+    /// unreachable" or "refused by the hub: unknown certificate".
+    #[serde(default)]
+    pub probing: Option<String>,
     pub failovers: u64,
     pub last_failover: Option<FailoverView>,
     pub checks: Vec<CheckView>,
@@ -53,6 +57,9 @@ pub struct UplinkView {
     pub name: String,
     pub interface: String,
     pub metered: bool,
+    /// The probe connection: connecting, connected, unreachable, refused.
+    #[serde(default)]
+    pub probe: String,
     pub state: String,
     pub active: bool,
     pub rtt_ms: Option<f64>,
@@ -76,6 +83,19 @@ pub struct UplinkView {
     /// Kernel counters of the interface.
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The probe budget, for an uplink that has one.
+    #[serde(default)]
+    pub budget: Option<BudgetView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BudgetView {
+    /// Bytes per 30 days.
+    pub budget_bytes: u64,
+    /// Bytes that may be spent now.
+    pub available_bytes: u64,
+    /// The budget delays probes or connection attempts.
+    pub limited: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -184,6 +204,20 @@ impl Status {
                 "uplinks (active: {})",
                 self.active.as_deref().unwrap_or("-")
             )?;
+            if let Some(p) = &self.probing {
+                // What the tunnel itself says, since the probes cannot.
+                let handshake = match t.peers.first().and_then(|p| p.last_handshake) {
+                    Some(h) if now - h < 180.0 => format!(
+                        "tunnel handshake {} ago: the tunnel works",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            (now - h).max(0.0).round() as u64
+                        ))
+                    ),
+                    Some(h) => format!("no tunnel handshake since {}", when(h, now)),
+                    None => "no tunnel handshake yet".into(),
+                };
+                writeln!(o, "  {p} ({handshake}); uplinks not measured")?;
+            }
             for u in &self.uplinks {
                 let mut notes = Vec::new();
                 if u.late.is_some_and(|l| l > 0.0) {
@@ -197,10 +231,21 @@ impl Status {
                         u.penalty
                     ));
                 }
+                if !u.probe.is_empty() && u.probe != "connected" {
+                    notes.push(format!("probes {}", u.probe));
+                }
                 if u.metered {
                     notes.push(format!(
                         "metered, {} B probing",
                         u.probe_sent_bytes + u.probe_received_bytes
+                    ));
+                }
+                if let Some(b) = &u.budget {
+                    notes.push(format!(
+                        "budget {}/30 days, {} left{}",
+                        crate::probe::budget::format_size(b.budget_bytes as f64),
+                        crate::probe::budget::format_size(b.available_bytes as f64),
+                        if b.limited { ", LIMITING probes" } else { "" }
                     ));
                 }
                 writeln!(

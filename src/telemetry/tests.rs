@@ -200,10 +200,12 @@ fn check_rules(text: &str) -> BTreeSet<String> {
                 );
             }
             if let Some(s) = labels.get("state") {
-                assert!(
-                    STATES.iter().any(|h| h.as_str() == s),
-                    "{sample}: state {s}"
-                );
+                let known = if name == "townlink_uplink_probe_connection" {
+                    PROBE_CONNECTION_STATES.contains(&s.as_str())
+                } else {
+                    STATES.iter().any(|h| h.as_str() == s)
+                };
+                assert!(known, "{sample}: state {s}");
             }
             if let Some(r) = labels.get("reason") {
                 assert!(
@@ -405,4 +407,59 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
     // An up uplink that never failed shows neither.
     let lte = shown.lines().find(|l| l.contains(" lte ")).unwrap();
     assert!(!lte.contains("hold-down"), "{lte}");
+}
+
+#[test]
+fn status_says_why_probes_cannot_measure() {
+    use crate::probe::prober::{Connection, Refusal};
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let unreachable = Connection::Unreachable { failures: 2 };
+    annex.probing(
+        &[unreachable, unreachable],
+        Some("probe responder unreachable".into()),
+    );
+    let now = now();
+    let peer = |handshake: Option<f64>| crate::tunnel::PeerStatus {
+        public_key: crate::keys::PrivateKey::generate().public_key(),
+        endpoint: None,
+        allowed_ips: Vec::new(),
+        last_handshake: handshake.map(|h| std::time::UNIX_EPOCH + Duration::from_secs_f64(h)),
+        rx_bytes: 0,
+        tx_bytes: 0,
+        keepalive: None,
+    };
+    annex.peer("main", &peer(Some(now - 12.0)));
+    let text = annex.snapshot().render(now);
+    assert!(
+        text.contains(
+            "probe responder unreachable (tunnel handshake 12s ago: the tunnel works); uplinks not measured"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("probes unreachable"), "{text}");
+    // The lte's budget (30 MB by default for a metered uplink) is shown.
+    assert!(text.contains("budget 30 MB/30 days, 3 MB left"), "{text}");
+    assert!(annex.status_line().contains("probe responder unreachable"));
+    let metrics = annex.encode();
+    assert!(
+        metrics
+            .contains("townlink_uplink_probe_connection{uplink=\"fiber\",state=\"unreachable\"} 1"),
+        "{metrics}"
+    );
+
+    let refused = Connection::Refused(Refusal::UnknownCertificate);
+    annex.probing(
+        &[refused, unreachable],
+        Some("refused by the hub: unknown certificate".into()),
+    );
+    annex.peer("main", &peer(None));
+    let text = annex.snapshot().render(now);
+    assert!(
+        text.contains("refused by the hub: unknown certificate (no tunnel handshake yet)"),
+        "{text}"
+    );
+    annex.probing(&[Connection::Up, Connection::Up], None);
+    let text = annex.snapshot().render(now);
+    assert!(!text.contains("not measured"), "{text}");
 }
