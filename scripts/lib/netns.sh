@@ -27,7 +27,10 @@ run_netns_program() {
 
 netns_cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    # `timeout` signals the script, then its whole process group: a second
+    # SIGTERM must not cut this clean-up short (SIGKILL still can).
+    trap - EXIT
+    trap '' INT TERM
     if [ -n "${NETNS_PID:-}" ]; then
         if [ -z "${NETNS_DONE:-}" ] && kill -0 "$NETNS_PID" 2>/dev/null; then
             kill -TERM "$NETNS_PID" 2>/dev/null || true
