@@ -153,6 +153,14 @@ fn bench() -> i32 {
     println!();
     println!("failover benchmark, default settings ({n} blackhole events)");
     println!(
+        "load average (1 min) at the end: {} ({} cores)",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
         "{:<34} {:>9} {:>9} {:>9}   target",
         "", "median", "p95", "max"
     );

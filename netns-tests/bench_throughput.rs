@@ -333,6 +333,14 @@ struct Row<'a> {
     runs: Vec<f64>,
 }
 
+/// The 1-minute load average: other work on the machine skews the figures.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -402,6 +410,7 @@ fn bench() -> Result<(), String> {
         },
     ];
     let out = dir.join("iperf3.json");
+    let load_before = load();
     for round in 1..=runs {
         println!("== round {round} of {runs} ({secs} s each)");
         for row in &mut rows {
@@ -427,6 +436,11 @@ fn bench() -> Result<(), String> {
         .expect("rows");
     println!();
     println!("iperf3, 1 TCP stream, annex -> hub over the fiber path, median of {runs} x {secs} s");
+    println!(
+        "load average (1 min) before the rounds: {load_before}, after: {} ({} cores)",
+        load(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "{:<28} {:>8} {:>7} {:>12}   runs (Mbit/s)",
         "configuration", "Mbit/s", "x raw", "x best bt"
