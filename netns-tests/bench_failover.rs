@@ -2,13 +2,17 @@
 //! - EVENTS fiber blackholes (default 20): the outage gap seen by a LAN
 //!   stream of 50 packets/s, and the detection time (blackhole → the
 //!   tunnel's route on 4G);
-//! - LOSS_MINUTES minutes (default 10) of 2 % random loss on the fiber:
-//!   false switches;
+//! - LOSS_MINUTES minutes (default 10; or LOSS_SECONDS seconds) of 2 %
+//!   random loss on the fiber: false switches;
 //! - over that same time, with the 4G on standby: the bytes the 4G uplink
 //!   spends on probing, counted by iptables in the carrier's namespace
 //!   (IP bytes, both directions), per hour and per 30-day month.
 //!
-//! Run it with `sudo scripts/bench-failover`.
+//! Exits non-zero when a blackhole causes no switch, or when anything it
+//! needs fails (a daemon that does not start, a stream that gets no echo).
+//!
+//! Run it with `sudo scripts/bench-failover`; CI runs it with EVENTS=1
+//! LOSS_SECONDS=10.
 
 mod testbed;
 
@@ -17,10 +21,12 @@ use std::time::{Duration, Instant};
 use testbed::{udp_echo_server, Impairment, Options, UdpStream, Wan, PROBE_PORT, RECORDS};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -51,8 +57,15 @@ fn probe_bytes_4g(wan: &Wan) -> u64 {
 }
 
 fn main() {
+    // The WAN is dropped (daemons stopped, namespaces removed) when `bench`
+    // returns, before the process exits.
+    std::process::exit(bench());
+}
+
+/// Runs the benchmark; 0 when every blackhole caused a switch.
+fn bench() -> i32 {
     let events = env("EVENTS", 20) as usize;
-    let loss_minutes = env("LOSS_MINUTES", 10);
+    let loss_seconds = env("LOSS_SECONDS", 60 * env("LOSS_MINUTES", 10));
     let mut wan = Wan::build_with(1, &Options::default());
     // Counting rules (no target: they only count) for the probe traffic.
     let port = PROBE_PORT.to_string();
@@ -72,6 +85,12 @@ fn main() {
                 Duration::from_secs(30),
             )
             .expect("uplinks up");
+    }
+    // The 4G is up, so its probes went through the carrier: if the counting
+    // rules saw none, the probe-bytes figure below would be a silent 0.
+    if probe_bytes_4g(&wan) == 0 {
+        eprintln!("error: no probe bytes counted on the 4G although it is up: the counting rules match nothing");
+        return 1;
     }
     let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
     stream
@@ -110,13 +129,13 @@ fn main() {
     gaps.sort();
     detections.sort();
 
-    println!("== {loss_minutes} min of 2 % random loss on the fiber (4G on standby)");
+    println!("== {loss_seconds} s of 2 % random loss on the fiber (4G on standby)");
     let switches_before = wan.daemons[annex].log_lines(&["failover from="]).len();
     let bytes_before = probe_bytes_4g(&wan);
     let started = Instant::now();
     let lossy = Impairment::loss(&wan.isp_fiber, "a1", 0.02);
     let mut false_switches = 0;
-    while started.elapsed() < Duration::from_secs(60 * loss_minutes) {
+    while started.elapsed() < Duration::from_secs(loss_seconds) {
         std::thread::sleep(Duration::from_secs(1));
         if wan.annex(1).tunnel_uplink() != "fiber0" {
             false_switches += 1;
@@ -133,6 +152,14 @@ fn main() {
     let n = gaps.len();
     println!();
     println!("failover benchmark, default settings ({n} blackhole events)");
+    println!(
+        "load average (1 min) at the end: {} ({} cores)",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "{:<34} {:>9} {:>9} {:>9}   target",
         "", "median", "p95", "max"
@@ -178,6 +205,7 @@ fn main() {
     );
     if n < events {
         println!("{} events did not switch", events - n);
-        std::process::exit(1);
+        return 1;
     }
+    0
 }

@@ -1014,3 +1014,61 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
             .and_then(|v| v.parse().ok())
     })
 }
+
+/// A helper process started in a namespace (iperf3, a reference WireGuard
+/// implementation...), stopped by PID on drop: SIGTERM, then SIGKILL.
+pub struct Background {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Netns {
+    /// Starts `args` in this namespace with extra environment variables,
+    /// output to `log`; the process is stopped when the guard drops.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Background {
+        let out = File::create(&log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", self.name));
+        Background {
+            name: format!("{} in {}", args[0], self.name),
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+impl Background {
+    /// `None` while it runs, its exit status once it ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("wait"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `ip netns exec` execs the program: the PID is the program's own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

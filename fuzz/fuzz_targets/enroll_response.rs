@@ -1,0 +1,55 @@
+//! The hub's answer to an enrollment as `townlink join` reads it (JSON of
+//! `JoinResponse`, at most `enroll::MAX_MESSAGE` bytes); a `Joined` answer
+//! becomes the annex's config (`join::config_text`), which `join` then
+//! checks with `config::parse`, as this target does.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use townlink::enroll::join::{config_text, JoinOptions, UplinkSpec};
+use townlink::enroll::token::Token;
+use townlink::enroll::{JoinResponse, MAX_MESSAGE};
+
+/// A token and options as `townlink join` would have them.
+fn context() -> &'static (Token, JoinOptions) {
+    static CONTEXT: OnceLock<(Token, JoinOptions)> = OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        let token = Token {
+            endpoints: vec!["hub.example.net:51820".into()],
+            probe_port: 51821,
+            hub_public_key: townlink::keys::PrivateKey::generate().public_key(),
+            hub_fingerprint: townlink::probe::tls::Fingerprint::from_bytes([7; 32]),
+            site: townlink::sites::Name::new("annex-1").expect("name"),
+            secret: townlink::enroll::token::Secret::generate(),
+            expires: 4_000_000_000,
+        };
+        let opts = JoinOptions {
+            dir: townlink_fuzz::fixture_dir().to_path_buf(),
+            interface: townlink::config::InterfaceName::new("tl0").expect("interface"),
+            uplinks: vec![
+                "fiber=eth1,gateway=198.51.100.1"
+                    .parse::<UplinkSpec>()
+                    .expect("uplink"),
+                "lte=wwan0,metered".parse::<UplinkSpec>().expect("uplink"),
+            ],
+            force: false,
+        };
+        (token, opts)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() > MAX_MESSAGE {
+        return;
+    }
+    let Ok(JoinResponse::Joined(settings)) = serde_json::from_slice::<JoinResponse>(data) else {
+        return;
+    };
+    let (token, opts) = context();
+    let text = config_text(token, &settings, opts);
+    if townlink_fuzz::may_name_outside_files(&text) {
+        return;
+    }
+    let _ = townlink::config::parse(&text, &opts.dir);
+});

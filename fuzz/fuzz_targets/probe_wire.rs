@@ -1,0 +1,22 @@
+//! The probe datagrams (`src/probe/wire.rs`): what the hub's responder does
+//! with any datagram of an annex (`echo_for`, `Report::parse`), and what an
+//! annex's prober does with any datagram of the hub (`parse_echo`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use townlink::probe::wire::{self, Report};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(echo) = wire::echo_for(data) {
+        // Only a well-formed probe is echoed, with its sequence and stamp.
+        let p = wire::parse_echo(&echo).expect("an echo parses");
+        assert_eq!(wire::probe(p).as_slice(), data);
+    }
+    if let Some(report) = Report::parse(data) {
+        assert!(wire::echo_for(data).is_none(), "a report is not a probe");
+        if let Some(again) = report.encode() {
+            assert_eq!(Report::parse(&again), Some(report), "round trip");
+        }
+    }
+    let _ = wire::parse_echo(data);
+});
