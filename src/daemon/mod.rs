@@ -98,24 +98,20 @@ impl Installed {
     }
 }
 
-/// Takes the lock of the state directory (`townlink.lock` in it, created
-/// with the directory if needed), held until the returned file is dropped
-/// or the process ends, whatever way. A second instance with the same
-/// directory is refused, with the key to change.
+/// Locks the state directory (created if needed) for this instance: a
+/// `flock` on the directory itself, so that nothing is left in it, held
+/// until the returned handle is dropped or the process ends, whatever way.
+/// A second instance with the same directory is refused, with the key to
+/// change.
 pub fn lock_state_directory(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let shown = dir.display();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the state directory {shown} (state_directory)"))?;
-    let path = dir.join("townlink.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {} (state_directory)", path.display()))?;
+    let handle = std::fs::File::open(dir)
+        .with_context(|| format!("cannot open the state directory {shown} (state_directory)"))?;
     // SAFETY: flock on a file descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             bail!(
@@ -123,9 +119,10 @@ pub fn lock_state_directory(dir: &std::path::Path) -> anyhow::Result<std::fs::Fi
                  instance its own state_directory"
             );
         }
-        return Err(e).with_context(|| format!("cannot lock {} (state_directory)", path.display()));
+        return Err(e)
+            .with_context(|| format!("cannot lock the state directory {shown} (state_directory)"));
     }
-    Ok(file)
+    Ok(handle)
 }
 
 /// Runs the daemon until `shutdown` is cancelled. On a start-up error,
@@ -387,8 +384,9 @@ mod tests {
                 && e.contains("its own state_directory"),
             "{e}"
         );
-        // Free again once the first instance is gone (also after a crash:
-        // the kernel drops the lock with the process).
+        // Nothing is left in the directory; it is free again once the first
+        // instance is gone (also after a crash: the lock goes with the process).
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
         drop(first);
         super::lock_state_directory(&state).unwrap();
     }

@@ -225,12 +225,21 @@ impl Status {
             )?;
             if let Some(p) = &self.probing {
                 // What the tunnel itself says, since the probes cannot.
+                // A hub that refuses this annex has removed (or never had)
+                // its peer: an earlier handshake proves nothing then.
+                let refused = p.starts_with("refused by the hub");
                 let handshake = match t.peers.first().and_then(|p| p.last_handshake) {
                     Some(h) if now - h < 180.0 => format!(
-                        "tunnel handshake {} ago: the tunnel works",
+                        "{} {} ago{}",
+                        if refused {
+                            "last tunnel handshake"
+                        } else {
+                            "tunnel handshake"
+                        },
                         humantime::format_duration(std::time::Duration::from_secs(
                             (now - h).max(0.0).round() as u64
-                        ))
+                        )),
+                        if refused { "" } else { ": the tunnel works" }
                     ),
                     Some(h) => format!("no tunnel handshake since {}", when(h, now)),
                     None => "no tunnel handshake yet".into(),

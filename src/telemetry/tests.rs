@@ -510,3 +510,26 @@ fn a_config_site_is_configured_until_its_first_handshake() {
     status.sites[0].peer.last_handshake = Some(t - 600.0);
     assert!(line(&status).contains(" silent "), "{}", line(&status));
 }
+
+#[test]
+fn a_refused_annex_is_not_told_its_tunnel_works() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let mut status = annex.snapshot();
+    let t = now();
+    status.tunnel.peers = vec![crate::telemetry::status::PeerView {
+        name: "main".into(),
+        last_handshake: Some(t - 3.0),
+        ..Default::default()
+    }];
+    status.probing = Some("refused by the hub: site revoked".into());
+    let text = status.render(t);
+    assert!(
+        text.contains(
+            "refused by the hub: site revoked (last tunnel handshake 3s ago); uplinks not measured"
+        ),
+        "{text}"
+    );
+    status.probing = Some("probe responder unreachable".into());
+    assert!(status.render(t).contains("the tunnel works"));
+}
