@@ -1713,4 +1713,39 @@ mod tests {
             assert_eq!(hub.routes(), Vec::<String>::new());
         });
     }
+
+    #[test]
+    fn a_config_site_is_configured_with_its_keys_and_removed_by_a_reload() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let key = PrivateKey::generate().public_key();
+            let mut config = SiteSet::new();
+            config
+                .insert(Site {
+                    name: Name::new("annex-8").unwrap(),
+                    public_key: key,
+                    address: "10.99.0.8".parse().unwrap(),
+                    lan: vec![],
+                    certificate: None,
+                })
+                .unwrap();
+            let (sites, _) = hub.start_with(config).await;
+            let sites = sites.unwrap();
+            let listed = sites.list().await;
+            assert_eq!(listed.len(), 1);
+            let s = &listed[0];
+            // Not "joined": it never registered anything, nor connected.
+            assert_eq!(
+                (s.state.as_str(), s.source.as_str()),
+                ("configured", "config")
+            );
+            assert_eq!(s.public_key, Some(key.to_string()));
+            assert_eq!(s.certificate, None, "no made-up all-zero fingerprint");
+            let e = sites.remove("annex-8").await.unwrap_err();
+            assert!(
+                e.contains("remove its [[site]] table, then `systemctl reload townlink`"),
+                "{e}"
+            );
+        });
+    }
 }
