@@ -207,3 +207,60 @@ fn a_refused_annex_backs_off_to_minutes() {
         2
     );
 }
+
+#[test]
+fn a_firewall_that_starts_dropping_the_probes_is_named_in_the_journal() {
+    let mut wan = Wan::build(1);
+    let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
+    wan.start_hub();
+    let annex = wan.start_annex(1);
+    let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
+    stream.wait_for_echoes(50, Duration::from_secs(20)).unwrap();
+    wait_for_status(&wan, "lte        lte0     up", Duration::from_secs(20)).unwrap();
+    // The hub's firewall starts dropping UDP 51821 (a rule added on a
+    // running WAN), not WireGuard's 51820.
+    let cut = Instant::now();
+    wan.hub.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        &PROBE_PORT.to_string(),
+        "-j",
+        "DROP",
+    ]);
+    // What the journal says (docs/technician.md quotes it): every uplink
+    // down at once, "N probes lost", and no switch (none is up) ...
+    let a = &wan.daemons[annex];
+    for uplink in ["fiber", "lte"] {
+        let line = a
+            .wait_for_log(
+                &[
+                    "uplink state",
+                    &format!("uplink={uplink}"),
+                    "to=\"down\"",
+                    &format!("{uplink}: 4 probes lost in"),
+                ],
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+        eprintln!("{line}");
+    }
+    // ... then, once the fiber's connection has been silent for 10 s, that
+    // it cannot reach the responder.
+    let line = a
+        .wait_for_log(
+            &["cannot reach the hub's probe responder", "uplink=fiber"],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_text()));
+    eprintln!("after {:?}: {line}", cut.elapsed());
+    let (_, text, _) = status(&annex_socket(&wan), false);
+    eprintln!("{text}");
+    // The tunnel stays where it was, and users' traffic flows.
+    assert_eq!(a.log_lines(&["failover from="]), Vec::<String>::new());
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}

@@ -17,11 +17,35 @@ pub async fn attempt(check: &CheckConfig) -> Result<Duration, String> {
     let started = Instant::now();
     match tokio::time::timeout(check.timeout, TcpStream::connect(check.tcp)).await {
         Ok(Ok(_stream)) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(failure_text(&e)),
         Err(_) => Err(format!(
             "no answer within {}",
             humantime::format_duration(check.timeout)
         )),
+    }
+}
+
+/// Why a connection failed, in the words status, the journal and the
+/// technician's guide use: "connection refused" rather than the system's
+/// "Connection refused (os error 111)".
+pub fn failure_text(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::HostUnreachable => "host unreachable".into(),
+        K::NetworkUnreachable => "network unreachable".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::TimedOut => "timed out".into(),
+        _ => {
+            // The system's words, without the errno suffix.
+            let text = e.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => text,
+            }
+        }
     }
 }
 
@@ -58,5 +82,33 @@ pub async fn run(check: CheckConfig, telemetry: Arc<Telemetry>, stop: Cancellati
             last = Some(ok);
         }
         telemetry.check(check.name.as_str(), result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_check_says_connection_refused_as_the_guide_does() {
+        // A port nobody listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let check = CheckConfig {
+            name: crate::sites::Name::new("records").unwrap(),
+            tcp: port,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        };
+        assert_eq!(attempt(&check).await.unwrap_err(), "connection refused");
+        let guide = include_str!("../docs/technician.md");
+        assert!(
+            guide.contains("check `FAILED: connection refused`"),
+            "docs/technician.md names another text"
+        );
+        let other = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(failure_text(&other), "permission denied");
     }
 }

@@ -293,7 +293,10 @@ impl Failover {
         let connections = self.connections();
         let probing = Probing::of(&connections);
         let qualities: Vec<Quality> = (0..self.names.len())
-            .map(|i| unmeasured(engine.quality(i), probing, connections[i]))
+            .map(|i| {
+                let q = shown(engine.quality(i), engine.policy().sla.min_samples);
+                unmeasured(q, probing, connections[i])
+            })
             .collect();
         self.telemetry.uplinks(&qualities, engine.active());
         self.telemetry.probing(&connections, probing.problem());
@@ -476,6 +479,19 @@ impl Failover {
             ),
         }
     }
+}
+
+/// An uplink's quality as shown: the loss and late ratios only once the
+/// window holds `min_samples` probes, as many as the engine needs to
+/// judge the SLA. Before that a ratio means little (one lost probe of
+/// three right after start is "33.3 %"): status says "measuring", the
+/// metrics NaN.
+fn shown(mut q: Quality, min_samples: usize) -> Quality {
+    if q.samples < min_samples.max(1) {
+        q.loss = None;
+        q.late = None;
+    }
+    q
 }
 
 /// An uplink's quality as shown: while probes cannot measure (responder
@@ -686,6 +702,33 @@ mod tests {
     }
 
     #[test]
+    fn ratios_are_shown_once_the_window_can_be_judged() {
+        let q = Quality {
+            health: Health::Up,
+            rtt: Some(Duration::from_millis(1)),
+            jitter: Duration::ZERO,
+            loss: Some(1.0 / 3.0),
+            late: Some(0.0),
+            samples: 3,
+            consecutive_lost: 0,
+            holddown: Duration::from_secs(10),
+            penalty: 0.0,
+        };
+        let early = shown(q, 20);
+        assert_eq!(
+            (early.loss, early.late),
+            (None, None),
+            "1 of 3 is not 33.3 %"
+        );
+        assert_eq!(
+            early.rtt, q.rtt,
+            "an RTT is a measurement from the first echo"
+        );
+        let judged = Quality { samples: 20, ..q };
+        assert_eq!(shown(judged, 20), judged);
+    }
+
+    #[test]
     fn unmeasured_uplinks_are_unknown_not_down() {
         let down = Quality {
             health: Health::Down,
@@ -693,6 +736,7 @@ mod tests {
             jitter: Duration::ZERO,
             loss: Some(1.0),
             late: Some(0.0),
+            samples: 40,
             consecutive_lost: 40,
             holddown: Duration::from_secs(10),
             penalty: 1.0,

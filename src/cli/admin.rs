@@ -74,6 +74,10 @@ fn describe(s: &SiteInfo, now: f64) -> String {
             .revoked_at
             .map(|t| format!("revoked {}", when(t as f64, now)))
             .unwrap_or_default(),
+        "configured" => s
+            .last_handshake
+            .map(|t| format!("handshake {}", when(t as f64, now)))
+            .unwrap_or_else(|| "no handshake since the hub started".into()),
         _ => s
             .last_handshake
             .map(|t| format!("handshake {}", when(t as f64, now)))
@@ -86,6 +90,51 @@ fn describe(s: &SiteInfo, now: f64) -> String {
         s.source,
         s.address.to_string(),
         lan
+    )
+}
+
+/// `site show`: one site, a field per line.
+fn show(s: &SiteInfo, now: f64) -> String {
+    let stamp = |t: Option<u64>| t.map(|t| when(t as f64, now));
+    let lan: Vec<String> = s.lan.iter().map(|l| l.to_string()).collect();
+    let mut fields: Vec<(&str, Option<String>)> = vec![
+        ("state", Some(s.state.clone())),
+        ("source", Some(s.source.clone())),
+        ("address", Some(s.address.to_string())),
+        (
+            "lan",
+            Some(if lan.is_empty() {
+                "-".into()
+            } else {
+                lan.join(", ")
+            }),
+        ),
+        ("public key", s.public_key.clone()),
+        ("certificate", s.certificate.clone()),
+        ("handshake", stamp(s.last_handshake)),
+        ("token valid until", s.expires.map(crate::telemetry::stamp)),
+        ("joined", stamp(s.joined_at)),
+        ("revoked", stamp(s.revoked_at)),
+    ];
+    if s.certificate.is_none() && s.state != "pending" && s.state != "revoked" {
+        fields[5].1 = Some("none: its probes are refused".into());
+    }
+    let mut o = format!("site {}\n", s.name);
+    for (k, v) in fields {
+        if let Some(v) = v {
+            o.push_str(&format!("  {k:<18} {v}\n"));
+        }
+    }
+    o
+}
+
+/// What `site add` tells the administrator to run on the annex. The
+/// interface names are examples: `site add` cannot know the annex's.
+pub(crate) fn join_hint(token: &str) -> String {
+    format!(
+        "on the new annex, run (fiber=eth1 and lte=wwan0 are examples: name that router's \
+         uplinks and their interfaces, `ip -br link` lists them):\n  townlink join '{token}' \
+         --uplink fiber=eth1 --uplink lte=wwan0,metered"
     )
 }
 
@@ -132,9 +181,7 @@ pub(super) fn site(
                             );
                         }
                         println!("\n{token}\n");
-                        println!(
-                            "on the new annex, run:\n  townlink join '{token}' --uplink fiber=eth1 --uplink lte=wwan0,metered"
-                        );
+                        println!("{}", join_hint(&token));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -156,6 +203,21 @@ pub(super) fn site(
                     for s in &sites {
                         println!("{}", describe(s, now));
                     }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(code) => Ok(code),
+        },
+        SiteCommand::Show { name, json } => match ask(&socket, &Request::SiteList)? {
+            Ok(Response::Sites { sites }) => {
+                let Some(s) = sites.iter().find(|s| s.name == name) else {
+                    anyhow::bail!("there is no site {name} (see `townlink site list`)");
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(s)?);
+                } else {
+                    print!("{}", show(s, now));
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -202,6 +264,9 @@ pub(super) fn join(
         .map_err(|e| anyhow::anyhow!("--uplink {e}"))?;
     let interface =
         InterfaceName::new(interface).map_err(|e| anyhow::anyhow!("--interface {e}"))?;
+    for warning in join::missing_interface_warnings(&uplinks) {
+        eprintln!("{warning}");
+    }
     let opts = JoinOptions {
         dir: dir.to_path_buf(),
         interface,

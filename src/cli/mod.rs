@@ -48,8 +48,16 @@ pub(crate) enum SiteCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every site with its state: pending, joined, connected, revoked.
+    /// Every site with its state: pending, joined, configured, connected,
+    /// silent, revoked (--json: with its public key and certificate).
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One site in full: state, addresses, its public key and the
+    /// fingerprint of its probe certificate (never a secret).
+    Show {
+        name: String,
         #[arg(long)]
         json: bool,
     },

@@ -177,17 +177,14 @@ impl Checker {
             .ok()
     }
 
-    /// A file holding a secret: it must exist and be readable by its owner only.
-    fn secret_file(&mut self, path: &str, file: &Path) -> bool {
+    /// A file holding a secret: it must exist and be readable by its owner
+    /// only. `create`: how to make it, the hint when it is missing.
+    fn secret_file(&mut self, path: &str, file: &Path, create: &str) -> bool {
         let shown = file.display();
         let meta = match std::fs::metadata(file) {
             Ok(m) => m,
             Err(e) => {
-                self.push(
-                    path,
-                    format!("cannot read {shown}: {e}"),
-                    Some("create it (see docs/configuration.md)"),
-                );
+                self.push(path, format!("cannot read {shown}: {e}"), Some(create));
                 return false;
             }
         };
@@ -217,7 +214,8 @@ impl Checker {
             "point to a file made by `townlink genkey > FILE` (mode 0600)",
         )?;
         let file = base.join(value);
-        if !self.secret_file(path, &file) {
+        let create = format!("create it: umask 077; townlink genkey > {}", file.display());
+        if !self.secret_file(path, &file, &create) {
             return None;
         }
         let shown = file.display();
@@ -767,8 +765,9 @@ fn enrollment(
     let keepalive = e.keepalive.map_or(Some(DEFAULT_KEEPALIVE), |k| {
         c.int("enrollment.keepalive", k, 0, 3600)
     });
-    match (ok, pool, token_ttl, hub_name, keepalive) {
-        (true, Some(pool), Some(token_ttl), Some(hub_name), Some(keepalive)) => {
+    let checks = enrollment_checks(c, e, &routes);
+    match (ok, pool, token_ttl, hub_name, keepalive, checks) {
+        (true, Some(pool), Some(token_ttl), Some(hub_name), Some(keepalive), Some(checks)) => {
             Some(EnrollmentConfig {
                 registry,
                 endpoints,
@@ -777,10 +776,52 @@ fn enrollment(
                 token_ttl,
                 hub_name,
                 keepalive,
+                checks,
             })
         }
         _ => None,
     }
+}
+
+/// `enrollment.check`: distinct names, targets the annexes route to the hub.
+fn enrollment_checks(
+    c: &mut Checker,
+    e: &RawEnrollment,
+    routes: &[IpNet],
+) -> Option<Vec<EnrollmentCheck>> {
+    let mut checks: Vec<EnrollmentCheck> = Vec::new();
+    let mut ok = true;
+    let items = e.check.as_ref().map(|x| x.items()).unwrap_or_default();
+    let single = matches!(e.check, Some(super::raw::OneOrMany::One(_)));
+    for (i, text) in items.into_iter().enumerate() {
+        let path = if single {
+            "enrollment.check".to_string()
+        } else {
+            format!("enrollment.check[{i}]")
+        };
+        let check = match EnrollmentCheck::parse(text, i) {
+            Ok(k) => k,
+            Err(m) => {
+                c.push(path, m, None);
+                ok = false;
+                continue;
+            }
+        };
+        if checks.iter().any(|k| k.name == check.name) {
+            let m = format!("{} is the name of another check", check.name);
+            c.push(path, m, Some("name them: \"NAME=ADDRESS:PORT\""));
+            ok = false;
+        } else if !routes.iter().any(|r| r.contains(&check.tcp.ip())) {
+            c.push(
+                path,
+                format!("{} is not inside enrollment.routes", check.tcp.ip()),
+                Some("annexes reach only enrollment.routes through the hub: add its network there"),
+            );
+            ok = false;
+        }
+        checks.push(check);
+    }
+    ok.then_some(checks)
 }
 
 /// What a `[[site]]` table says, each field present when it is valid, so
@@ -1086,7 +1127,21 @@ fn probe(c: &mut Checker, p: &RawProbe, base: &Path, is_hub: Option<bool>) -> Op
     let identity = match (cert, key) {
         (Some(cert), Some(key)) => {
             let (cert, key) = (base.join(cert), base.join(key));
-            if c.secret_file("probe.key_file", &key) {
+            let create = format!(
+                "make both files: townlink gencert --name NAME --cert {} --key {}",
+                cert.display(),
+                key.display()
+            );
+            // Both files are looked at, so that both are reported missing.
+            let cert_ok = match std::fs::metadata(&cert) {
+                Ok(_) => true,
+                Err(e) => {
+                    let problem = format!("cannot read {}: {e}", cert.display());
+                    c.push("probe.certificate_file", problem, Some(&create));
+                    false
+                }
+            };
+            if c.secret_file("probe.key_file", &key, &create) && cert_ok {
                 Identity::load(&cert, &key)
                     .map_err(|e| {
                         c.push("probe", e, Some("make a new pair with `townlink gencert`"))

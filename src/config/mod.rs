@@ -21,6 +21,10 @@ use crate::sites::{Name, SiteSet};
 
 pub use check::validate;
 
+/// The reference of every key, where the package installs it (a router
+/// has no source tree: hints name this path, not `docs/`).
+pub const CONFIGURATION_DOC: &str = "/usr/share/doc/townlink/configuration.md";
+
 /// Default MTU of the tunnel interface: 1500 minus the WireGuard/UDP/IPv6 overhead.
 pub const DEFAULT_MTU: u16 = 1420;
 /// Default routing table of the tunnel's UDP socket (`fwmark` → `table`).
@@ -187,6 +191,38 @@ pub struct EnrollmentConfig {
     pub hub_name: Name,
     /// Keepalive an enrolled annex uses toward the hub.
     pub keepalive: u16,
+    /// The end-to-end checks every enrolled annex gets (`[[check]]` of
+    /// the config `join` writes): the records server, typically.
+    pub checks: Vec<EnrollmentCheck>,
+}
+
+/// A check handed to enrolled annexes: `[NAME=]ADDRESS:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EnrollmentCheck {
+    pub name: Name,
+    pub tcp: SocketAddr,
+}
+
+impl EnrollmentCheck {
+    /// `records=10.50.0.10:443`, or `10.50.0.10:443` (named `records`, or
+    /// `records-N` for the N-th entry of a list).
+    pub fn parse(text: &str, index: usize) -> Result<Self, String> {
+        let (name, target) = match text.split_once('=') {
+            Some((n, t)) => (
+                Name::new(n).map_err(|e| format!("check name {n:?} {e}"))?,
+                t,
+            ),
+            None if index == 0 => (Name::new("records").expect("valid name"), text),
+            None => (
+                Name::new(&format!("records-{}", index + 1)).expect("valid name"),
+                text,
+            ),
+        };
+        let tcp = target.parse::<SocketAddr>().map_err(|_| {
+            format!("{target:?} is not an address:port (write [NAME=]ADDRESS:PORT, e.g. \"10.50.0.10:443\")")
+        })?;
+        Ok(EnrollmentCheck { name, tcp })
+    }
 }
 
 impl EnrollmentConfig {
@@ -483,7 +519,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     problems.extend(unknown.into_iter().map(|path| Problem {
         path,
         message: "unknown key".into(),
-        hint: Some("check the spelling against docs/configuration.md".into()),
+        hint: Some(format!("check the spelling against {CONFIGURATION_DOC}")),
     }));
     check::validate_with(raw, base, problems, typed)
 }
@@ -556,11 +592,10 @@ fn wrong_type(
     Some(Problem {
         path: path_text(e.path()),
         message: format!("is {}, expected {}", kind(found), expected_kind(expected)),
-        hint: Some(
+        hint: Some(format!(
             "strings are quoted (\"10.99.0.1\"), numbers and true/false are not, lists are \
-             in brackets ([\"a\", \"b\"]); see docs/configuration.md"
-                .into(),
-        ),
+             in brackets ([\"a\", \"b\"]); see {CONFIGURATION_DOC}"
+        )),
     })
 }
 

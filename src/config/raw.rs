@@ -127,4 +127,22 @@ pub struct RawEnrollment {
     pub token_ttl: Option<String>,
     pub hub_name: Option<String>,
     pub keepalive: Option<i64>,
+    pub check: Option<OneOrMany>,
+}
+
+/// A string, or a list of them (`check = "a"` or `check = ["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v.iter().collect(),
+        }
+    }
 }

@@ -67,8 +67,93 @@ fn examples_are_valid_and_get_defaults() {
     let Role::Hub(h) = &hub.role else {
         panic!("hub expected")
     };
-    assert_eq!(h.sites.len(), 2);
+    // The hub example enrolls no site: its [[site]] tables are templates,
+    // commented out (issue 15: they were phantom sites holding .2 and .3).
+    assert_eq!(h.sites.len(), 0);
     assert_eq!(hub.tunnel.listen_port, Some(51820));
+}
+
+/// The hub example with its commented `[[site]]` tables uncommented
+/// (two sites), its key files pointed at `dir`.
+pub(crate) fn hub_example_with_sites(dir: &Path) -> Result<Config, Vec<Problem>> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml"))
+            .unwrap();
+    let mut uncommented = String::new();
+    let mut in_sites = false;
+    for line in text.lines() {
+        if line == "# [[site]]" {
+            in_sites = true;
+        } else if in_sites && !line.starts_with('#') {
+            in_sites = false;
+        }
+        match line.strip_prefix("# ").filter(|_| in_sites) {
+            Some(l) => uncommented.push_str(l),
+            None => uncommented.push_str(line),
+        }
+        uncommented.push('\n');
+    }
+    parse(&localize(&uncommented), dir)
+}
+
+#[test]
+fn the_hub_examples_site_tables_are_valid_once_uncommented() {
+    let dir = dir_with_key();
+    let Role::Hub(h) = hub_example_with_sites(dir.path()).unwrap().role else {
+        panic!("hub expected")
+    };
+    assert_eq!(h.sites.len(), 2);
+}
+
+#[test]
+fn both_missing_probe_files_are_reported_with_how_to_make_them() {
+    let dir = dir_with_key();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
+            .unwrap();
+    let text = localize(&text)
+        .replace("\"p.crt\"", "\"none.crt\"")
+        .replace("\"p.key\"", "\"none.key\"")
+        .replace("\"k.key\"", "\"none-private.key\"");
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "tunnel.private_key_file",
+            "probe.certificate_file",
+            "probe.key_file"
+        ],
+        "{problems:?}"
+    );
+    let hint = |i: usize| problems[i].hint.clone().unwrap_or_default();
+    assert!(hint(0).contains("townlink genkey > "), "{}", hint(0));
+    for i in [1, 2] {
+        assert!(hint(i).contains("townlink gencert --name"), "{}", hint(i));
+    }
+}
+
+#[test]
+fn hints_name_the_installed_reference_not_the_source_tree() {
+    let dir = dir_with_key();
+    let problems = annex_with("[control]\nsockt = \"x\"\n", dir.path()).unwrap_err();
+    let unknown = problems
+        .iter()
+        .find(|p| p.message == "unknown key")
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    let hint = unknown.hint.as_deref().unwrap();
+    assert!(hint.contains(CONFIGURATION_DOC), "{hint}");
+    // The package installs the guides there (Cargo.toml, package.metadata.deb).
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("[\"docs/*.md\", \"usr/share/doc/townlink/\", \"644\"]"),
+        "the guides are not installed where the hints say"
+    );
+    let file = Path::new(CONFIGURATION_DOC).file_name().unwrap();
+    assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(file)
+        .exists());
 }
 
 #[test]
@@ -373,6 +458,54 @@ fn enrollment_settings_and_mistakes() {
     // Not an annex setting.
     let problems = annex_with("[enrollment]\nendpoints = []\n", dir.path()).unwrap_err();
     assert_eq!(paths(&problems), vec!["enrollment"]);
+}
+
+#[test]
+fn the_hub_hands_its_records_check_to_enrolled_annexes() {
+    let dir = dir_with_key();
+    let Role::Hub(h) = example("hub.toml", dir.path()).unwrap().role else {
+        panic!("hub expected")
+    };
+    assert_eq!(
+        h.enrollment.checks,
+        vec![EnrollmentCheck {
+            name: Name::new("records").unwrap(),
+            tcp: "10.50.0.10:443".parse().unwrap()
+        }]
+    );
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml"))
+            .unwrap();
+    let with = |check: &str| {
+        let text = localize(&text).replace("check = \"10.50.0.10:443\"", check);
+        parse(&text, dir.path())
+    };
+    let Role::Hub(h) = with("check = [\"10.50.0.10:443\", \"mail=10.50.0.20:25\"]")
+        .unwrap()
+        .role
+    else {
+        panic!("hub expected")
+    };
+    let names: Vec<&str> = h
+        .enrollment
+        .checks
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["records", "mail"]);
+    let problems =
+        with("check = [\"10.50.0.10\", \"a=10.50.0.11:1\", \"a=10.50.0.12:1\", \"172.16.0.1:80\"]")
+            .unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        vec![
+            "enrollment.check[0]",
+            "enrollment.check[2]",
+            "enrollment.check[3]"
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[2].message.contains("not inside enrollment.routes"));
 }
 
 #[test]

@@ -61,7 +61,9 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteInfo {
     pub name: String,
-    /// pending, joined, connected or revoked.
+    /// pending, joined (enrolled) or configured (config file) before a
+    /// tunnel handshake, connected (handshake within 3 minutes), silent
+    /// (an older handshake), revoked.
     pub state: String,
     /// "config" (a `[[site]]` table) or "enrolled" (the registry).
     pub source: String,
@@ -75,6 +77,12 @@ pub struct SiteInfo {
     pub revoked_at: Option<u64>,
     /// Unix s of the last tunnel handshake.
     pub last_handshake: Option<u64>,
+    /// The site's WireGuard public key (joined and config sites).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The fingerprint of the site's probe certificate, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// Longest request line the daemon reads.

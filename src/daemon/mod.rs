@@ -98,6 +98,33 @@ impl Installed {
     }
 }
 
+/// Locks the state directory (created if needed) for this instance: a
+/// `flock` on the directory itself, so that nothing is left in it, held
+/// until the returned handle is dropped or the process ends, whatever way.
+/// A second instance with the same directory is refused, with the key to
+/// change.
+pub fn lock_state_directory(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let shown = dir.display();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {shown} (state_directory)"))?;
+    let handle = std::fs::File::open(dir)
+        .with_context(|| format!("cannot open the state directory {shown} (state_directory)"))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another townlink uses the state directory {shown}: stop it, or give this \
+                 instance its own state_directory"
+            );
+        }
+        return Err(e)
+            .with_context(|| format!("cannot lock the state directory {shown} (state_directory)"));
+    }
+    Ok(handle)
+}
+
 /// Runs the daemon until `shutdown` is cancelled. On a start-up error,
 /// everything done so far is undone before the error is returned.
 ///
@@ -124,6 +151,9 @@ pub async fn run(
              this name (stop it, or set tunnel.interface to a free name)"
         );
     }
+    // The state directory is this instance's alone (its records, the
+    // hub's registry by default): held locked while it runs.
+    let _state_lock = lock_state_directory(&config.state_directory)?;
     // Kernel settings a crashed run left changed go back first, so that
     // this run records the real originals.
     let record = config.state_directory.join(format!("sysctl-{name}.json"));
@@ -338,5 +368,26 @@ fn start_checks(config: &Config, installed: &Installed) {
                 installed.checks.clone(),
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_second_instance_with_the_same_state_directory_is_refused_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = super::lock_state_directory(&state).unwrap();
+        let e = super::lock_state_directory(&state).unwrap_err().to_string();
+        assert!(
+            e.contains("another townlink uses the state directory")
+                && e.contains("its own state_directory"),
+            "{e}"
+        );
+        // Nothing is left in the directory; it is free again once the first
+        // instance is gone (also after a crash: the lock goes with the process).
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+        drop(first);
+        super::lock_state_directory(&state).unwrap();
     }
 }

@@ -46,12 +46,14 @@ use crate::probe::tls::{AllowedSites, Fingerprint};
 use crate::routing;
 use crate::sites::{lan_problem, overlaps, Name, Reserved, Site, SiteSet};
 use crate::telemetry::collector::Sources;
+use crate::telemetry::status::site_state;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
 
-/// A session younger than this makes a site "connected" (WireGuard
-/// rekeys every 2 minutes while traffic or keepalives flow).
-const CONNECTED: Duration = Duration::from_secs(180);
+/// Where a site comes from (`site list`'s SOURCE): a `[[site]]` table of
+/// the hub's config file, or the registry.
+const CONFIG: &str = "config";
+const ENROLLED: &str = "enrolled";
 
 /// Any earlier time means the clock was never set (routers without RTC).
 const CLOCK_SANITY: u64 = 1_735_689_600; // 2025-01-01
@@ -244,7 +246,12 @@ impl HubSites {
         {
             let mut inner = hub.inner.lock().await;
             for site in active.iter() {
-                hub.install(site).await?;
+                let source = if inner.config_sites.get(&site.name).is_some() {
+                    CONFIG
+                } else {
+                    ENROLLED
+                };
+                hub.install(site, source).await?;
                 inner.active.insert(site.clone()).expect("checked above");
                 if site.certificate.is_none() {
                     tracing::warn!(site = %site.name, "site has no certificate: its probes will be refused");
@@ -305,7 +312,7 @@ impl HubSites {
 
     /// Peer and LAN routes of a site. A route townlink did not make to
     /// the same prefix is never replaced: the install fails instead.
-    async fn install(&self, site: &Site) -> anyhow::Result<()> {
+    async fn install(&self, site: &Site, source: &'static str) -> anyhow::Result<()> {
         self.tunnel.add_peer(&site_peer(site)).await?;
         for route in routing::site_routes(site, &self.interface) {
             if let Err(e) = self.net.add_route(&route).await {
@@ -313,7 +320,8 @@ impl HubSites {
                 return Err(e.into());
             }
         }
-        self.telemetry.add_site(site.name.as_str(), site.address);
+        self.telemetry
+            .add_site(site.name.as_str(), site.address, source);
         tracing::info!(site = %site.name, address = %site.address, "site added");
         Ok(())
     }
@@ -413,7 +421,7 @@ impl HubSites {
             changes.push(format!("site {} removed", s.name));
         }
         for s in &new {
-            if let Err(e) = self.install(s).await {
+            if let Err(e) = self.install(s, CONFIG).await {
                 tracing::error!(site = %s.name, error = %e, "cannot add the site");
                 active.remove(&s.name);
                 continue;
@@ -525,7 +533,7 @@ impl HubSites {
             expires,
         };
         tracing::info!(site = %name, address = %address, expires = %stamp(expires), "site added: token issued");
-        Ok((token.encode_secret(), info_of(&entry, "enrolled", None)))
+        Ok((token.encode_secret(), info_of(&entry, ENROLLED, None)))
     }
 
     /// `site list`.
@@ -546,21 +554,21 @@ impl HubSites {
             .config_sites
             .iter()
             .map(|s| {
-                let entry = Entry {
-                    name: s.name.clone(),
+                let handshake = handshakes.get(&s.public_key).copied();
+                SiteInfo {
+                    name: s.name.to_string(),
+                    state: site_state("configured", handshake.map(|t| t as f64), unix_now() as f64)
+                        .into(),
+                    source: CONFIG.into(),
                     address: s.address,
                     lan: s.lan.clone(),
-                    created_at: 0,
-                    state: EntryState::Joined {
-                        public_key: s.public_key,
-                        certificate: s.certificate.unwrap_or(Fingerprint::from_bytes([0; 32])),
-                        joined_at: 0,
-                        secret_hash: None,
-                    },
-                };
-                let mut info = info_of(&entry, "config", handshakes.get(&s.public_key).copied());
-                info.joined_at = None;
-                info
+                    expires: None,
+                    joined_at: None,
+                    revoked_at: None,
+                    last_handshake: handshake,
+                    public_key: Some(s.public_key.to_string()),
+                    certificate: s.certificate.map(|f| f.to_string()),
+                }
             })
             .collect();
         out.extend(inner.registry.sites.iter().map(|e| {
@@ -568,7 +576,7 @@ impl HubSites {
                 EntryState::Joined { public_key, .. } => handshakes.get(public_key).copied(),
                 _ => None,
             };
-            info_of(e, "enrolled", handshake)
+            info_of(e, ENROLLED, handshake)
         }));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -588,7 +596,8 @@ impl HubSites {
         let mut inner = self.inner.lock().await;
         if inner.config_sites.get(&name).is_some() {
             return Err(format!(
-                "site {name} is defined in the hub's config file: remove its [[site]] table and restart"
+                "site {name} is defined in the hub's config file: remove its [[site]] table, \
+                 then `systemctl reload townlink` (applied live)"
             ));
         }
         let Some(entry) = inner.registry.get(&name).cloned() else {
@@ -626,7 +635,7 @@ impl HubSites {
             tracing::warn!(site = %name, "pending site revoked: its token is void");
         }
         self.checkpoint(Step::Applied)?;
-        Ok(info_of(&revoked, "enrolled", None))
+        Ok(info_of(&revoked, ENROLLED, None))
     }
 
     /// An annex's enrollment request, over QUIC with certificate `certificate`.
@@ -756,7 +765,7 @@ impl HubSites {
                     }
                     let mut active = inner.active.clone();
                     active.insert(site.clone()).map_err(|e| e.to_string())?;
-                    self.install(&site)
+                    self.install(&site, ENROLLED)
                         .await
                         .map_err(|e| format!("the hub could not add the site: {e:#}"))?;
                     inner.active = active;
@@ -831,7 +840,7 @@ impl HubSites {
         inner.registry = registry;
         self.checkpoint(Step::Persisted)?;
         // 2. Peer and routes.
-        if let Err(e) = self.install(&site).await {
+        if let Err(e) = self.install(&site, ENROLLED).await {
             // Back to pending, so that the token works again. Should that
             // fail too, the registry keeps "joined": a restart installs
             // the site, and the annex's retry gets its settings.
@@ -863,6 +872,7 @@ impl HubSites {
             hub_address: self.hub.address.addr(),
             routes: inner.enrollment.routes.clone(),
             keepalive: inner.enrollment.keepalive,
+            checks: inner.enrollment.checks.clone(),
         })
     }
 }
@@ -962,14 +972,26 @@ fn info_of(e: &Entry, source: &str, last_handshake: Option<u64>) -> SiteInfo {
         joined_at: None,
         revoked_at: None,
         last_handshake,
+        public_key: None,
+        certificate: None,
     };
     match &e.state {
         EntryState::Pending { expires, .. } => info.expires = Some(*expires),
-        EntryState::Joined { joined_at, .. } => {
+        EntryState::Joined {
+            joined_at,
+            public_key,
+            certificate,
+            ..
+        } => {
             info.joined_at = Some(*joined_at);
-            if last_handshake.is_some_and(|t| unix_now().saturating_sub(t) < CONNECTED.as_secs()) {
-                info.state = "connected".into();
-            }
+            info.state = site_state(
+                "joined",
+                last_handshake.map(|t| t as f64),
+                unix_now() as f64,
+            )
+            .into();
+            info.public_key = Some(public_key.to_string());
+            info.certificate = Some(certificate.to_string());
         }
         EntryState::Revoked { revoked_at, .. } => info.revoked_at = Some(*revoked_at),
     }
@@ -1422,7 +1444,11 @@ mod tests {
                 lan: vec![LAN.parse().unwrap()],
                 certificate: None,
             };
-            let e = sites.install(&site).await.unwrap_err().to_string();
+            let e = sites
+                .install(&site, ENROLLED)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("that townlink did not make is in place (proto static)"),
                 "{e}"
@@ -1440,7 +1466,7 @@ mod tests {
             // Without the administrator's route it installs, and adding
             // its route again over townlink's own is fine.
             hub.ip(&["route", "del", LAN, "proto", "static"]);
-            sites.install(&site).await.unwrap();
+            sites.install(&site, ENROLLED).await.unwrap();
             for route in routing::site_routes(&site, "lo") {
                 hub.net.add_route(&route).await.unwrap();
             }
@@ -1685,6 +1711,41 @@ mod tests {
             );
             assert_eq!(device.peers(), Vec::<String>::new());
             assert_eq!(hub.routes(), Vec::<String>::new());
+        });
+    }
+
+    #[test]
+    fn a_config_site_is_configured_with_its_keys_and_removed_by_a_reload() {
+        in_netns(|| async {
+            let hub = Hub::new().await;
+            let key = PrivateKey::generate().public_key();
+            let mut config = SiteSet::new();
+            config
+                .insert(Site {
+                    name: Name::new("annex-8").unwrap(),
+                    public_key: key,
+                    address: "10.99.0.8".parse().unwrap(),
+                    lan: vec![],
+                    certificate: None,
+                })
+                .unwrap();
+            let (sites, _) = hub.start_with(config).await;
+            let sites = sites.unwrap();
+            let listed = sites.list().await;
+            assert_eq!(listed.len(), 1);
+            let s = &listed[0];
+            // Not "joined": it never registered anything, nor connected.
+            assert_eq!(
+                (s.state.as_str(), s.source.as_str()),
+                ("configured", "config")
+            );
+            assert_eq!(s.public_key, Some(key.to_string()));
+            assert_eq!(s.certificate, None, "no made-up all-zero fingerprint");
+            let e = sites.remove("annex-8").await.unwrap_err();
+            assert!(
+                e.contains("remove its [[site]] table, then `systemctl reload townlink`"),
+                "{e}"
+            );
         });
     }
 }

@@ -125,6 +125,7 @@ impl Link {
             jitter: self.jitter(),
             loss: s.loss(),
             late: s.late_ratio(),
+            samples: s.n,
             consecutive_lost: self.consecutive_lost().0,
             holddown,
             penalty: self.penalty.value(policy, now),

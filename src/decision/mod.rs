@@ -202,6 +202,9 @@ pub struct Quality {
     pub loss: Option<f64>,
     /// Late / resolved probes in the window (answered after the timeout).
     pub late: Option<f64>,
+    /// Resolved probes in the window: below `sla.min_samples` the ratios
+    /// above are not judged (and not shown, see `failover::shown`).
+    pub samples: usize,
     pub consecutive_lost: u32,
     /// Down or recovering: the hold-down of this recovery; up: the one a
     /// failure now would give.

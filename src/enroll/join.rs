@@ -88,6 +88,33 @@ impl FromStr for UplinkSpec {
     }
 }
 
+/// Whether this router has an interface of that name (in this network
+/// namespace). `join` only warns: a 4G modem's interface may come later.
+pub fn interface_exists(name: &InterfaceName) -> bool {
+    let Ok(c) = std::ffi::CString::new(name.as_str()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// The warning for each uplink whose interface this router does not have.
+pub fn missing_interface_warnings(uplinks: &[UplinkSpec]) -> Vec<String> {
+    uplinks
+        .iter()
+        .filter(|u| !interface_exists(&u.interface))
+        .map(|u| {
+            format!(
+                "warning: --uplink {}={}: this router has no interface {} (`ip -br link` \
+                 lists its interfaces); `townlink run` refuses to start until it exists: join \
+                 again with the right name (--force), or correct [[uplink]] interface in the \
+                 written config",
+                u.name, u.interface, u.interface
+            )
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
     pub dir: PathBuf,
@@ -419,9 +446,10 @@ pub fn config_text(token: &Token, s: &Settings, opts: &JoinOptions) -> String {
         t,
         "# Written by `townlink join` at {now} for site {}.\n\
          # Check it with: townlink check -c {}\n\
-         # Every key is described in docs/configuration.md.\n",
+         # Every key is described in {}.\n",
         s.site,
-        opts.dir.join(CONFIG_FILE).display()
+        opts.dir.join(CONFIG_FILE).display(),
+        crate::config::CONFIGURATION_DOC
     );
     let _ = writeln!(t, "role = \"annex\"\nname = \"{}\"", s.site);
     let _ = writeln!(t, "lan = {}\n", quoted_list(&s.lan));
@@ -452,6 +480,14 @@ pub fn config_text(token: &Token, s: &Settings, opts: &JoinOptions) -> String {
             "# Name this router's uplinks, preferred first, then run `townlink check`:\n\
              # [[uplink]]\n# name = \"fiber\"\n# interface = \"eth1\"\n\
              # [[uplink]]\n# name = \"lte\"\n# interface = \"wwan0\"\n# metered = true\n"
+        );
+    }
+    for check in &s.checks {
+        let _ = writeln!(
+            t,
+            "# From the hub's [enrollment] check: shown in `townlink status`.\n\
+             [[check]]\nname = \"{}\"\ntcp = \"{}\"\n",
+            check.name, check.tcp
         );
     }
     for (i, u) in opts.uplinks.iter().enumerate() {
@@ -501,6 +537,23 @@ mod tests {
     }
 
     #[test]
+    fn join_warns_of_an_interface_this_router_does_not_have() {
+        let specs: Vec<UplinkSpec> = ["fiber=lo", "lte=tlnosuch0,metered"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let warnings = missing_interface_warnings(&specs);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "warning: --uplink lte=tlnosuch0: this router has no interface tlnosuch0"
+            ),
+            "{}",
+            warnings[0]
+        );
+    }
+
+    #[test]
     fn the_written_config_passes_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate();
@@ -536,6 +589,7 @@ mod tests {
             hub_address: "10.99.0.1".parse().unwrap(),
             routes: vec!["10.50.0.0/24".parse().unwrap()],
             keepalive: 25,
+            checks: vec![crate::config::EnrollmentCheck::parse("10.50.0.10:443", 0).unwrap()],
         };
         let opts = JoinOptions {
             dir: dir.path().to_path_buf(),
@@ -556,6 +610,10 @@ mod tests {
         assert_eq!(a.hubs[0].fingerprint, token.hub_fingerprint);
         assert!(a.uplinks[1].metered);
         assert_eq!(config.tunnel.address, settings.address);
+        // The hub's records check comes with the join (issue 15).
+        assert_eq!(config.checks.len(), 1, "{text}");
+        assert_eq!(config.checks[0].name.as_str(), "records");
+        assert_eq!(config.checks[0].tcp, "10.50.0.10:443".parse().unwrap());
         // Without uplinks the config says what is left to do.
         let bare = JoinOptions {
             uplinks: vec![],
@@ -585,6 +643,7 @@ mod tests {
             hub_address: "10.99.0.1".parse().unwrap(),
             routes: vec!["10.50.0.0/24".parse().unwrap()],
             keepalive: 25,
+            checks: vec![],
         }
     }
 

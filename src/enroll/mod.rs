@@ -64,6 +64,10 @@ pub struct Settings {
     /// What the annex routes through the hub.
     pub routes: Vec<IpNet>,
     pub keepalive: u16,
+    /// End-to-end checks the annex runs (`[enrollment] check` of the hub);
+    /// absent from an older hub's answer.
+    #[serde(default)]
+    pub checks: Vec<crate::config::EnrollmentCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

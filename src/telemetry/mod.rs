@@ -208,6 +208,7 @@ impl Telemetry {
                     Self::site_series(&m, s.name.as_str());
                     status.sites.push(SiteView {
                         name: s.name.to_string(),
+                        source: "config".into(),
                         address: s.address.to_string(),
                         peer: PeerView {
                             name: s.name.to_string(),
@@ -287,12 +288,13 @@ impl Telemetry {
     }
 
     /// A site the hub added at run time (enrollment, or at start from the registry).
-    pub fn add_site(&self, name: &str, address: std::net::IpAddr) {
+    pub fn add_site(&self, name: &str, address: std::net::IpAddr, source: &str) {
         Self::site_series(&self.metrics, name);
         let mut s = self.status();
         if !s.sites.iter().any(|v| v.name == name) {
             s.sites.push(SiteView {
                 name: name.to_string(),
+                source: source.to_string(),
                 address: address.to_string(),
                 peer: PeerView {
                     name: name.to_string(),

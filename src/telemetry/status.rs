@@ -119,9 +119,28 @@ pub struct CheckView {
     pub at: Option<f64>,
 }
 
+/// A session younger than this makes a site "connected" (WireGuard
+/// rekeys every 2 minutes while traffic or keepalives flow).
+pub const CONNECTED_S: f64 = 180.0;
+
+/// A site's state from its last tunnel handshake: `never` (what it is
+/// before any handshake: "joined" when enrolled, "configured" when a
+/// `[[site]]` table), "connected" (a handshake within 3 minutes) or
+/// "silent" (an older one).
+pub fn site_state(never: &'static str, last_handshake: Option<f64>, now: f64) -> &'static str {
+    match last_handshake {
+        None => never,
+        Some(t) if now - t < CONNECTED_S => "connected",
+        Some(_) => "silent",
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SiteView {
     pub name: String,
+    /// "config" (a `[[site]]` table) or "enrolled".
+    #[serde(default)]
+    pub source: String,
     pub address: String,
     pub peer: PeerView,
     /// What the annex last reported over its probe connection.
@@ -206,12 +225,21 @@ impl Status {
             )?;
             if let Some(p) = &self.probing {
                 // What the tunnel itself says, since the probes cannot.
+                // A hub that refuses this annex has removed (or never had)
+                // its peer: an earlier handshake proves nothing then.
+                let refused = p.starts_with("refused by the hub");
                 let handshake = match t.peers.first().and_then(|p| p.last_handshake) {
                     Some(h) if now - h < 180.0 => format!(
-                        "tunnel handshake {} ago: the tunnel works",
+                        "{} {} ago{}",
+                        if refused {
+                            "last tunnel handshake"
+                        } else {
+                            "tunnel handshake"
+                        },
                         humantime::format_duration(std::time::Duration::from_secs(
                             (now - h).max(0.0).round() as u64
-                        ))
+                        )),
+                        if refused { "" } else { ": the tunnel works" }
                     ),
                     Some(h) => format!("no tunnel handshake since {}", when(h, now)),
                     None => "no tunnel handshake yet".into(),
@@ -248,16 +276,22 @@ impl Status {
                         if b.limited { ", LIMITING probes" } else { "" }
                     ));
                 }
+                // No ratio yet: the window holds too few probes to mean
+                // anything (unless probes cannot measure at all, said above).
+                let loss = match u.loss {
+                    None if self.probing.is_none() => "measuring".to_string(),
+                    l => pct(l),
+                };
                 writeln!(
                     o,
-                    "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>7}  {}",
+                    "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>9}  {}",
                     if u.active { '*' } else { ' ' },
                     u.name,
                     u.interface,
                     u.state,
                     ms(u.rtt_ms),
                     ms(Some(u.jitter_ms)),
-                    pct(u.loss),
+                    loss,
                     notes.join("; ")
                 )?;
                 // Why an uplink is out of service (and for how long).
@@ -314,10 +348,16 @@ impl Status {
                     }
                     None => "no report".into(),
                 };
+                let never = if s.source == "config" {
+                    "configured"
+                } else {
+                    "joined"
+                };
                 writeln!(
                     o,
-                    "  {:<12} {:<12} {:<22} handshake {}  {report}",
+                    "  {:<12} {:<10} {:<12} {:<22} handshake {}  {report}",
                     s.name,
+                    site_state(never, s.peer.last_handshake, now),
                     s.address,
                     s.peer.endpoint.as_deref().unwrap_or("-"),
                     s.peer

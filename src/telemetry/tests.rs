@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::*;
-use crate::config::tests::{dir_with_key, example};
+use crate::config::tests::{dir_with_key, example, hub_example_with_sites};
 use crate::decision::{Decision, ReasonClass};
 
 /// One metric family of the encoded text.
@@ -74,7 +74,7 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn scrapes() -> (String, String) {
     let dir = dir_with_key();
     let annex_config = example("annex.toml", dir.path()).expect("annex example");
-    let hub_config = example("hub.toml", dir.path()).expect("hub example");
+    let hub_config = hub_example_with_sites(dir.path()).expect("hub example");
     let annex = Telemetry::new(&annex_config);
     let hub = Telemetry::new(&hub_config);
     annex.failover(&Decision {
@@ -313,7 +313,7 @@ fn a_failover_is_counted_and_shown() {
 #[test]
 fn hub_keeps_each_sites_report_under_its_certificate_name() {
     let dir = dir_with_key();
-    let config = example("hub.toml", dir.path()).unwrap();
+    let config = hub_example_with_sites(dir.path()).unwrap();
     let hub = Telemetry::new(&config);
     let site = hub_config_site(&config);
     let report = |active: &str, uplinks: &[&str]| Report {
@@ -378,6 +378,7 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
         jitter: Duration::ZERO,
         loss: Some(0.0),
         late: Some(0.2),
+        samples: 100,
         consecutive_lost: 0,
         holddown: Duration::from_secs(holddown),
         penalty,
@@ -462,4 +463,73 @@ fn status_says_why_probes_cannot_measure() {
     annex.probing(&[Connection::Up, Connection::Up], None);
     let text = annex.snapshot().render(now);
     assert!(!text.contains("not measured"), "{text}");
+}
+
+#[test]
+fn a_window_too_short_to_judge_shows_measuring_and_nan() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let q = crate::decision::Quality {
+        health: Health::Up,
+        rtt: Some(Duration::from_micros(300)),
+        jitter: Duration::ZERO,
+        // What `failover::shown` leaves of 1 lost probe in 3.
+        loss: None,
+        late: None,
+        samples: 3,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.uplinks(&[q, q], 0);
+    let text = annex.snapshot().render(now());
+    let fiber = text.lines().find(|l| l.contains(" fiber ")).unwrap();
+    assert!(fiber.contains("loss measuring"), "{text}");
+    assert!(!text.contains('%'), "{text}");
+    assert!(annex
+        .encode()
+        .contains("townlink_uplink_loss_ratio{uplink=\"fiber\"} NaN"));
+}
+
+#[test]
+fn a_config_site_is_configured_until_its_first_handshake() {
+    let dir = dir_with_key();
+    let hub = Telemetry::new(&hub_example_with_sites(dir.path()).unwrap());
+    let mut status = hub.snapshot();
+    let t = now();
+    let line = |s: &crate::telemetry::status::Status| {
+        let text = s.render(t);
+        text.lines()
+            .find(|l| l.trim_start().starts_with("annex-1"))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line(&status).contains(" configured "), "{}", line(&status));
+    status.sites[0].peer.last_handshake = Some(t - 5.0);
+    assert!(line(&status).contains(" connected "), "{}", line(&status));
+    status.sites[0].peer.last_handshake = Some(t - 600.0);
+    assert!(line(&status).contains(" silent "), "{}", line(&status));
+}
+
+#[test]
+fn a_refused_annex_is_not_told_its_tunnel_works() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let mut status = annex.snapshot();
+    let t = now();
+    status.tunnel.peers = vec![crate::telemetry::status::PeerView {
+        name: "main".into(),
+        last_handshake: Some(t - 3.0),
+        ..Default::default()
+    }];
+    status.probing = Some("refused by the hub: site revoked".into());
+    let text = status.render(t);
+    assert!(
+        text.contains(
+            "refused by the hub: site revoked (last tunnel handshake 3s ago); uplinks not measured"
+        ),
+        "{text}"
+    );
+    status.probing = Some("probe responder unreachable".into());
+    assert!(status.render(t).contains("the tunnel works"));
 }
