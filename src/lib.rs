@@ -17,6 +17,7 @@
 //! - [`service`]: systemd notifications (READY, STATUS, WATCHDOG);
 //! - [`daemon`]: `townlink run`: start-up, steady state, ordered shutdown;
 //! - [`fsutil`]: atomic file writes;
+//! - [`size`]: byte sizes as written in the config ("30 MB");
 //! - [`cli`]: the command line.
 
 pub mod checks;
@@ -34,6 +35,7 @@ pub mod probe;
 pub mod routing;
 pub mod service;
 pub mod sites;
+pub mod size;
 pub mod sysctl;
 pub mod telemetry;
 pub mod tunnel;

@@ -1340,7 +1340,7 @@ fn uplink(c: &mut Checker, i: usize, u: &RawUplink) -> Option<Uplink> {
     let metered = u.metered.unwrap_or(false);
     let probe_budget = match &u.probe_budget {
         None => Some(metered.then_some(DEFAULT_PROBE_BUDGET)),
-        Some(text) => match crate::probe::budget::parse_size(text) {
+        Some(text) => match crate::size::parse(text) {
             Some(b) if b >= MIN_PROBE_BUDGET => Some(Some(b)),
             Some(_) => {
                 c.push(

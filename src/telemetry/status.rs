@@ -243,8 +243,8 @@ impl Status {
                 if let Some(b) = &u.budget {
                     notes.push(format!(
                         "budget {}/30 days, {} left{}",
-                        crate::probe::budget::format_size(b.budget_bytes as f64),
-                        crate::probe::budget::format_size(b.available_bytes as f64),
+                        crate::size::format(b.budget_bytes as f64),
+                        crate::size::format(b.available_bytes as f64),
                         if b.limited { ", LIMITING probes" } else { "" }
                     ));
                 }
