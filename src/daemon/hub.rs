@@ -89,7 +89,7 @@ pub(super) async fn start(
         allowed,
         sessions,
         counters,
-        telemetry: installed.telemetry.clone(),
+        events: installed.telemetry.clone(),
         enroll: Some(Arc::new(move |request, certificate, remote| {
             let sites = enroller_sites.clone();
             Box::pin(async move { sites.join(request, certificate, remote).await })

@@ -36,7 +36,6 @@ use super::tls::{self, AllowedSites, Fingerprint, Identity};
 use super::wire::{self, Report};
 use crate::enroll::{JoinRequest, JoinResponse};
 use crate::sites::Name;
-use crate::telemetry::Telemetry;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -195,13 +194,23 @@ impl Sessions {
     }
 }
 
+/// What the responder tells the rest of the hub (the daemon passes its
+/// telemetry, which implements this: the probe layer does not know it).
+pub trait Events: Send + Sync {
+    /// A report from the annex of `site` (authenticated by its certificate).
+    fn site_report(&self, site: &Name, report: Report);
+    /// A panic while serving the connection from `remote`: to be logged
+    /// and counted; the responder goes on.
+    fn connection_panicked(&self, remote: SocketAddr, panic: &(dyn std::any::Any + Send));
+}
+
 /// What the responder serves with.
 #[derive(Clone)]
 pub struct Context {
     pub allowed: Arc<AllowedSites>,
     pub sessions: Arc<Sessions>,
     pub counters: Arc<ResponderCounters>,
-    pub telemetry: Arc<Telemetry>,
+    pub events: Arc<dyn Events>,
     /// Enrollment, when the hub offers it.
     pub enroll: Option<Enroller>,
     /// Drawn at each start; told to annexes that ask (hello), so that they
@@ -352,10 +361,10 @@ pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationTok
         let handshake = Held::new(&counters.handshakes);
         let (shared, stop) = (shared.clone(), stop.clone());
         tasks.spawn(async move {
-            let telemetry = shared.cx.telemetry.clone();
+            let events = shared.cx.events.clone();
             let connection = connection(incoming, remote, handshake, &shared, &stop);
             if let Err(panic) = AssertUnwindSafe(connection).catch_unwind().await {
-                telemetry.connection_panicked("responder", remote, &*panic);
+                events.connection_panicked(remote, &*panic);
             }
             drop(open);
         });
@@ -532,7 +541,7 @@ async fn echo(
         } else if let Some(reply) = wire::instance_for(&datagram, cx.instance) {
             let _ = conn.send_datagram(bytes::Bytes::copy_from_slice(&reply));
         } else if let Some(report) = Report::parse(&datagram) {
-            cx.telemetry.site_report(site, report);
+            cx.events.site_report(site, report);
         } else {
             counters.garbage.inc();
         }
@@ -542,7 +551,14 @@ async fn echo(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{dir_with_key, example};
+
+    /// The responder's events, dropped: these tests read the counters.
+    struct NoEvents;
+
+    impl Events for NoEvents {
+        fn site_report(&self, _: &Name, _: Report) {}
+        fn connection_panicked(&self, _: SocketAddr, _: &(dyn std::any::Any + Send)) {}
+    }
 
     #[test]
     fn refusal_logs_are_limited_per_window_and_say_how_many_were_not_logged() {
@@ -565,17 +581,15 @@ mod tests {
         Arc<ResponderCounters>,
         CancellationToken,
     ) {
-        let dir = dir_with_key();
-        let telemetry = Telemetry::new(&example("hub.toml", dir.path()).expect("example"));
         let identity = Identity::generate("hub").unwrap();
-        let counters = Arc::new(telemetry.responder_counters());
+        let counters = Arc::new(ResponderCounters::default());
         let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &identity, &counters).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let cx = Context {
             allowed: Arc::default(),
             sessions: Arc::default(),
             counters: counters.clone(),
-            telemetry,
+            events: Arc::new(NoEvents),
             enroll: Some(Arc::new(|_, _, _| {
                 Box::pin(async {
                     JoinResponse::Refused {

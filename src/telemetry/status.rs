@@ -135,7 +135,8 @@ pub struct SiteReportView {
     pub uplinks: Vec<ReportedUplink>,
 }
 
-/// One uplink as an annex reports it to the hub (also the wire format).
+/// One uplink as an annex reports it to the hub (the wire format is
+/// `probe::wire::Uplink`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportedUplink {
     pub name: String,
