@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML file, validated into typed settings;
 //! - [`keys`]: WireGuard keys (`genkey`, `pubkey`, validation);
 //! - [`sites`]: the hub's set of annexes;
+//! - [`fingerprint`]: SHA-256 fingerprints of certificates (pinning, registration);
 //! - [`tunnel`]: the boringtun device, driven through in-process UAPI;
 //! - [`netlink`]: links, addresses, routes and rules of the kernel;
 //! - [`probe`]: QUIC probing: hub responder, one prober per uplink;
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod decision;
 pub mod enroll;
 pub mod failover;
+pub mod fingerprint;
 pub mod fsutil;
 pub mod keys;
 pub mod netlink;

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use crate::decision::Policy;
+use crate::fingerprint::Fingerprint;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::probe::tls::{Fingerprint, Identity};
+use crate::probe::tls::Identity;
 use crate::sites::{Name, SiteSet};
 
 pub use check::validate;

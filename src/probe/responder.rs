@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::guard::{GuardCounters, GuardedSocket};
-use super::tls::{self, AllowedSites, Fingerprint, Identity};
+use super::tls::{self, AllowedSites, Identity};
 use super::wire::{self, Report};
 use crate::enroll::{JoinRequest, JoinResponse};
+use crate::fingerprint::Fingerprint;
 use crate::sites::Name;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
