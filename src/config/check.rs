@@ -1083,21 +1083,22 @@ fn probe(c: &mut Checker, p: &RawProbe, base: &Path, is_hub: Option<bool>) -> Op
         p.key_file.as_ref(),
         "the certificate's key made by `townlink gencert` (PEM, mode 0600)",
     );
-    let identity = match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let (cert, key) = (base.join(cert), base.join(key));
-            if c.secret_file("probe.key_file", &key) {
-                Identity::load(&cert, &key)
-                    .map_err(|e| {
-                        c.push("probe", e, Some("make a new pair with `townlink gencert`"))
-                    })
-                    .ok()
-            } else {
-                None
-            }
-        }
-        _ => None,
-    };
+    // Read and parsed where they are used (`daemon::load`): here, only
+    // whether they can be read, and the key's mode.
+    let certificate_file = cert.map(|f| base.join(f)).filter(|file| {
+        std::fs::File::open(file)
+            .map_err(|e| {
+                c.push(
+                    "probe.certificate_file",
+                    format!("cannot read {}: {e}", file.display()),
+                    Some("make a new pair with `townlink gencert`"),
+                )
+            })
+            .is_ok()
+    });
+    let key_file = key
+        .map(|f| base.join(f))
+        .filter(|file| c.secret_file("probe.key_file", file));
     let listen_port = match (p.listen_port, is_hub) {
         (Some(_), Some(false)) => {
             c.push(
@@ -1141,7 +1142,8 @@ fn probe(c: &mut Checker, p: &RawProbe, base: &Path, is_hub: Option<bool>) -> Op
         s(10),
     );
     Some(ProbeConfig {
-        identity: identity?,
+        certificate_file: certificate_file?,
+        key_file: key_file?,
         listen_port: listen_port?,
         interval: interval?,
         standby_interval: standby_interval?,

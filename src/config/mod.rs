@@ -17,7 +17,6 @@ use ipnet::IpNet;
 use crate::decision::Policy;
 use crate::fingerprint::Fingerprint;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::probe::tls::Identity;
 use crate::sites::{Name, SiteSet};
 
 pub use check::validate;
@@ -92,7 +91,11 @@ impl CheckConfig {
 /// The probing channel: this router's certificate, and (annex) the rates.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
-    pub identity: Identity,
+    /// This router's certificate (PEM). The check only makes sure it can
+    /// be read; it is parsed where it is used (`daemon::load`).
+    pub certificate_file: PathBuf,
+    /// Its private key (PKCS#8 PEM), mode 0600.
+    pub key_file: PathBuf,
     /// Hub: the UDP port of the responder.
     pub listen_port: u16,
     /// Probe interval on the active uplink (and on every uplink while the

@@ -48,7 +48,7 @@ pub(super) async fn start(
             enrollment: hub.enrollment.clone(),
             hub: HubIdentity {
                 public_key: config.tunnel.private_key.public_key(),
-                fingerprint: config.probe.identity.fingerprint(),
+                fingerprint: installed.identity.fingerprint(),
                 probe_port: config.probe.listen_port,
                 address: config.tunnel.address,
             },
@@ -59,7 +59,7 @@ pub(super) async fn start(
 
     // Dual-stack where IPv6 exists, IPv4 otherwise.
     let port = config.probe.listen_port;
-    let identity = &config.probe.identity;
+    let identity = &installed.identity;
     let counters = Arc::new(installed.telemetry.responder_counters());
     let endpoint = responder::endpoint(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),

@@ -1085,7 +1085,12 @@ mod tests {
                     enrollment: hub.enrollment.clone(),
                     hub: HubIdentity {
                         public_key: self.config.tunnel.private_key.public_key(),
-                        fingerprint: self.config.probe.identity.fingerprint(),
+                        fingerprint: crate::probe::tls::Identity::load(
+                            &self.config.probe.certificate_file,
+                            &self.config.probe.key_file,
+                        )
+                        .unwrap()
+                        .fingerprint(),
                         probe_port: 51821,
                         address: self.config.tunnel.address,
                     },
