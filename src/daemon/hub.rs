@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::sites::{HubIdentity, HubSites, Parts};
 use super::Installed;
 use crate::config::{Config, HubConfig};
+use crate::enroll::{JoinRequest, JoinResponse};
 use crate::keys::PublicKey;
 use crate::probe::responder::{self, Context, Sessions};
 use crate::probe::tls::AllowedSites;
@@ -92,7 +93,15 @@ pub(super) async fn start(
         events: installed.telemetry.clone(),
         enroll: Some(Arc::new(move |request, certificate, remote| {
             let sites = enroller_sites.clone();
-            Box::pin(async move { sites.join(request, certificate, remote).await })
+            Box::pin(async move {
+                let response = match serde_json::from_slice::<JoinRequest>(&request) {
+                    Ok(request) => sites.join(request, certificate, remote).await,
+                    Err(e) => JoinResponse::Refused {
+                        reason: format!("the request is not understood: {e}"),
+                    },
+                };
+                serde_json::to_vec(&response).map_err(|e| e.to_string())
+            })
         })),
         instance,
     };

@@ -34,7 +34,6 @@ use tokio_util::task::TaskTracker;
 use super::guard::{GuardCounters, GuardedSocket};
 use super::tls::{self, AllowedSites, Identity};
 use super::wire::{self, Report};
-use crate::enroll::{JoinRequest, JoinResponse};
 use crate::fingerprint::Fingerprint;
 use crate::sites::Name;
 use futures::future::BoxFuture;
@@ -71,6 +70,8 @@ pub const MAX_CONNECTIONS: i64 = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Enrollment connections at once.
 pub const MAX_ENROLLMENTS: i64 = 8;
+/// Largest enrollment request or answer read from the other side.
+pub const MAX_ENROLL_MESSAGE: usize = 16 * 1024;
 /// Time an enrollment client gets to send its request, after the handshake.
 pub const ENROLL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusal lines logged per window at most.
@@ -102,8 +103,8 @@ pub fn transport() -> quinn::TransportConfig {
     // One stream, for an enrollment exchange; small windows: nothing
     // else travels on streams.
     t.max_concurrent_bidi_streams(1u8.into());
-    t.stream_receive_window((crate::enroll::MAX_MESSAGE as u32).into());
-    t.receive_window((4 * crate::enroll::MAX_MESSAGE as u32).into());
+    t.stream_receive_window((MAX_ENROLL_MESSAGE as u32).into());
+    t.receive_window((4 * MAX_ENROLL_MESSAGE as u32).into());
     t.max_concurrent_uni_streams(0u8.into());
     t.datagram_receive_buffer_size(Some(64 * 1024));
     t
@@ -161,9 +162,15 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .protocol
 }
 
-/// Handles one enrollment request: (request, the client's certificate, its address).
+/// Answers one enrollment request: (the request as received, at most
+/// [`MAX_ENROLL_MESSAGE`] bytes; the client's certificate; its address) →
+/// the answer to send, or why there is none (logged as a refusal). The
+/// responder carries the bytes; what they mean is enrollment's business
+/// (`enroll::JoinRequest`, `enroll::JoinResponse`).
 pub type Enroller = Arc<
-    dyn Fn(JoinRequest, Fingerprint, SocketAddr) -> BoxFuture<'static, JoinResponse> + Send + Sync,
+    dyn Fn(Vec<u8>, Fingerprint, SocketAddr) -> BoxFuture<'static, Result<Vec<u8>, String>>
+        + Send
+        + Sync,
 >;
 
 /// The live probe connections of every site, so that revoking a site
@@ -432,7 +439,7 @@ async fn connection(
         shared.refusal(remote, "no certificate", "");
         return;
     };
-    if alpn(&conn).as_deref() == Some(crate::enroll::ALPN) {
+    if alpn(&conn).as_deref() == Some(tls::ENROLL_ALPN) {
         if shared.enrolling.fetch_add(1, Ordering::SeqCst) >= MAX_ENROLLMENTS {
             shared.enrolling.fetch_sub(1, Ordering::SeqCst);
             cx.counters.limited.inc();
@@ -478,7 +485,7 @@ async fn enroll(
         let request = async {
             let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let bytes = recv
-                .read_to_end(crate::enroll::MAX_MESSAGE)
+                .read_to_end(MAX_ENROLL_MESSAGE)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((send, bytes))
@@ -489,13 +496,7 @@ async fn enroll(
                 cx.counters.timed_out.inc();
                 format!("no request within {ENROLL_REQUEST_TIMEOUT:?}")
             })??;
-        let response = match serde_json::from_slice::<JoinRequest>(&bytes) {
-            Ok(request) => enroller(request, fingerprint, remote).await,
-            Err(e) => JoinResponse::Refused {
-                reason: format!("the request is not understood: {e}"),
-            },
-        };
-        let out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+        let out = enroller(bytes, fingerprint, remote).await?;
         send.write_all(&out).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         // Let the client read the answer before the connection goes.
@@ -592,11 +593,7 @@ mod tests {
             counters: counters.clone(),
             events: Arc::new(NoEvents),
             enroll: Some(Arc::new(|_, _, _| {
-                Box::pin(async {
-                    JoinResponse::Refused {
-                        reason: "test".into(),
-                    }
-                })
+                Box::pin(async { Ok(b"refused: test".to_vec()) })
             })),
             instance: 7,
         };

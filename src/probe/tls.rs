@@ -26,6 +26,8 @@ use crate::sites::Name;
 
 /// The ALPN protocol of the probing channel.
 pub const ALPN: &[u8] = b"townlink-probe/1";
+/// The ALPN protocol of enrollment (`townlink join`), on the same responder.
+pub const ENROLL_ALPN: &[u8] = b"townlink-enroll/1";
 /// The server name the annex asks for (not checked: the certificate is pinned).
 pub const SERVER_NAME: &str = "townlink-hub";
 
@@ -276,7 +278,7 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec(), crate::enroll::ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -293,7 +295,7 @@ pub fn enroll_client_config(
     identity: &Identity,
     hub: Fingerprint,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    client_config_for(identity, hub, crate::enroll::ALPN)
+    client_config_for(identity, hub, ENROLL_ALPN)
 }
 
 fn client_config_for(
