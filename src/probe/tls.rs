@@ -103,16 +103,11 @@ impl Identity {
     }
 }
 
+/// PEM with LF line endings and 64-column lines, as `openssl` writes it
+/// (the `pem` crate's default is CRLF).
 fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -346,5 +341,14 @@ mod tests {
             .unwrap_err()
             .contains("not a PEM certificate"));
         assert!(!format!("{a:?}").contains("PRIVATE"));
+        // As openssl writes it: LF line endings, 64 columns.
+        let pem = a.cert_pem();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+        assert!(pem.ends_with("\n-----END CERTIFICATE-----\n"), "{pem}");
+        assert!(!pem.contains('\r'));
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+        assert!(a
+            .key_pem_secret()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n"));
     }
 }
