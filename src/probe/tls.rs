@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -139,6 +141,40 @@ impl AllowedSites {
     }
 }
 
+/// The handshake signature checks of both verifiers below: the
+/// provider's algorithms, TLS 1.3 only in practice (the configs allow no
+/// other version) but both methods are part of the traits.
+#[derive(Debug, Clone, Copy)]
+struct Signatures(WebPkiSupportedAlgorithms);
+
+impl Signatures {
+    fn of(provider: &CryptoProvider) -> Signatures {
+        Signatures(provider.signature_verification_algorithms)
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 /// The hub's TLS check of a client: it holds the key of the certificate it
 /// presents (rustls checks the handshake signature with it). Which
 /// certificates may do what is decided after the handshake, by the ALPN
@@ -148,7 +184,7 @@ impl AllowedSites {
 /// ALPN.)
 #[derive(Debug)]
 struct ClientKeyHolder {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for ClientKeyHolder {
@@ -174,12 +210,7 @@ impl ClientCertVerifier for ClientKeyHolder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -188,18 +219,11 @@ impl ClientCertVerifier for ClientKeyHolder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -207,7 +231,7 @@ impl ClientCertVerifier for ClientKeyHolder {
 #[derive(Debug)]
 struct PinnedHub {
     pinned: Fingerprint,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedHub {
@@ -234,12 +258,7 @@ impl ServerCertVerifier for PinnedHub {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -248,18 +267,11 @@ impl ServerCertVerifier for PinnedHub {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -267,7 +279,7 @@ impl ServerCertVerifier for PinnedHub {
 pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(ClientKeyHolder {
-        provider: provider.clone(),
+        signatures: Signatures::of(&provider),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -301,7 +313,7 @@ fn client_config_for(
     let provider = provider();
     let verifier = Arc::new(PinnedHub {
         pinned: hub,
-        provider: provider.clone(),
+        signatures: Signatures::of(&provider),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
