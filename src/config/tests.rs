@@ -685,3 +685,11 @@ fn the_probe_files_are_checked_for_reading_not_parsed() {
     assert_eq!(config.probe.certificate_file, dir.path().join("p.crt"));
     assert_eq!(config.probe.key_file, dir.path().join("p.key"));
 }
+
+#[test]
+fn groups_are_looked_up_by_name() {
+    assert_eq!(group_id("root").unwrap(), Some(0));
+    assert_eq!(group_id("no-such-group-tl16").unwrap(), None);
+    // Not a name a group can have: no group, not an error.
+    assert_eq!(group_id("ro\0ot").unwrap(), None);
+}
