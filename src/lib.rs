@@ -32,6 +32,8 @@ pub mod failover;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod keys;
+#[cfg(test)]
+mod layers;
 pub mod netlink;
 pub mod probe;
 pub mod routing;
