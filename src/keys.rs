@@ -11,7 +11,6 @@ use std::str::FromStr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use boringtun::x25519;
-use rand_core::{OsRng, RngCore};
 use zeroize::Zeroize;
 
 /// Why a key was refused.
@@ -88,10 +87,12 @@ impl fmt::Debug for PublicKey {
 pub struct PrivateKey([u8; 32]);
 
 impl PrivateKey {
-    /// A fresh key from the OS random generator, clamped like `wg genkey`.
+    /// A fresh key from the OS random generator (ring's, as for every
+    /// random number of townlink), clamped like `wg genkey`.
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
-        OsRng.fill_bytes(&mut bytes);
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .expect("the system's random generator works");
         bytes[0] &= 248;
         bytes[31] &= 127;
         bytes[31] |= 64;

@@ -246,9 +246,7 @@ mod tests {
                 ],
                 keepalive: 25,
                 probe_port: 51821,
-                fingerprint: crate::probe::tls::Identity::generate("hub")
-                    .unwrap()
-                    .fingerprint(),
+                fingerprint: crate::fingerprint::Fingerprint::from_bytes([7; 32]),
             }],
             uplinks: ["fiber", "lte"]
                 .iter()

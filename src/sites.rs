@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
-use crate::probe::tls::Fingerprint;
 
 /// A site or uplink name: used in logs, status and metric labels, so it is
 /// short and plain.

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Role};
+use crate::config::Role;
 use crate::fsutil;
 use crate::keys::PrivateKey;
 use crate::probe::tls::Identity;
@@ -196,8 +196,8 @@ pub fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    match config::load(path) {
-        Ok(c) => {
+    match crate::daemon::load(path) {
+        Ok((c, identity)) => {
             let summary = match &c.role {
                 Role::Hub(h) => format!(
                     "hub on {} port {}, {} site(s)",
@@ -218,7 +218,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 ),
             };
             println!("{}: valid ({summary})", path.display());
-            println!("probe certificate: {}", c.probe.identity.fingerprint());
+            println!("probe certificate: {}", identity.fingerprint());
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -297,8 +297,8 @@ fn init_logging() {
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     // Validate before touching anything: an invalid file changes nothing.
-    let config = match config::load(path) {
-        Ok(c) => c,
+    let (config, identity) = match crate::daemon::load(path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
             eprintln!("nothing was changed on the system");
@@ -332,7 +332,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        crate::daemon::run(config, path.to_path_buf(), shutdown, reload_rx).await
+        crate::daemon::run(config, identity, path.to_path_buf(), shutdown, reload_rx).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use crate::decision::Policy;
+use crate::fingerprint::Fingerprint;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::probe::tls::{Fingerprint, Identity};
 use crate::sites::{Name, SiteSet};
 
 pub use check::validate;
@@ -95,7 +95,11 @@ impl CheckConfig {
 /// The probing channel: this router's certificate, and (annex) the rates.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
-    pub identity: Identity,
+    /// This router's certificate (PEM). The check only makes sure it can
+    /// be read; it is parsed where it is used (`daemon::load`).
+    pub certificate_file: PathBuf,
+    /// Its private key (PKCS#8 PEM), mode 0600.
+    pub key_file: PathBuf,
     /// Hub: the UDP port of the responder.
     pub listen_port: u16,
     /// Probe interval on the active uplink (and on every uplink while the
@@ -663,35 +667,14 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
 pub(crate) mod tests;
 
 /// The id of the group `name` (`/etc/group`, NSS); `None` if there is no
-/// such group.
+/// such group. The one group lookup of townlink: the config check and the
+/// control socket's `chown` both use it.
 pub fn group_id(name: &str) -> std::io::Result<Option<libc::gid_t>> {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return Ok(None);
-    };
-    let mut size = 16 * 1024;
-    loop {
-        // SAFETY: a zeroed `group` is a valid value (null pointers, zero id).
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut buf = vec![0 as libc::c_char; size];
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live memory owned here, and
-        // `buf.len()` is the size of `buf`.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                c.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match rc {
-            0 if result.is_null() => return Ok(None),
-            0 => return Ok(Some(grp.gr_gid)),
-            libc::ERANGE if size < 1 << 20 => size *= 4,
-            // "Not found" as some NSS modules say it.
-            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
-            e => return Err(std::io::Error::from_raw_os_error(e)),
-        }
+    use nix::errno::Errno;
+    match nix::unistd::Group::from_name(name) {
+        Ok(group) => Ok(group.map(|g| g.gid.as_raw())),
+        // "Not found" as some NSS modules say it.
+        Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -1,7 +1,6 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
-use crate::probe::tls::Identity;
 
 /// A directory with a private key file `k.key` (mode 0600) and a probe
 /// certificate `p.crt` with its key `p.key`.
@@ -10,12 +9,13 @@ pub(crate) fn dir_with_key() -> tempfile::TempDir {
     let key = dir.path().join("k.key");
     std::fs::write(&key, PrivateKey::generate().to_base64_secret()).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let id = Identity::generate("test").unwrap();
-    crate::fsutil::write_atomic(&dir.path().join("p.crt"), id.cert_pem().as_bytes(), 0o644)
+    // What `townlink gencert` makes (rcgen directly: config is below probe).
+    let id = rcgen::generate_simple_self_signed(vec!["test".to_string()]).unwrap();
+    crate::fsutil::write_atomic(&dir.path().join("p.crt"), id.cert.pem().as_bytes(), 0o644)
         .unwrap();
     crate::fsutil::write_atomic(
         &dir.path().join("p.key"),
-        id.key_pem_secret().as_bytes(),
+        id.signing_key.serialize_pem().as_bytes(),
         0o600,
     )
     .unwrap();
@@ -786,4 +786,43 @@ fn probe_budget_defaults_and_mistakes() {
         problems[1].message.contains("is not a size"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn the_probe_files_are_checked_for_reading_not_parsed() {
+    let dir = dir_with_key();
+    // Missing certificate, key readable by others: both named by key path.
+    std::fs::remove_file(dir.path().join("p.crt")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("p.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let problems = example("hub.toml", dir.path()).unwrap_err();
+    assert_eq!(
+        paths(&problems),
+        ["probe.certificate_file", "probe.key_file"],
+        "{problems:?}"
+    );
+    assert!(problems[0].message.contains("cannot read"), "{problems:?}");
+    assert!(problems[1].message.contains("readable by others"));
+    // A file that is no certificate is the loader's business
+    // (`daemon::load`): the config only holds where it is.
+    std::fs::write(dir.path().join("p.crt"), "not a certificate").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("p.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let config = example("hub.toml", dir.path()).unwrap();
+    assert_eq!(config.probe.certificate_file, dir.path().join("p.crt"));
+    assert_eq!(config.probe.key_file, dir.path().join("p.key"));
+}
+
+#[test]
+fn groups_are_looked_up_by_name() {
+    assert_eq!(group_id("root").unwrap(), Some(0));
+    assert_eq!(group_id("no-such-group-tl16").unwrap(), None);
+    // Not a name a group can have: no group, not an error.
+    assert_eq!(group_id("ro\0ot").unwrap(), None);
 }

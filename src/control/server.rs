@@ -36,27 +36,6 @@ impl Drop for Listener {
     }
 }
 
-fn group_id(name: &str) -> anyhow::Result<libc::gid_t> {
-    let c = std::ffi::CString::new(name).context("group name contains a NUL byte")?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer refers to live, correctly sized memory owned here.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        anyhow::bail!("group {name:?} does not exist (control.group): create it or remove the key");
-    }
-    Ok(grp.gr_gid)
-}
-
 /// Binds the control socket. Refuses when another daemon answers on it,
 /// and when something else than a socket is at its path; removes a stale
 /// socket left by a crash. A missing directory is created with mode 0755
@@ -113,7 +92,13 @@ pub async fn bind(config: &ControlConfig) -> anyhow::Result<Listener> {
     };
     let mode = match &config.group {
         Some(group) => {
-            let gid = group_id(group)?;
+            let gid = match crate::config::group_id(group) {
+                Ok(Some(gid)) => gid,
+                Ok(None) => anyhow::bail!(
+                    "group {group:?} does not exist (control.group): create it or remove the key"
+                ),
+                Err(e) => anyhow::bail!("cannot look up group {group:?} (control.group): {e}"),
+            };
             std::os::unix::fs::chown(path, None, Some(gid))
                 .with_context(|| format!("giving {shown} to group {group}"))?;
             if let Some((dir, mode)) = closed_to_group(path, gid) {

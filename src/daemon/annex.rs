@@ -172,7 +172,7 @@ fn start_failover(
     handshake: watch::Receiver<Option<SystemTime>>,
 ) -> anyhow::Result<()> {
     let hub = &annex.hubs[0];
-    let crypto = tls::client_config(&config.probe.identity, hub.fingerprint)?;
+    let crypto = tls::client_config(&installed.identity, hub.fingerprint)?;
     let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?);
     let client = |metered: bool| {
         let mut transport = responder::transport();

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::sites::{HubIdentity, HubSites, Parts};
 use super::Installed;
 use crate::config::{Config, HubConfig};
+use crate::enroll::{JoinRequest, JoinResponse};
 use crate::keys::PublicKey;
 use crate::probe::responder::{self, Context, Sessions};
 use crate::probe::tls::AllowedSites;
@@ -48,7 +49,7 @@ pub(super) async fn start(
             enrollment: hub.enrollment.clone(),
             hub: HubIdentity {
                 public_key: config.tunnel.private_key.public_key(),
-                fingerprint: config.probe.identity.fingerprint(),
+                fingerprint: installed.identity.fingerprint(),
                 probe_port: config.probe.listen_port,
                 address: config.tunnel.address,
             },
@@ -59,7 +60,7 @@ pub(super) async fn start(
 
     // Dual-stack where IPv6 exists, IPv4 otherwise.
     let port = config.probe.listen_port;
-    let identity = &config.probe.identity;
+    let identity = &installed.identity;
     let counters = Arc::new(installed.telemetry.responder_counters());
     let endpoint = responder::endpoint(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
@@ -89,10 +90,18 @@ pub(super) async fn start(
         allowed,
         sessions,
         counters,
-        telemetry: installed.telemetry.clone(),
+        events: installed.telemetry.clone(),
         enroll: Some(Arc::new(move |request, certificate, remote| {
             let sites = enroller_sites.clone();
-            Box::pin(async move { sites.join(request, certificate, remote).await })
+            Box::pin(async move {
+                let response = match serde_json::from_slice::<JoinRequest>(&request) {
+                    Ok(request) => sites.join(request, certificate, remote).await,
+                    Err(e) => JoinResponse::Refused {
+                        reason: format!("the request is not understood: {e}"),
+                    },
+                };
+                serde_json::to_vec(&response).map_err(|e| e.to_string())
+            })
         })),
         instance,
     };

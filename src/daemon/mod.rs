@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use supervisor::{Event, Heart, Liveness, Supervisor};
 
-use crate::config::{Config, Role};
+use crate::config::{Config, ConfigError, Problem, Role};
 use crate::control;
 use crate::netlink::Netlink;
+use crate::probe::tls::Identity;
 use crate::sysctl;
 use crate::telemetry::{self, collector, Telemetry};
 use crate::tunnel::{Tuning, Tunnel};
@@ -39,6 +40,27 @@ const TUNNEL_SOCKET_BUFFER: usize = 4 << 20;
 /// itself is pinged at half systemd's interval at most.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// Reads and validates the config at `path` (see [`crate::config::load`]),
+/// then loads the probe certificate and key it names: the config only
+/// checks that they can be read; here they are parsed and must belong
+/// together. Used by `townlink run`, `townlink check` and each reload, so
+/// that all three report a bad pair the same way, with its key path.
+pub fn load(path: &std::path::Path) -> Result<(Config, Identity), ConfigError> {
+    let config = crate::config::load(path)?;
+    let identity =
+        Identity::load(&config.probe.certificate_file, &config.probe.key_file).map_err(|e| {
+            ConfigError {
+                file: path.to_path_buf(),
+                problems: vec![Problem {
+                    path: "probe".into(),
+                    message: e,
+                    hint: Some("make a new pair with `townlink gencert`".into()),
+                }],
+            }
+        })?;
+    Ok((config, identity))
+}
+
 /// What start-up changed, so that shutdown can undo exactly that.
 struct Installed {
     net: Netlink,
@@ -50,6 +72,9 @@ struct Installed {
     /// Cancels the role's tasks (child of the daemon's token).
     stop: CancellationToken,
     telemetry: Arc<Telemetry>,
+    /// The probe certificate the daemon started with (a reload keeps it:
+    /// a new one needs a restart).
+    identity: Identity,
     /// What a reload changes live.
     failover_settings:
         Option<tokio::sync::watch::Sender<(crate::decision::Policy, crate::config::ProbeConfig)>>,
@@ -125,13 +150,15 @@ pub fn lock_state_directory(dir: &std::path::Path) -> anyhow::Result<std::fs::Fi
     Ok(handle)
 }
 
-/// Runs the daemon until `shutdown` is cancelled. On a start-up error,
+/// Runs the daemon until `shutdown` is cancelled (`config` and `identity`
+/// from [`load`]). On a start-up error,
 /// everything done so far is undone before the error is returned.
 ///
 /// Each message on `reload` (SIGHUP: `systemctl reload`) re-reads the
 /// config at `path` and applies what can change live (see [`reload`]).
 pub async fn run(
     config: Config,
+    identity: Identity,
     path: std::path::PathBuf,
     shutdown: CancellationToken,
     mut reload: tokio::sync::mpsc::Receiver<()>,
@@ -181,6 +208,7 @@ pub async fn run(
         supervisor,
         stop: shutdown.child_token(),
         telemetry: Telemetry::new(&config),
+        identity,
         failover_settings: None,
         hub_sites: None,
         handler: None,
@@ -373,6 +401,11 @@ fn start_checks(config: &Config, installed: &Installed) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::config::tests::dir_with_key;
+    use crate::fingerprint::Fingerprint;
+    use rustls::pki_types::pem::PemObject;
+
     #[test]
     fn a_second_instance_with_the_same_state_directory_is_refused_by_its_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -389,5 +422,49 @@ mod tests {
         assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
         drop(first);
         super::lock_state_directory(&state).unwrap();
+    }
+
+    /// The hub example in `dir`, pointing at `dir_with_key`'s files.
+    fn hub_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml"),
+        )
+        .unwrap()
+        .replace("/etc/townlink/private.key", "k.key")
+        .replace("/etc/townlink/probe.crt", "p.crt")
+        .replace("/etc/townlink/probe.key", "p.key");
+        let file = dir.join("townlink.toml");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    #[test]
+    fn load_reads_the_probe_certificate_and_names_a_bad_one_by_key_path() {
+        let dir = dir_with_key();
+        let file = hub_file(dir.path());
+        let (config, identity) = load(&file).unwrap();
+        let cert = std::fs::read(&config.probe.certificate_file).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&cert).unwrap();
+        assert_eq!(identity.fingerprint(), Fingerprint::of(&der));
+
+        std::fs::write(dir.path().join("p.crt"), "not a certificate").unwrap();
+        let e = load(&file).unwrap_err();
+        assert_eq!(e.file, file);
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].path, "probe");
+        assert!(
+            e.problems[0].message.contains("not a PEM certificate"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("townlink gencert"), "{e}");
+
+        // A certificate with another key: the pair must belong together.
+        let other = Identity::generate("other").unwrap();
+        std::fs::write(dir.path().join("p.crt"), other.cert_pem()).unwrap();
+        let e = load(&file).unwrap_err();
+        assert!(
+            e.problems[0].message.contains("do not belong together"),
+            "{e}"
+        );
     }
 }

@@ -13,10 +13,15 @@
 use std::path::Path;
 
 use super::{start_checks, Installed};
-use crate::config::{self, Config, Role};
+use crate::config::{Config, Role};
+use crate::probe::tls::Identity;
 
-/// Keys whose change needs a restart, by comparing old and new.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+/// Keys whose change needs a restart, by comparing old and new (and the
+/// probe certificates they name, loaded).
+fn needs_restart(
+    (old, old_identity): (&Config, &Identity),
+    (new, new_identity): (&Config, &Identity),
+) -> Vec<&'static str> {
     let mut keys = Vec::new();
     let (ot, nt) = (&old.tunnel, &new.tunnel);
     let mut check = |changed: bool, key: &'static str| {
@@ -35,7 +40,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(ot.threads != nt.threads, "tunnel.threads");
     check(old.routing != new.routing, "routing");
     check(
-        old.probe.identity.fingerprint() != new.probe.identity.fingerprint(),
+        old_identity.fingerprint() != new_identity.fingerprint(),
         "probe.certificate_file",
     );
     check(
@@ -65,8 +70,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Applies the config at `path`; returns the STATUS line for systemd.
 pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut Installed) -> String {
     tracing::info!(config = %path.display(), "reloading the config");
-    let new = match config::load(path) {
-        Ok(c) => c,
+    let (new, new_identity) = match super::load(path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
             tracing::error!(
@@ -82,7 +87,7 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
             );
         }
     };
-    let restart = needs_restart(current, &new);
+    let restart = needs_restart((current, &installed.identity), (&new, &new_identity));
     if restart.contains(&"role") {
         tracing::error!("reload refused: the role changed; restart townlink to change it");
         return format!(
@@ -145,7 +150,8 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
         kept.control = current.control.clone();
         kept.metrics = current.metrics;
         kept.state_directory = current.state_directory.clone();
-        kept.probe.identity = current.probe.identity.clone();
+        kept.probe.certificate_file = current.probe.certificate_file.clone();
+        kept.probe.key_file = current.probe.key_file.clone();
         kept.probe.listen_port = current.probe.listen_port;
         kept.probe.timeout = current.probe.timeout;
         if let (Role::Annex(old), Role::Annex(a)) = (&current.role, &mut kept.role) {

@@ -39,10 +39,11 @@ use crate::control::SiteInfo;
 use crate::enroll::registry::{allocate, Entry, EntryState, Registry};
 use crate::enroll::token::{Secret, Token, SECRET_LEN};
 use crate::enroll::{JoinRequest, JoinResponse, Settings};
+use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
 use crate::netlink::Netlink;
 use crate::probe::responder::Sessions;
-use crate::probe::tls::{AllowedSites, Fingerprint};
+use crate::probe::tls::AllowedSites;
 use crate::routing;
 use crate::sites::{lan_problem, overlaps, Name, Reserved, Site, SiteSet};
 use crate::telemetry::collector::Sources;
@@ -1106,7 +1107,12 @@ mod tests {
                     enrollment: hub.enrollment.clone(),
                     hub: HubIdentity {
                         public_key: self.config.tunnel.private_key.public_key(),
-                        fingerprint: self.config.probe.identity.fingerprint(),
+                        fingerprint: crate::probe::tls::Identity::load(
+                            &self.config.probe.certificate_file,
+                            &self.config.probe.key_file,
+                        )
+                        .unwrap()
+                        .fingerprint(),
                         probe_port: 51821,
                         address: self.config.tunnel.address,
                     },

@@ -515,7 +515,7 @@ pub fn read_token(text: &str) -> Result<Token, JoinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::tls::Fingerprint;
+    use crate::fingerprint::Fingerprint;
 
     #[test]
     fn uplink_specs() {

@@ -18,9 +18,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub const ALPN: &[u8] = b"townlink-enroll/1";
+pub const ALPN: &[u8] = crate::probe::tls::ENROLL_ALPN;
 /// Largest request or response read from the other side.
-pub const MAX_MESSAGE: usize = 16 * 1024;
+pub const MAX_MESSAGE: usize = crate::probe::responder::MAX_ENROLL_MESSAGE;
 
 /// The annex's request; its certificate is the one of the connection.
 /// Its `Debug` never shows the secret, nor a site name or key that is not

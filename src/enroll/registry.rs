@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::fingerprint::Fingerprint;
 use crate::fsutil;
 use crate::keys::PublicKey;
-use crate::probe::tls::Fingerprint;
 use crate::sites::Name;
 
 const FORMAT: u32 = 1;

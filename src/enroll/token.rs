@@ -17,8 +17,8 @@ use std::fmt;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
-use crate::probe::tls::Fingerprint;
 use crate::sites::Name;
 
 pub const PREFIX: &str = "tl1.";

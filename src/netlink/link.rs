@@ -4,7 +4,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::LinkUnspec;
 
-use super::{request, Netlink, NetlinkError, Result};
+use super::{kernel_refused, request, Netlink, NetlinkError, Result};
 
 /// Byte counters of an interface, as the kernel counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,7 +24,7 @@ impl Netlink {
         match links.try_next().await {
             Ok(msg) => Ok(msg),
             // ENODEV: no such interface.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+            Err(e) if kernel_refused(&e, libc::ENODEV) => Ok(None),
             Err(e) => Err(request(format!("looking up interface {name}"))(e)),
         }
     }
@@ -69,8 +69,4 @@ impl Netlink {
         }
         Ok(c)
     }
-}
-
-const fn libc_enodev() -> i32 {
-    19
 }

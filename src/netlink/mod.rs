@@ -28,6 +28,12 @@ pub enum NetlinkError {
 
 pub type Result<T> = std::result::Result<T, NetlinkError>;
 
+/// Whether `e` is the kernel's refusal with `errno` (a `libc::E*`
+/// constant; netlink carries it negated).
+fn kernel_refused(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
 fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
@@ -62,4 +68,33 @@ async fn collect<T>(
     what: &str,
 ) -> Result<Vec<T>> {
     stream.try_collect().await.map_err(request(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's answer `code` (negative errno, as netlink sends it).
+    fn answer(code: i32) -> rtnetlink::Error {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(code);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn kernel_refusals_are_told_by_their_errno_constant() {
+        // The values the kernel sends on Linux: ESRCH 3, EEXIST 17, ENODEV 19.
+        assert!(kernel_refused(&answer(-3), libc::ESRCH));
+        assert!(kernel_refused(&answer(-17), libc::EEXIST));
+        assert!(kernel_refused(&answer(-19), libc::ENODEV));
+        assert!(!kernel_refused(&answer(-19), libc::ESRCH));
+        assert!(
+            !kernel_refused(&answer(19), libc::ENODEV),
+            "netlink negates errno"
+        );
+        assert!(!kernel_refused(
+            &rtnetlink::Error::RequestFailed,
+            libc::ESRCH
+        ));
+    }
 }

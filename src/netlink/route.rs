@@ -13,11 +13,8 @@ use ipnet::IpNet;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteType;
 
-use super::{collect, request, Netlink, NetlinkError, Result};
+use super::{collect, kernel_refused, request, Netlink, NetlinkError, Result};
 use crate::routing::{KernelRoute, RouteSpec, LOCAL_TABLE, MAIN_TABLE, PROTOCOL};
-
-/// EEXIST, as netlink reports it.
-const EEXIST: i32 = -17;
 
 fn destination_of(msg: &RouteMessage) -> Option<IpNet> {
     let len = msg.header.destination_prefix_length;
@@ -110,7 +107,7 @@ impl Netlink {
         };
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == EEXIST => {
+            Err(e) if kernel_refused(&e, libc::EEXIST) => {
                 let existing = self.routes_to(spec.destination, spec.table).await?;
                 if existing.iter().any(|r| {
                     r.header.protocol == RouteProtocol::Other(PROTOCOL) && oif_of(r) == index
@@ -197,7 +194,8 @@ impl Netlink {
         let msg = self.route_message(spec).await?;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -3 => Ok(()),
+            // ESRCH: no such route.
+            Err(e) if kernel_refused(&e, libc::ESRCH) => Ok(()),
             Err(e) => Err(request(format!(
                 "removing route {} dev {} table {}",
                 spec.destination, spec.interface, spec.table
@@ -223,7 +221,7 @@ impl Netlink {
             match self.handle.route().del(route).execute().await {
                 Ok(()) => {}
                 // Already gone (e.g. with its interface): fine.
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -3 => {}
+                Err(e) if kernel_refused(&e, libc::ESRCH) => {}
                 Err(e) => {
                     return Err(request(format!(
                         "removing a townlink route in table {table}"

@@ -32,11 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::guard::{GuardCounters, GuardedSocket};
-use super::tls::{self, AllowedSites, Fingerprint, Identity};
+use super::tls::{self, AllowedSites, Identity};
 use super::wire::{self, Report};
-use crate::enroll::{JoinRequest, JoinResponse};
+use crate::fingerprint::Fingerprint;
 use crate::sites::Name;
-use crate::telemetry::Telemetry;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -71,6 +70,8 @@ pub const MAX_CONNECTIONS: i64 = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Enrollment connections at once.
 pub const MAX_ENROLLMENTS: i64 = 8;
+/// Largest enrollment request or answer read from the other side.
+pub const MAX_ENROLL_MESSAGE: usize = 16 * 1024;
 /// Time an enrollment client gets to send its request, after the handshake.
 pub const ENROLL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusal lines logged per window at most.
@@ -102,8 +103,8 @@ pub fn transport() -> quinn::TransportConfig {
     // One stream, for an enrollment exchange; small windows: nothing
     // else travels on streams.
     t.max_concurrent_bidi_streams(1u8.into());
-    t.stream_receive_window((crate::enroll::MAX_MESSAGE as u32).into());
-    t.receive_window((4 * crate::enroll::MAX_MESSAGE as u32).into());
+    t.stream_receive_window((MAX_ENROLL_MESSAGE as u32).into());
+    t.receive_window((4 * MAX_ENROLL_MESSAGE as u32).into());
     t.max_concurrent_uni_streams(0u8.into());
     t.datagram_receive_buffer_size(Some(64 * 1024));
     t
@@ -161,9 +162,15 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .protocol
 }
 
-/// Handles one enrollment request: (request, the client's certificate, its address).
+/// Answers one enrollment request: (the request as received, at most
+/// [`MAX_ENROLL_MESSAGE`] bytes; the client's certificate; its address) →
+/// the answer to send, or why there is none (logged as a refusal). The
+/// responder carries the bytes; what they mean is enrollment's business
+/// (`enroll::JoinRequest`, `enroll::JoinResponse`).
 pub type Enroller = Arc<
-    dyn Fn(JoinRequest, Fingerprint, SocketAddr) -> BoxFuture<'static, JoinResponse> + Send + Sync,
+    dyn Fn(Vec<u8>, Fingerprint, SocketAddr) -> BoxFuture<'static, Result<Vec<u8>, String>>
+        + Send
+        + Sync,
 >;
 
 /// The live probe connections of every site, so that revoking a site
@@ -195,13 +202,23 @@ impl Sessions {
     }
 }
 
+/// What the responder tells the rest of the hub (the daemon passes its
+/// telemetry, which implements this: the probe layer does not know it).
+pub trait Events: Send + Sync {
+    /// A report from the annex of `site` (authenticated by its certificate).
+    fn site_report(&self, site: &Name, report: Report);
+    /// A panic while serving the connection from `remote`: to be logged
+    /// and counted; the responder goes on.
+    fn connection_panicked(&self, remote: SocketAddr, panic: &(dyn std::any::Any + Send));
+}
+
 /// What the responder serves with.
 #[derive(Clone)]
 pub struct Context {
     pub allowed: Arc<AllowedSites>,
     pub sessions: Arc<Sessions>,
     pub counters: Arc<ResponderCounters>,
-    pub telemetry: Arc<Telemetry>,
+    pub events: Arc<dyn Events>,
     /// Enrollment, when the hub offers it.
     pub enroll: Option<Enroller>,
     /// Drawn at each start; told to annexes that ask (hello), so that they
@@ -352,10 +369,10 @@ pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationTok
         let handshake = Held::new(&counters.handshakes);
         let (shared, stop) = (shared.clone(), stop.clone());
         tasks.spawn(async move {
-            let telemetry = shared.cx.telemetry.clone();
+            let events = shared.cx.events.clone();
             let connection = connection(incoming, remote, handshake, &shared, &stop);
             if let Err(panic) = AssertUnwindSafe(connection).catch_unwind().await {
-                telemetry.connection_panicked("responder", remote, &*panic);
+                events.connection_panicked(remote, &*panic);
             }
             drop(open);
         });
@@ -422,7 +439,7 @@ async fn connection(
         shared.refusal(remote, "no certificate", "");
         return;
     };
-    if alpn(&conn).as_deref() == Some(crate::enroll::ALPN) {
+    if alpn(&conn).as_deref() == Some(tls::ENROLL_ALPN) {
         if shared.enrolling.fetch_add(1, Ordering::SeqCst) >= MAX_ENROLLMENTS {
             shared.enrolling.fetch_sub(1, Ordering::SeqCst);
             cx.counters.limited.inc();
@@ -468,7 +485,7 @@ async fn enroll(
         let request = async {
             let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let bytes = recv
-                .read_to_end(crate::enroll::MAX_MESSAGE)
+                .read_to_end(MAX_ENROLL_MESSAGE)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((send, bytes))
@@ -479,13 +496,7 @@ async fn enroll(
                 cx.counters.timed_out.inc();
                 format!("no request within {ENROLL_REQUEST_TIMEOUT:?}")
             })??;
-        let response = match serde_json::from_slice::<JoinRequest>(&bytes) {
-            Ok(request) => enroller(request, fingerprint, remote).await,
-            Err(e) => JoinResponse::Refused {
-                reason: format!("the request is not understood: {e}"),
-            },
-        };
-        let out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+        let out = enroller(bytes, fingerprint, remote).await?;
         send.write_all(&out).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         // Let the client read the answer before the connection goes.
@@ -532,7 +543,7 @@ async fn echo(
         } else if let Some(reply) = wire::instance_for(&datagram, cx.instance) {
             let _ = conn.send_datagram(bytes::Bytes::copy_from_slice(&reply));
         } else if let Some(report) = Report::parse(&datagram) {
-            cx.telemetry.site_report(site, report);
+            cx.events.site_report(site, report);
         } else {
             counters.garbage.inc();
         }
@@ -542,7 +553,14 @@ async fn echo(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{dir_with_key, example};
+
+    /// The responder's events, dropped: these tests read the counters.
+    struct NoEvents;
+
+    impl Events for NoEvents {
+        fn site_report(&self, _: &Name, _: Report) {}
+        fn connection_panicked(&self, _: SocketAddr, _: &(dyn std::any::Any + Send)) {}
+    }
 
     #[test]
     fn refusal_logs_are_limited_per_window_and_say_how_many_were_not_logged() {
@@ -565,23 +583,17 @@ mod tests {
         Arc<ResponderCounters>,
         CancellationToken,
     ) {
-        let dir = dir_with_key();
-        let telemetry = Telemetry::new(&example("hub.toml", dir.path()).expect("example"));
         let identity = Identity::generate("hub").unwrap();
-        let counters = Arc::new(telemetry.responder_counters());
+        let counters = Arc::new(ResponderCounters::default());
         let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &identity, &counters).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let cx = Context {
             allowed: Arc::default(),
             sessions: Arc::default(),
             counters: counters.clone(),
-            telemetry,
+            events: Arc::new(NoEvents),
             enroll: Some(Arc::new(|_, _, _| {
-                Box::pin(async {
-                    JoinResponse::Refused {
-                        reason: "test".into(),
-                    }
-                })
+                Box::pin(async { Ok(b"refused: test".to_vec()) })
             })),
             instance: 7,
         };

@@ -12,73 +12,26 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::fingerprint::Fingerprint;
 use crate::sites::Name;
 
 /// The ALPN protocol of the probing channel.
 pub const ALPN: &[u8] = b"townlink-probe/1";
+/// The ALPN protocol of enrollment (`townlink join`), on the same responder.
+pub const ENROLL_ALPN: &[u8] = b"townlink-enroll/1";
 /// The server name the annex asks for (not checked: the certificate is pinned).
 pub const SERVER_NAME: &str = "townlink-hub";
-
-/// SHA-256 of a certificate's DER encoding, shown as `sha256:<hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    pub fn from_bytes(bytes: [u8; 32]) -> Fingerprint {
-        Fingerprint(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    pub fn of(cert: &CertificateDer<'_>) -> Fingerprint {
-        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
-    }
-}
-
-impl FromStr for Fingerprint {
-    type Err = String;
-    /// Accepts `sha256:` + 64 hex digits, with or without the prefix and colons.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex: String = s
-            .trim()
-            .trim_start_matches("sha256:")
-            .chars()
-            .filter(|c| *c != ':')
-            .collect();
-        let bad =
-            || "expected sha256:<64 hex digits>, as printed by `townlink gencert`".to_string();
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(&hex, &mut bytes).map_err(|_| bad())?;
-        Ok(Fingerprint(bytes))
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
 
 /// A certificate and its private key, as loaded from PEM files.
 pub struct Identity {
@@ -152,16 +105,11 @@ impl Identity {
     }
 }
 
+/// PEM with LF line endings and 64-column lines, as `openssl` writes it
+/// (the `pem` crate's default is CRLF).
 fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -193,6 +141,40 @@ impl AllowedSites {
     }
 }
 
+/// The handshake signature checks of both verifiers below: the
+/// provider's algorithms, TLS 1.3 only in practice (the configs allow no
+/// other version) but both methods are part of the traits.
+#[derive(Debug, Clone, Copy)]
+struct Signatures(WebPkiSupportedAlgorithms);
+
+impl Signatures {
+    fn of(provider: &CryptoProvider) -> Signatures {
+        Signatures(provider.signature_verification_algorithms)
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 /// The hub's TLS check of a client: it holds the key of the certificate it
 /// presents (rustls checks the handshake signature with it). Which
 /// certificates may do what is decided after the handshake, by the ALPN
@@ -202,7 +184,7 @@ impl AllowedSites {
 /// ALPN.)
 #[derive(Debug)]
 struct ClientKeyHolder {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for ClientKeyHolder {
@@ -228,12 +210,7 @@ impl ClientCertVerifier for ClientKeyHolder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -242,18 +219,11 @@ impl ClientCertVerifier for ClientKeyHolder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -261,7 +231,7 @@ impl ClientCertVerifier for ClientKeyHolder {
 #[derive(Debug)]
 struct PinnedHub {
     pinned: Fingerprint,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedHub {
@@ -288,12 +258,7 @@ impl ServerCertVerifier for PinnedHub {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -302,18 +267,11 @@ impl ServerCertVerifier for PinnedHub {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -321,13 +279,13 @@ impl ServerCertVerifier for PinnedHub {
 pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(ClientKeyHolder {
-        provider: provider.clone(),
+        signatures: Signatures::of(&provider),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec(), crate::enroll::ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -344,7 +302,7 @@ pub fn enroll_client_config(
     identity: &Identity,
     hub: Fingerprint,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    client_config_for(identity, hub, crate::enroll::ALPN)
+    client_config_for(identity, hub, ENROLL_ALPN)
 }
 
 fn client_config_for(
@@ -355,7 +313,7 @@ fn client_config_for(
     let provider = provider();
     let verifier = Arc::new(PinnedHub {
         pinned: hub,
-        provider: provider.clone(),
+        signatures: Signatures::of(&provider),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -369,31 +327,6 @@ fn client_config_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprints_round_trip_and_accept_colons() {
-        let id = Identity::generate("annex-1").unwrap();
-        let fp = id.fingerprint();
-        let shown = fp.to_string();
-        assert!(shown.starts_with("sha256:") && shown.len() == 7 + 64);
-        assert_eq!(shown.parse::<Fingerprint>().unwrap(), fp);
-        let colons: String = shown.as_bytes()[7..]
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect::<Vec<_>>()
-            .join(":");
-        assert_eq!(colons.parse::<Fingerprint>().unwrap(), fp);
-        assert!("sha256:1234".parse::<Fingerprint>().is_err());
-        // Multi-byte characters are refused, not a panic (config input).
-        assert!(format!("sha256:{}é", "a".repeat(62))
-            .parse::<Fingerprint>()
-            .is_err());
-        assert!("é".repeat(32).parse::<Fingerprint>().is_err());
-        // 64 bytes whose pair boundary falls inside the 'é' (slicing by byte would panic).
-        assert!(format!("{}é{}", "a".repeat(61), "a")
-            .parse::<Fingerprint>()
-            .is_err());
-    }
 
     #[test]
     fn pem_files_load_and_must_match() {
@@ -420,5 +353,14 @@ mod tests {
             .unwrap_err()
             .contains("not a PEM certificate"));
         assert!(!format!("{a:?}").contains("PRIVATE"));
+        // As openssl writes it: LF line endings, 64 columns.
+        let pem = a.cert_pem();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+        assert!(pem.ends_with("\n-----END CERTIFICATE-----\n"), "{pem}");
+        assert!(!pem.contains('\r'));
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+        assert!(a
+            .key_pem_secret()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n"));
     }
 }

@@ -23,7 +23,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::sites::Name;
-use crate::telemetry::status::ReportedUplink;
 
 pub const PROBE: u8 = 0x01;
 pub const ECHO: u8 = 0x02;
@@ -40,7 +39,18 @@ pub const MAX_REPORTED_UPLINKS: usize = 8;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub active: String,
-    pub uplinks: Vec<ReportedUplink>,
+    pub uplinks: Vec<Uplink>,
+}
+
+/// One uplink in a report: its name, its state and what its probes
+/// measure. The hub's status view keeps its own copy
+/// (`telemetry::status::ReportedUplink`): this is the wire format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Uplink {
+    pub name: String,
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    pub loss: Option<f64>,
 }
 
 impl Report {
@@ -163,7 +173,7 @@ mod tests {
 
     #[test]
     fn report_round_trip_and_refusals() {
-        let up = |name: &str| ReportedUplink {
+        let up = |name: &str| Uplink {
             name: name.into(),
             state: "up".into(),
             rtt_ms: Some(12.5),

@@ -21,8 +21,8 @@ use crate::config::{Config, Role};
 use crate::decision::{Decision, Health, Quality, StateChange};
 use crate::probe::budget::BudgetGauges;
 use crate::probe::prober::{Connection, ProbeCounters};
-use crate::probe::responder::ResponderCounters;
-use crate::probe::wire::Report;
+use crate::probe::responder::{self, ResponderCounters};
+use crate::probe::wire::{self, Report};
 use crate::sites::Name;
 use crate::tunnel::PeerStatus;
 use metrics::*;
@@ -586,7 +586,7 @@ impl Telemetry {
             uplinks: s
                 .uplinks
                 .iter()
-                .map(|u| ReportedUplink {
+                .map(|u| wire::Uplink {
                     name: u.name.clone(),
                     state: u.state.clone(),
                     rtt_ms: u.rtt_ms,
@@ -739,7 +739,16 @@ impl Telemetry {
         view.report = Some(SiteReportView {
             at,
             active: report.active,
-            uplinks: report.uplinks,
+            uplinks: report
+                .uplinks
+                .into_iter()
+                .map(|u| ReportedUplink {
+                    name: u.name,
+                    state: u.state,
+                    rtt_ms: u.rtt_ms,
+                    loss: u.loss,
+                })
+                .collect(),
         });
     }
 
@@ -752,6 +761,21 @@ impl Telemetry {
         m.site_uplink_up.remove(&l);
         m.site_uplink_rtt.remove(&l);
         m.site_uplink_loss.remove(&l);
+    }
+}
+
+/// The responder's reports and panics go to the metrics and the status view.
+impl responder::Events for Telemetry {
+    fn site_report(&self, site: &Name, report: Report) {
+        Telemetry::site_report(self, site, report)
+    }
+
+    fn connection_panicked(
+        &self,
+        remote: std::net::SocketAddr,
+        panic: &(dyn std::any::Any + Send),
+    ) {
+        Telemetry::connection_panicked(self, "responder", remote, panic)
     }
 }
 

@@ -154,7 +154,8 @@ pub struct SiteReportView {
     pub uplinks: Vec<ReportedUplink>,
 }
 
-/// One uplink as an annex reports it to the hub (also the wire format).
+/// One uplink as an annex reports it to the hub (the wire format is
+/// `probe::wire::Uplink`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportedUplink {
     pub name: String,
@@ -271,8 +272,8 @@ impl Status {
                 if let Some(b) = &u.budget {
                     notes.push(format!(
                         "budget {}/30 days, {} left{}",
-                        crate::probe::budget::format_size(b.budget_bytes as f64),
-                        crate::probe::budget::format_size(b.available_bytes as f64),
+                        crate::size::format(b.budget_bytes as f64),
+                        crate::size::format(b.available_bytes as f64),
                         if b.limited { ", LIMITING probes" } else { "" }
                     ));
                 }

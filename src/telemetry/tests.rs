@@ -320,7 +320,7 @@ fn hub_keeps_each_sites_report_under_its_certificate_name() {
         active: active.into(),
         uplinks: uplinks
             .iter()
-            .map(|u| ReportedUplink {
+            .map(|u| crate::probe::wire::Uplink {
                 name: u.to_string(),
                 state: "up".into(),
                 rtt_ms: Some(20.0),

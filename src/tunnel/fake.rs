@@ -58,7 +58,7 @@ impl FakeDevice {
             Some(k) if remove => {
                 peers.remove(&k);
             }
-            Some(k) if peers.contains_key(&k) => return "errno=17\n\n".into(),
+            Some(k) if peers.contains_key(&k) => return format!("errno={}\n\n", libc::EEXIST),
             Some(k) => {
                 peers.insert(k, ips);
             }
