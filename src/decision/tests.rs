@@ -1,9 +1,12 @@
 //! Synthetic probe streams on a fake clock: every failover rule, no sleep.
+//!
+//! With one hub (most tests) a path is an uplink: `FIBER` and `LTE`. The
+//! tests of the path rules (two hubs) are at the end.
 
 use super::*;
 
-const FIBER: usize = 0;
-const LTE: usize = 1;
+const FIBER: PathId = PathId { hub: 0, uplink: 0 };
+const LTE: PathId = PathId { hub: 0, uplink: 1 };
 
 /// A deterministic random generator (xorshift64*), for random loss.
 struct Rng(u64);
@@ -18,10 +21,12 @@ impl Rng {
     }
 }
 
-/// Probes the uplinks the way the daemon's probers do: fast where the
-/// engine wants it (`Engine::wants_fast_probes`), slowly on a standby one;
-/// a probe without answer within the timeout is lost (and late if its echo
-/// comes after). Ticks the engine every 50 ms, as the failover task does.
+/// Probes the paths the way the daemon's probers do: fast where the
+/// engine wants it (`Engine::wants_fast_probes`), slowly on a standby one
+/// (`Engine::standby`: a metered uplink's standby probes spread over the
+/// hubs); a probe without answer within the timeout is lost (and late if
+/// its echo comes after). Ticks the engine every 50 ms, as the failover
+/// task does.
 struct Sim {
     engine: Engine,
     now: Time,
@@ -31,10 +36,13 @@ struct Sim {
     changes: Vec<StateChange>,
     fast: Duration,
     slow: Duration,
+    metered: Duration,
     timeout: Duration,
     rng: Rng,
     /// When the tunnel last moved.
     active_since: Time,
+    /// Probes sent per path, for the probing cost.
+    sent: Vec<u64>,
 }
 
 fn t(secs: f64) -> Time {
@@ -46,44 +54,64 @@ impl Sim {
         Sim::with(Policy::default(), Duration::from_secs(1))
     }
 
+    /// One hub; the 4G probed like the fiber on standby (as before paths).
     fn with(policy: Policy, slow: Duration) -> Sim {
-        let uplinks = vec![("fiber".to_string(), 0), ("lte".to_string(), 1)];
+        let uplinks = [
+            ("fiber".to_string(), 0, false),
+            ("lte".to_string(), 1, false),
+        ];
+        Sim::over(policy, &[("hub".to_string(), 0)], &uplinks, slow)
+    }
+
+    fn over(
+        policy: Policy,
+        hubs: &[(String, u32)],
+        uplinks: &[(String, u32, bool)],
+        slow: Duration,
+    ) -> Sim {
+        let engine = Engine::new(policy, hubs, uplinks, PathId::new(0, 0));
+        let paths = engine.paths().count();
         Sim {
-            engine: Engine::new(policy, &uplinks, FIBER),
+            engine,
             now: Time::ZERO,
-            next_probe: vec![Time::ZERO; 2],
+            next_probe: vec![Time::ZERO; paths],
             pending: Vec::new(),
             decisions: Vec::new(),
             changes: Vec::new(),
             fast: Duration::from_millis(100),
             slow,
+            metered: Duration::from_secs(30),
             timeout: Duration::from_millis(300),
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             active_since: Time::ZERO,
+            sent: vec![0; paths],
         }
     }
 
     /// The rate the failover task would set (`Failover::set_rates`).
-    fn interval(&self, uplink: usize) -> Duration {
-        if self.engine.wants_fast_probes(uplink) {
+    fn interval(&self, path: PathId) -> Duration {
+        if self.engine.wants_fast_probes(path) {
             self.fast
         } else {
-            self.slow
+            match self.engine.standby(path) {
+                Standby::Regular => self.slow,
+                Standby::Metered { hubs } => self.metered * hubs,
+            }
         }
     }
 
-    /// Runs until `until`; `link(uplink, now, rng)` is the RTT of a probe
+    /// Runs until `until`; `link(path, now, rng)` is the RTT of a probe
     /// sent now, or `None` if the network drops it.
     fn run(
         &mut self,
         until: Time,
-        mut link: impl FnMut(usize, Time, &mut Rng) -> Option<Duration>,
+        mut link: impl FnMut(PathId, Time, &mut Rng) -> Option<Duration>,
     ) {
-        self.run_loaded(until, |p, rng| link(p.uplink, p.sent, rng));
+        self.run_loaded(until, |p, rng| link(p.path, p.sent, rng));
     }
 
     /// Like [`Sim::run`], with what the network knows of the load: which
-    /// uplink carries the tunnel, and since when.
+    /// path carries the tunnel, and since when.
     fn run_loaded(
         &mut self,
         until: Time,
@@ -92,15 +120,17 @@ impl Sim {
         let step = Duration::from_millis(10);
         // The daemon's failover task ticks every 50 ms (and at each sample).
         let tick = Duration::from_millis(50);
+        let paths: Vec<PathId> = self.engine.paths().collect();
         while self.now < until {
-            for u in 0..2 {
+            for (i, path) in paths.iter().copied().enumerate() {
                 // A faster rate applies at once, as in the prober.
-                let interval = self.interval(u);
-                self.next_probe[u] = self.next_probe[u].min(self.now + interval);
-                if self.now >= self.next_probe[u] {
+                let interval = self.interval(path);
+                self.next_probe[i] = self.next_probe[i].min(self.now + interval);
+                if self.now >= self.next_probe[i] {
                     let sent = self.now;
+                    self.sent[i] += 1;
                     let probe = Probe {
-                        uplink: u,
+                        path,
                         sent,
                         active: self.engine.active(),
                         active_since: self.active_since,
@@ -108,7 +138,7 @@ impl Sim {
                     let pending = &mut self.pending;
                     let mut resolve = |at: Time, outcome| {
                         let sample = Sample {
-                            uplink: u,
+                            path,
                             sent,
                             outcome,
                         };
@@ -125,7 +155,7 @@ impl Sim {
                         }
                         None => resolve(sent + self.timeout, Outcome::Lost),
                     }
-                    self.next_probe[u] = sent + interval;
+                    self.next_probe[i] = sent + interval;
                 }
             }
             let mut ticked = false;
@@ -159,18 +189,23 @@ impl Sim {
 
 /// A probe as the simulated network sees it.
 struct Probe {
-    uplink: usize,
+    path: PathId,
     sent: Time,
-    /// The uplink carrying the tunnel when it was sent, and since when.
-    active: usize,
+    /// The path carrying the tunnel when it was sent, and since when.
+    active: PathId,
     active_since: Time,
 }
 
 const FIBER_RTT: Duration = Duration::from_millis(8);
 const LTE_RTT: Duration = Duration::from_millis(45);
 
-fn healthy(u: usize) -> Option<Duration> {
-    Some(if u == FIBER { FIBER_RTT } else { LTE_RTT })
+/// The RTT of a path whose network is fine: its uplink's.
+fn healthy(p: PathId) -> Option<Duration> {
+    Some(if p.uplink == FIBER.uplink {
+        FIBER_RTT
+    } else {
+        LTE_RTT
+    })
 }
 
 /// Both uplinks healthy for 5 s: both up, fiber active, no decision.
@@ -288,7 +323,7 @@ fn delay_beyond_timeout_is_congestion_not_death() {
     assert!(
         !sim.changes
             .iter()
-            .any(|c| c.uplink == FIBER && c.reason.contains("probes lost")),
+            .any(|c| c.path == FIBER && c.reason.contains("probes lost")),
         "{:#?}",
         sim.changes
     );
@@ -346,7 +381,7 @@ fn flapping_link_is_not_followed() {
     let downs = sim
         .changes
         .iter()
-        .filter(|c| c.uplink == FIBER && c.to == Health::Down)
+        .filter(|c| c.path == FIBER && c.to == Health::Down)
         .count();
     assert!(downs > 10, "fiber went down {downs} times");
 }
@@ -443,7 +478,7 @@ fn standby_down_is_reported_without_switch() {
     let change = sim
         .changes
         .iter()
-        .find(|c| c.uplink == LTE && c.to == Health::Down)
+        .find(|c| c.path == LTE && c.to == Health::Down)
         .unwrap();
     assert!(
         change.reason.starts_with("lte: 4 probes lost"),
@@ -463,13 +498,19 @@ fn an_uplink_that_never_answered_is_not_chosen() {
 
 #[test]
 fn jitter_follows_rfc3550() {
-    let mut e = Engine::new(Policy::default(), &[("a".into(), 0)], 0);
+    let a = PathId::new(0, 0);
+    let mut e = Engine::new(
+        Policy::default(),
+        &[("hub".into(), 0)],
+        &[("a".into(), 0, false)],
+        a,
+    );
     for (i, ms) in [10u64, 30, 10, 30].iter().enumerate() {
         let sent = Duration::from_millis(100 * i as u64);
         e.observe(
             sent,
             Sample {
-                uplink: 0,
+                path: a,
                 sent,
                 outcome: Outcome::Echo {
                     rtt: Duration::from_millis(*ms),
@@ -482,29 +523,33 @@ fn jitter_follows_rfc3550() {
     for _ in 0..3 {
         j += (20.0 - j) / 16.0;
     }
-    let got = e.quality(0).jitter.as_secs_f64() * 1000.0;
+    let got = e.quality(a).jitter.as_secs_f64() * 1000.0;
     assert!((got - j).abs() < 1e-6, "{got} vs {j}");
 }
 
 #[test]
 fn standby_answering_first_at_start_is_no_reason_to_switch() {
-    let uplinks = [("fiber".to_string(), 0), ("lte".to_string(), 1)];
+    let hubs = [("hub".to_string(), 0)];
+    let uplinks = [
+        ("fiber".to_string(), 0, false),
+        ("lte".to_string(), 1, true),
+    ];
     let at = Duration::from_millis;
-    let echo = |uplink, sent| Sample {
-        uplink,
+    let echo = |path, sent| Sample {
+        path,
         sent,
         outcome: Outcome::Echo { rtt: at(5) },
     };
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     assert_eq!(e.observe(at(6), echo(FIBER, at(1))), None);
     assert_eq!(e.active(), FIBER);
     // A fiber slow to answer at start (its first handshake takes a while)
     // is not declared dead during the start-up grace...
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     let lost = |n: u64| Sample {
-        uplink: FIBER,
+        path: FIBER,
         sent: at(100 * n),
         outcome: Outcome::Lost,
     };
@@ -515,7 +560,7 @@ fn standby_answering_first_at_start_is_no_reason_to_switch() {
     assert_eq!(e.observe(at(1400), echo(FIBER, at(1390))), None);
     assert_eq!(e.quality(FIBER).health, Health::Up);
     // ... but a fiber dead from the start fails over once the grace is over.
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     for n in 0..47 {
         assert_eq!(e.observe(at(100 * n + 300), lost(n)), None, "probe {n}");
@@ -616,7 +661,7 @@ fn round_trip(p: f64) -> f64 {
 fn fiber_changes(sim: &Sim) -> Vec<(Time, Health, String)> {
     sim.changes
         .iter()
-        .filter(|c| c.uplink == FIBER)
+        .filter(|c| c.path == FIBER)
         .map(|c| (c.at, c.to, c.reason.clone()))
         .collect()
 }
@@ -630,7 +675,7 @@ fn a_link_down_by_brownout_keeps_what_it_saw() {
     for seed in [1u64, 2, 3] {
         let mut sim = warmed_up();
         sim.rng = Rng(seed);
-        let lossy = |u: usize, now: Time, rng: &mut Rng| {
+        let lossy = |u: PathId, now: Time, rng: &mut Rng| {
             if u == FIBER && now >= t(5.0) && rng.chance(0.27) {
                 None
             } else {
@@ -706,8 +751,8 @@ fn a_loss_ramp_switches_exactly_once() {
 fn a_link_that_fails_only_under_load_is_not_followed() {
     let saturated = |p: &Probe, rng: &mut Rng| -> Option<Duration> {
         let loaded = p.active == FIBER && p.sent >= t(5.0) && p.sent >= p.active_since + t(1.5);
-        if p.uplink != FIBER || !loaded {
-            healthy(p.uplink)
+        if p.path != FIBER || !loaded {
+            healthy(p.path)
         } else if rng.chance(0.03) {
             None
         } else {
@@ -744,10 +789,10 @@ fn a_link_that_fails_only_under_load_is_not_followed() {
     let mut sim = warmed_up();
     sim.run_loaded(t(605.0), |p, rng| {
         let loaded = p.active == FIBER && p.sent >= t(5.0) && p.sent >= p.active_since + t(1.5);
-        if p.uplink == FIBER && loaded && rng.chance(0.5) {
+        if p.path == FIBER && loaded && rng.chance(0.5) {
             None
         } else {
-            healthy(p.uplink)
+            healthy(p.path)
         }
     });
     let switches = sim.switches_since(t(5.0));

@@ -109,5 +109,6 @@ pub(super) fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
             max_holddown: max_holddown?,
             probation: probation?,
         },
+        prefer: d.prefer,
     })
 }
