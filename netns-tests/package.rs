@@ -112,7 +112,8 @@ fn package_holds_binary_unit_conffiles_man_pages_and_completions() {
         .join("usr/share/fish/vendor_completions.d/townlink.fish")
         .exists());
 
-    // Documentation, alert rules and dashboard.
+    // Documentation, alert rules, dashboard and the BIRD configurations
+    // of the backup site (docs/backup-site.md).
     for f in [
         "README.md",
         "enrollment.md",
@@ -120,6 +121,8 @@ fn package_holds_binary_unit_conffiles_man_pages_and_completions() {
         "systemd.md",
         "monitoring/alerts.yml",
         "monitoring/grafana-wan.json",
+        "examples/bird/hub.conf",
+        "examples/bird/dc.conf",
     ] {
         assert!(fs.join("usr/share/doc/townlink").join(f).exists(), "{f}");
     }
