@@ -327,6 +327,17 @@ impl Link {
         }
     }
 
+    /// Goes down without a rule of its own: passed over when the tunnel
+    /// left a dead path whose failure it shares (`Engine::proven`).
+    pub fn pass_over(&mut self, p: &Policy, now: Time, reason: String) {
+        let role = Role {
+            active: false,
+            fast: true,
+        };
+        self.fall(p, now, role, ReasonClass::Dead, reason);
+        self.health = Health::Down;
+    }
+
     /// Goes down: a failure for the damping (unless it never answered),
     /// and the hold-down of the coming recovery.
     fn fall(&mut self, p: &Policy, now: Time, role: Role, class: ReasonClass, reason: String) {

@@ -575,20 +575,37 @@ impl Engine {
     /// path's first lost one (`first`; none after a brownout: the hub
     /// answers, the states stand). A better path not heard since is
     /// waited for (it is probed fast now), unless it lost
-    /// [`SILENT_AFTER`] probes in a row since then: it shares the failure.
-    fn proven(&self, first: Option<Time>) -> Option<PathId> {
+    /// [`SILENT_AFTER`] probes in a row since then, or its hub died on
+    /// another path before and it has not answered since
+    /// ([`Engine::hub_silent_since_failure`]): it shares the failure, is
+    /// passed over (returned with why) and goes down with it, so that a
+    /// return to it waits for its hold-down.
+    fn proven(&self, first: Option<Time>) -> Option<(PathId, Vec<(PathId, String)>)> {
+        let mut passed = Vec::new();
         for p in self.ranked() {
             if p == self.active || self.health(p) != Health::Up {
                 continue;
             }
             let Some(first) = first else {
-                return Some(p);
+                return Some((p, passed));
             };
             let l = self.link(p);
             if l.answered_since(first) {
-                return Some(p);
+                return Some((p, passed));
             }
-            if l.lost_since(first) >= SILENT_AFTER {
+            let lost = l.lost_since(first);
+            if lost >= SILENT_AFTER {
+                let why = format!(
+                    "{}: {lost} probes lost along with {}",
+                    l.name,
+                    self.link(self.active).name
+                );
+                passed.push((p, why));
+                continue;
+            }
+            if let Some(q) = self.hub_silent_since_failure(p, first) {
+                let why = format!("{}: no answer since {} died", l.name, self.link(q).name);
+                passed.push((p, why));
                 continue;
             }
             return None;
@@ -596,29 +613,49 @@ impl Engine {
         None
     }
 
+    /// A path to `p`'s hub that died (no answer at all) before the active
+    /// path's trouble began (`first`), if `p` has not answered since: then
+    /// `p` is up by an old answer (a metered standby probed once a minute)
+    /// of a hub that most likely failed. Such a `p` is not waited for when
+    /// the tunnel leaves a dead path: it is passed over.
+    fn hub_silent_since_failure(&self, p: PathId, first: Time) -> Option<PathId> {
+        (0..self.uplinks.len())
+            .map(|u| PathId::new(p.hub, u))
+            .find(|q| {
+                let l = self.link(*q);
+                l.health == Health::Down
+                    && l.down_reason.0 == ReasonClass::Dead
+                    && l.down_at
+                        .is_some_and(|at| at < first && !self.link(p).answered_since(at))
+            })
+    }
+
     /// Leaving active path `from` (dead since its first lost probe `first`)
     /// for `to` on another hub: the old hub failed when none of its paths
     /// answered since, and either another hub answers on `from`'s uplink
-    /// (the uplink works, the hub does not) or every path of the old hub
-    /// is down.
-    fn hub_failed(&self, from: PathId, to: PathId, first: Option<Time>) -> bool {
-        let Some(first) = first else {
-            return false;
-        };
+    /// (the uplink works, the hub does not answer over it: the annex cannot
+    /// tell a dead hub from a hub cut from this uplink without probing its
+    /// other paths, maybe metered) or every path of the old hub is down.
+    /// Returns where it is silent, for the reason.
+    fn hub_failed(&self, from: PathId, to: PathId, first: Option<Time>) -> Option<String> {
+        let first = first?;
         if from.hub == to.hub {
-            return false;
+            return None;
         }
         let old = (0..self.uplinks.len()).map(|u| PathId::new(from.hub, u));
         if old.clone().any(|p| self.link(p).answered_since(first)) {
-            return false;
+            return None;
+        }
+        let all_down = old
+            .clone()
+            .all(|p| matches!(self.health(p), Health::Down | Health::Unknown));
+        if all_down && self.uplinks.len() > 1 {
+            return Some("every uplink".to_string());
         }
         let uplink_works = (0..self.hubs.len())
             .filter(|h| *h != from.hub)
             .any(|h| self.link(PathId::new(h, from.uplink)).answered_since(first));
-        let all_down = old
-            .clone()
-            .all(|p| matches!(self.health(p), Health::Down | Health::Unknown));
-        uplink_works || all_down
+        (uplink_works || all_down).then(|| self.uplinks[from.uplink].name.clone())
     }
 
     fn select(&mut self, now: Time) -> Option<Decision> {
@@ -667,12 +704,32 @@ impl Engine {
             // tunnel moves to it at once: a hub failure.
             Some(_) => {
                 let first = current.consecutive_lost().1;
-                let best = self.proven(first)?;
+                let (best, passed) = self.proven(first)?;
+                // The paths passed over share the failure: down with it
+                // (a return to one of them waits for its hold-down).
+                for (p, why) in passed {
+                    let from = self.health(p);
+                    if let Some(i) = self.index(p) {
+                        let policy = self.policy;
+                        self.links[i].pass_over(&policy, now, why.clone());
+                        self.changes.push(StateChange {
+                            path: p,
+                            from,
+                            to: Health::Down,
+                            reason: why,
+                            at: now,
+                        });
+                    }
+                }
+                let current = self.link(a);
                 let (mut class, mut reason) = current.down_reason.clone();
-                if class == ReasonClass::Dead && self.hub_failed(a, best, first) {
+                let silent = (class == ReasonClass::Dead)
+                    .then(|| self.hub_failed(a, best, first))
+                    .flatten();
+                if let Some(over) = silent {
                     class = ReasonClass::HubDown;
                     reason = format!(
-                        "{reason}; hub {} not answering while {} answers over {}",
+                        "{reason}; hub {} silent over {over}, hub {} answering over {}",
                         self.hubs[a.hub].name,
                         self.hubs[best.hub].name,
                         self.uplinks[best.uplink].name
