@@ -316,6 +316,9 @@ pub struct Engine {
     active: PathId,
     /// Per hub, the uplink its tunnel uses (see [`Engine::tunnel_uplink`]).
     tunnels: Vec<usize>,
+    /// Per hub, the first lost probe of its last failure (a `hub_down`
+    /// switch away from it).
+    hub_failed_at: Vec<Option<Time>>,
     changes: Vec<StateChange>,
     /// The time of the last event, for what depends on time in queries.
     now: Time,
@@ -371,6 +374,7 @@ impl Engine {
             links,
             active,
             tunnels: vec![active.uplink; hubs.len()],
+            hub_failed_at: vec![None; hubs.len()],
             changes: Vec::new(),
             now: Time::ZERO,
         }
@@ -575,8 +579,8 @@ impl Engine {
     /// path's first lost one (`first`; none after a brownout: the hub
     /// answers, the states stand). A better path not heard since is
     /// waited for (it is probed fast now), unless it lost
-    /// [`SILENT_AFTER`] probes in a row since then, or its hub died on
-    /// another path before and it has not answered since
+    /// [`SILENT_AFTER`] probes in a row since then, or its hub failed
+    /// before and it has not answered since
     /// ([`Engine::hub_silent_since_failure`]): it shares the failure, is
     /// passed over (returned with why) and goes down with it, so that a
     /// return to it waits for its hold-down.
@@ -603,8 +607,11 @@ impl Engine {
                 passed.push((p, why));
                 continue;
             }
-            if let Some(q) = self.hub_silent_since_failure(p, first) {
-                let why = format!("{}: no answer since {} died", l.name, self.link(q).name);
+            if self.hub_silent_since_failure(p, first) {
+                let why = format!(
+                    "{}: no answer since hub {} failed",
+                    l.name, self.hubs[p.hub].name
+                );
                 passed.push((p, why));
                 continue;
             }
@@ -613,21 +620,17 @@ impl Engine {
         None
     }
 
-    /// A path to `p`'s hub that died (no answer at all) before the active
-    /// path's trouble began (`first`), if `p` has not answered since: then
-    /// `p` is up by an old answer (a metered standby probed once a minute)
-    /// of a hub that most likely failed. Such a `p` is not waited for when
-    /// the tunnel leaves a dead path: it is passed over.
-    fn hub_silent_since_failure(&self, p: PathId, first: Time) -> Option<PathId> {
-        (0..self.uplinks.len())
-            .map(|u| PathId::new(p.hub, u))
-            .find(|q| {
-                let l = self.link(*q);
-                l.health == Health::Down
-                    && l.down_reason.0 == ReasonClass::Dead
-                    && l.down_at
-                        .is_some_and(|at| at < first && !self.link(p).answered_since(at))
-            })
+    /// `p`'s hub failed before the active path's trouble began (`first`;
+    /// a `hub_down` switch left it) and `p` has not answered since: `p`
+    /// is up by an old answer (a metered standby probed once a minute) of
+    /// a hub that failed. Such a `p` is not waited for when the tunnel
+    /// leaves a dead path: it is passed over.
+    fn hub_silent_since_failure(&self, p: PathId, first: Time) -> bool {
+        self.hub_failed_at
+            .get(p.hub)
+            .copied()
+            .flatten()
+            .is_some_and(|at| at < first && !self.link(p).answered_since(at))
     }
 
     /// Leaving active path `from` (dead since its first lost probe `first`)
@@ -728,6 +731,7 @@ impl Engine {
                     .flatten();
                 if let Some(over) = silent {
                     class = ReasonClass::HubDown;
+                    self.hub_failed_at[a.hub] = first;
                     reason = format!(
                         "{reason}; hub {} silent over {over}, hub {} answering over {}",
                         self.hubs[a.hub].name,
