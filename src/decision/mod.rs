@@ -13,7 +13,12 @@
 //!   damping, `damping.rs`);
 //! - the active path is the up path first in the path order (`Prefer`:
 //!   by uplink then hub, or by hub then uplink); with none up, the last
-//!   active one is kept (and still probed).
+//!   active one is kept (and still probed);
+//! - leaving a dead path needs a fresh echo of the new one; moving to
+//!   another hub because the active hub answers on none of its paths is a
+//!   hub failure (`hub_down`), done at once; paths passed over because
+//!   they share the failure go down with it (`docs/failover.md`, rules 10
+//!   to 17).
 //!
 //! With one hub a path is an uplink, and reasons name the uplink alone
 //! ("fiber: ..."); with several they name both ("main/fiber: ...").
