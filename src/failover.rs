@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, RoutingConfig};
-use crate::decision::{Decision, Engine, Health, Outcome, Policy, Quality, Sample, Time};
+use crate::decision::{Decision, Engine, Health, Outcome, PathId, Policy, Quality, Sample, Time};
 use crate::netlink::Netlink;
 use crate::probe::budget::Budget;
 use crate::probe::prober::{Connection, Outgoing, Refusal};
@@ -173,8 +173,9 @@ impl Silence {
         for (i, (h, current)) in self.uplinks.iter_mut().zip(intervals).enumerate() {
             // A rate just lowered still has its old probe on the way.
             let every = h.interval.max(*current);
+            // One hub for now: the path of uplink i is (0, i).
             let lost = |at: Time| Sample {
-                uplink: i,
+                path: PathId::new(0, i),
                 sent: at.saturating_sub(timeout),
                 outcome: Outcome::Lost,
             };
@@ -225,14 +226,15 @@ pub struct Failover {
 
 impl Failover {
     fn set_rates(&self, engine: &Engine) {
-        let active = engine.active();
+        let active = engine.active().uplink;
         // Not for trouble that faster probing cannot solve (see `Probing::calm`).
         let calm = self.calm();
         for (i, tx) in self.intervals.iter().enumerate() {
             // Fast: the active uplink, all while it is not up, and a
             // preferred uplink being judged for its return (the engine
             // says); only the active one while probing cannot measure.
-            let interval = if engine.wants_fast_probes(i) && (i == active || !calm) {
+            let interval = if engine.wants_fast_probes(PathId::new(0, i)) && (i == active || !calm)
+            {
                 self.probe.interval
             } else if self.metered[i] {
                 self.probe.metered_interval
@@ -294,11 +296,14 @@ impl Failover {
         let probing = Probing::of(&connections);
         let qualities: Vec<Quality> = (0..self.names.len())
             .map(|i| {
-                let q = shown(engine.quality(i), engine.policy().sla.min_samples);
+                let q = shown(
+                    engine.quality(PathId::new(0, i)),
+                    engine.policy().sla.min_samples,
+                );
                 unmeasured(q, probing, connections[i])
             })
             .collect();
-        self.telemetry.uplinks(&qualities, engine.active());
+        self.telemetry.uplinks(&qualities, engine.active().uplink);
         self.telemetry.probing(&connections, probing.problem());
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
@@ -308,7 +313,7 @@ impl Failover {
                 tracing::debug!("the report for the hub is too large: not sent");
             }
             self.reports.send_replace(Outgoing {
-                uplink: engine.active(),
+                uplink: engine.active().uplink,
                 datagram,
             });
         }
@@ -328,13 +333,13 @@ impl Failover {
 
     async fn apply(&self, d: &Decision) -> bool {
         let started = Instant::now();
-        let ok = self.route_to(d.to).await;
+        let ok = self.route_to(d.to.uplink).await;
         if ok {
             tunnel::push_traffic(self.hub_address);
         }
         tracing::warn!(
-            from = %self.names[d.from],
-            to = %self.names[d.to],
+            from = %self.names[d.from.uplink],
+            to = %self.names[d.to.uplink],
             class = d.class.as_str(),
             reason = %d.reason,
             switch_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -352,7 +357,7 @@ impl Failover {
         clock: Instant,
         stop: CancellationToken,
     ) {
-        let mut routed = engine.active();
+        let mut routed = engine.active().uplink;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_rates(&engine);
@@ -377,9 +382,10 @@ impl Failover {
                 s = samples.recv() => match s {
                     Some(s) => {
                         let now = clock.elapsed();
-                        let every = self.intervals.get(s.uplink).map_or(Duration::ZERO, |tx| *tx.borrow());
-                        if let Some(silent) = silence.heard(s.uplink, now, every) {
-                            tracing::info!(uplink = %self.names[s.uplink], silent_s = silent.as_secs_f64(), "the uplink's prober reports again");
+                        let u = s.path.uplink;
+                        let every = self.intervals.get(u).map_or(Duration::ZERO, |tx| *tx.borrow());
+                        if let Some(silent) = silence.heard(u, now, every) {
+                            tracing::info!(uplink = %self.names[u], silent_s = silent.as_secs_f64(), "the uplink's prober reports again");
                         }
                         decisions.extend(engine.observe(now, s));
                     }
@@ -390,7 +396,7 @@ impl Failover {
                     decisions.extend(engine.tick(now));
                     for (lost, new) in silence.due(now, &self.expected_intervals(), self.probe.timeout) {
                         if new {
-                            tracing::error!(uplink = %self.names[lost.uplink], "the uplink's prober sent no probe result for several intervals: its probes count as lost until it reports again");
+                            tracing::error!(uplink = %self.names[lost.path.uplink], "the uplink's prober sent no probe result for several intervals: its probes count as lost until it reports again");
                         }
                         decisions.extend(engine.observe(now, lost));
                     }
@@ -402,7 +408,7 @@ impl Failover {
             for c in &mut changes {
                 c.reason = explain(
                     &c.reason,
-                    c.uplink,
+                    c.path.uplink,
                     c.to == Health::Down,
                     &self.names,
                     &silence,
@@ -411,7 +417,7 @@ impl Failover {
                 );
                 self.telemetry.state_change(c);
                 tracing::info!(
-                    uplink = %self.names[c.uplink],
+                    uplink = %self.names[c.path.uplink],
                     from = c.from.as_str(),
                     to = c.to.as_str(),
                     reason = %c.reason,
@@ -429,7 +435,7 @@ impl Failover {
                 if d.class == crate::decision::ReasonClass::Dead {
                     d.reason = explain(
                         &d.reason,
-                        d.from,
+                        d.from.uplink,
                         true,
                         &self.names,
                         &silence,
@@ -438,16 +444,16 @@ impl Failover {
                     );
                 }
                 if self.apply(d).await {
-                    routed = d.to;
+                    routed = d.to.uplink;
                     self.telemetry.failover(d);
                 }
             }
             if decisions.is_empty()
-                && routed != engine.active()
-                && self.route_to(engine.active()).await
+                && routed != engine.active().uplink
+                && self.route_to(engine.active().uplink).await
             {
                 // An earlier switch failed in the kernel: retried on every event.
-                routed = engine.active();
+                routed = engine.active().uplink;
                 tunnel::push_traffic(self.hub_address);
                 tracing::info!(uplink = %self.names[routed], "tunnel route switched on retry");
             }
@@ -551,8 +557,9 @@ mod tests {
         let names = vec!["fiber".to_string(), "lte".to_string()];
         let mut engine = Engine::new(
             Policy::default(),
-            &[("fiber".into(), 0), ("lte".into(), 1)],
-            0,
+            &[("hub".into(), 0)],
+            &[("fiber".into(), 0, false), ("lte".into(), 1, false)],
+            PathId::new(0, 0),
         );
         let intervals = [100 * MS, 100 * MS];
         let timeout = 300 * MS;
@@ -573,7 +580,7 @@ mod tests {
                         continue;
                     }
                     let s = Sample {
-                        uplink: i,
+                        path: PathId::new(0, i),
                         sent: now - 10 * MS,
                         outcome: Outcome::Echo { rtt: 10 * MS },
                     };
@@ -583,7 +590,7 @@ mod tests {
             }
             decisions.extend(engine.tick(now));
             for (lost, new) in silence.due(now, &intervals, timeout) {
-                assert_eq!(lost.uplink, 0, "the 4G's prober reports");
+                assert_eq!(lost.path.uplink, 0, "the 4G's prober reports");
                 if new {
                     fiber_silent_at.get_or_insert(now);
                 }
@@ -595,7 +602,7 @@ mod tests {
                         now,
                         explain(
                             &c.reason,
-                            c.uplink,
+                            c.path.uplink,
                             true,
                             &names,
                             &silence,
@@ -621,9 +628,11 @@ mod tests {
             "{reason}"
         );
         // And the tunnel left it for the 4G, which still answers.
-        assert_eq!(engine.active(), 1);
+        assert_eq!(engine.active(), PathId::new(0, 1));
         assert!(
-            decisions.iter().any(|d| d.from == 0 && d.to == 1),
+            decisions
+                .iter()
+                .any(|d| d.from.uplink == 0 && d.to.uplink == 1),
             "{decisions:?}"
         );
     }

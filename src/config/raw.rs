@@ -65,6 +65,7 @@ pub struct RawFailover {
     pub max_holddown: Option<String>,
     pub damping_half_life: Option<String>,
     pub probation: Option<String>,
+    pub prefer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -750,6 +750,42 @@ fn failover_damping_keys_and_mistakes() {
     );
 }
 
+/// `[failover] prefer`: "uplink" by default, "hub" on request, any other
+/// word refused with the two choices.
+#[test]
+fn failover_prefer_key() {
+    use crate::decision::Prefer;
+    let dir = dir_with_key();
+    let prefer = |text: &str| match annex_with(text, dir.path()).map(|c| c.role) {
+        Ok(Role::Annex(a)) => Ok(a.failover.prefer),
+        Ok(Role::Hub(_)) => panic!("annex expected"),
+        Err(problems) => Err(problems),
+    };
+    assert_eq!(prefer("").unwrap(), Prefer::Uplink);
+    assert_eq!(
+        prefer("[failover]\nprefer = \"uplink\"\n").unwrap(),
+        Prefer::Uplink
+    );
+    assert_eq!(
+        prefer("[failover]\nprefer = \"hub\"\n").unwrap(),
+        Prefer::Hub
+    );
+    let problems = prefer("[failover]\nprefer = \"fiber\"\n").unwrap_err();
+    assert_eq!(paths(&problems), vec!["failover.prefer"], "{problems:?}");
+    assert_eq!(
+        problems[0].message,
+        "\"fiber\" is neither \"uplink\" nor \"hub\""
+    );
+    assert!(
+        problems[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("prefer = \"hub\""),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn probe_budget_defaults_and_mistakes() {
     let dir = dir_with_key();

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Installed;
 use crate::config::{AnnexConfig, Config, HubPeer};
-use crate::decision::Engine;
+use crate::decision::{Engine, PathId};
 use crate::failover::{Failover, HANDSHAKE_FRESH};
 use crate::probe::budget::Budget;
 use crate::probe::prober::{self, Connection, Outgoing, ProberIo, ProberSpec};
@@ -232,7 +232,19 @@ fn start_failover(
         .iter()
         .map(|u| (u.name.to_string(), u.priority))
         .collect();
-    let engine = Engine::new(annex.failover, &names, active);
+    // One hub for now (one tunnel device, one prober per uplink): its
+    // paths are the uplinks.
+    let uplinks: Vec<(String, u32, bool)> = annex
+        .uplinks
+        .iter()
+        .map(|u| (u.name.to_string(), u.priority, u.metered))
+        .collect();
+    let engine = Engine::new(
+        annex.failover,
+        &[(hub.name.to_string(), 0)],
+        &uplinks,
+        PathId::new(0, active),
+    );
     let (settings_tx, settings) = watch::channel((annex.failover, config.probe.clone()));
     installed.failover_settings = Some(settings_tx);
     let failover = Failover {

@@ -1,7 +1,7 @@
 //! One link's health: its window, its damping, and the rules that move it
 //! between `unknown`, `up`, `down` and `recovering` (rules 1 to 4 of
-//! `docs/failover.md`). A link is an uplink today, a (hub, uplink) path
-//! later: nothing here knows which.
+//! `docs/failover.md`). A link is one (hub, uplink) path; nothing here
+//! knows which, nor how it ranks among the others (`mod.rs` does).
 
 use std::time::Duration;
 
@@ -47,8 +47,8 @@ pub(super) struct Role {
 
 #[derive(Debug, Clone)]
 pub(super) struct Link {
+    /// "fiber" with one hub, "main/fiber" with several: the start of its reasons.
     pub name: String,
-    pub priority: u32,
     pub health: Health,
     /// Why it went down (kept for the switch reason).
     pub down_reason: (ReasonClass, String),
@@ -80,10 +80,9 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub fn new(name: String, priority: u32, policy: &Policy) -> Link {
+    pub fn new(name: String, policy: &Policy) -> Link {
         Link {
             name,
-            priority,
             health: Health::Unknown,
             down_reason: (ReasonClass::Dead, String::new()),
             window: Window::default(),
@@ -111,6 +110,17 @@ impl Link {
     /// The lost probes in a row (in send order) and when the first was sent.
     pub fn consecutive_lost(&self) -> (u32, Option<Time>) {
         self.window.trailing_lost()
+    }
+
+    /// It answered a probe sent at or after `since`: it works now.
+    pub fn answered_since(&self, since: Time) -> bool {
+        self.last_echo_sent >= Some(since)
+    }
+
+    /// The lost probes in a row at the end of its window that were sent at
+    /// or after `since`.
+    pub fn lost_since(&self, since: Time) -> u32 {
+        self.window.trailing_lost_since(since)
     }
 
     pub fn quality(&self, policy: &Policy, now: Time) -> Quality {
@@ -315,6 +325,17 @@ impl Link {
                 Some((Health::Down, reason))
             }
         }
+    }
+
+    /// Goes down without a rule of its own: passed over when the tunnel
+    /// left a dead path whose failure it shares (`Engine::proven`).
+    pub fn pass_over(&mut self, p: &Policy, now: Time, reason: String) {
+        let role = Role {
+            active: false,
+            fast: true,
+        };
+        self.fall(p, now, role, ReasonClass::Dead, reason);
+        self.health = Health::Down;
     }
 
     /// Goes down: a failure for the damping (unless it never answered),

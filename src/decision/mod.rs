@@ -1,21 +1,31 @@
 //! The failover decision engine: a pure state machine, fed probe outcomes
-//! and time, that says which uplink carries the tunnel and why.
+//! and time, that says which path (a hub, reached over an uplink) carries
+//! the tunnel and why.
 //!
-//! Down fast, up slowly:
-//! - an uplink is **down** after `down_after_lost` consecutive probes were
+//! Down fast, up slowly, for each path:
+//! - a path is **down** after `down_after_lost` consecutive probes were
 //!   lost (no echo at all), or after its SLA (probes not answered in time,
 //!   median RTT, jitter over `window`) has been violated for `sustain`: a
 //!   brownout, or congestion when the probes come back late (a queue);
-//! - a down uplink is **recovering** once it answers again and meets its SLA,
+//! - a down path is **recovering** once it answers again and meets its SLA,
 //!   and **up** after its hold-down of continuous health, judged on the SLA
 //!   over enough probes; the hold-down grows with each failure (flap
 //!   damping, `damping.rs`);
-//! - the active uplink is the up uplink of best priority; with none up, the
-//!   last active one is kept (and still probed).
+//! - the active path is the up path first in the path order (`Prefer`:
+//!   by uplink then hub, or by hub then uplink); with none up, the last
+//!   active one is kept (and still probed);
+//! - leaving a dead path needs a fresh echo of the new one; moving to
+//!   another hub because the active hub answers on none of its paths is a
+//!   hub failure (`hub_down`), done at once; paths passed over because
+//!   they share the failure go down with it (`docs/failover.md`, rules 10
+//!   to 17).
+//!
+//! With one hub a path is an uplink, and reasons name the uplink alone
+//! ("fiber: ..."); with several they name both ("main/fiber: ...").
 //!
 //! One file per concern: `window.rs` (the SLA window and its judgement),
-//! `damping.rs` (penalty and hold-down), `link.rs` (one link's health),
-//! this file (the choice among links).
+//! `damping.rs` (penalty and hold-down), `link.rs` (one path's health),
+//! this file (the choice among paths).
 //!
 //! No I/O and no clock: time is passed in (`Time`, the time since the
 //! daemon started), so every rule is tested with synthetic probe streams.
@@ -33,9 +43,9 @@ use link::{Link, Role};
 /// A point in time: the time since the daemon started.
 pub type Time = Duration;
 
-/// With no uplink up, how long the best answering uplink must have answered
-/// before it takes the tunnel, so that uplinks coming back at the same
-/// moment are compared by priority rather than by who answered first.
+/// With no path up, how long the best answering path must have answered
+/// before it takes the tunnel, so that paths coming back at the same
+/// moment are compared by the path order rather than by who answered first.
 pub const ALL_DOWN_SETTLE: Duration = Duration::from_millis(500);
 
 /// An uplink that has not answered yet is not declared down before this
@@ -45,15 +55,77 @@ pub const ALL_DOWN_SETTLE: Duration = Duration::from_millis(500);
 /// A preferred uplink dead at boot costs this much more before the switch.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(5);
 
-/// Uplinks that went down within this time of each other went down
-/// together: most likely the hub (or its responder) was unreachable, not
-/// every uplink.
+/// Paths that went down within this time of each other went down
+/// together: with every path of every hub down, most likely every hub (or
+/// the annex's own side) was unreachable, not every uplink.
 pub const TOGETHER: Duration = Duration::from_secs(2);
 
-/// After uplinks went down together, the active one gets this long, from
-/// the first answer of another one, to answer again before the tunnel
-/// moves: a hub restart does not move every annex to 4G and back.
+/// After every path went down together, the active one gets this long,
+/// from the first answer of another one, to answer again before the tunnel
+/// moves: a restart of the only hub does not move every annex to 4G and
+/// back. Not when another hub answers: that is a hub failure, left at once.
 pub const HUB_SETTLE: Duration = Duration::from_secs(5);
+
+/// A candidate path that lost this many probes in a row, all sent after
+/// the active path's first lost one, and answered none of them, is passed
+/// over when the tunnel leaves a dead path: it shares the failure (the
+/// same dead uplink, the same dead hub). Two, not one: a single random
+/// loss does not send the tunnel to a worse path.
+pub const SILENT_AFTER: u32 = 2;
+
+/// A path: a hub reached over an uplink (indices in config order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathId {
+    pub hub: usize,
+    pub uplink: usize,
+}
+
+impl PathId {
+    pub fn new(hub: usize, uplink: usize) -> PathId {
+        PathId { hub, uplink }
+    }
+}
+
+/// The order of paths, `[failover] prefer` (`docs/failover.md`, "Paths").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefer {
+    /// By uplink priority, then hub priority: a preferred hub reachable
+    /// only over the 4G gives way to another hub over the fiber.
+    #[default]
+    Uplink,
+    /// By hub priority, then uplink priority: the preferred hub at any
+    /// cost (e.g. when the other site is read-only).
+    Hub,
+}
+
+impl Prefer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prefer::Uplink => "uplink",
+            Prefer::Hub => "hub",
+        }
+    }
+
+    /// From the config's words.
+    pub fn parse(s: &str) -> Option<Prefer> {
+        match s {
+            "uplink" => Some(Prefer::Uplink),
+            "hub" => Some(Prefer::Hub),
+            _ => None,
+        }
+    }
+}
+
+/// The probe rate a path gets when it is not probed fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// `probe.standby_interval`: an uplink not metered, or the active
+    /// uplink (its paths to the other hubs are the hub-failure candidates).
+    Regular,
+    /// `probe.metered_interval` × `hubs`: a metered standby uplink, whose
+    /// probes are spread over the hubs so that it costs what one hub cost.
+    Metered { hubs: u32 },
+}
 
 /// The thresholds of a link's service level, over a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +150,8 @@ pub struct Policy {
     /// The hold-down after one failure (the base of the damping).
     pub holddown: Duration,
     pub damping: Damping,
+    /// The order of paths.
+    pub prefer: Prefer,
 }
 
 impl Default for Policy {
@@ -95,6 +169,7 @@ impl Default for Policy {
             },
             holddown: Duration::from_secs(10),
             damping: Damping::default(),
+            prefer: Prefer::Uplink,
         }
     }
 }
@@ -116,13 +191,13 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
-    pub uplink: usize,
+    pub path: PathId,
     /// When the probe was sent.
     pub sent: Time,
     pub outcome: Outcome,
 }
 
-/// The health of an uplink.
+/// The health of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     /// No answer yet since start.
@@ -147,14 +222,18 @@ impl Health {
 /// Why a switch happened, as a bounded class (metric label) …
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReasonClass {
-    /// The active uplink stopped answering.
+    /// The active path stopped answering.
     Dead,
+    /// The active hub stopped answering: on an uplink that still reaches
+    /// another hub, or on every uplink; the tunnel moved to another hub.
+    HubDown,
     /// The active uplink violated its SLA (loss, RTT, jitter).
     Brownout,
     /// The active uplink's probes came back late: a queue (a saturated
     /// line), not a dead one.
     Congested,
-    /// A preferred uplink came back after its hold-down.
+    /// A preferred path came back after its hold-down (or, with nothing
+    /// up, one answers again).
     Recovered,
 }
 
@@ -162,6 +241,7 @@ impl ReasonClass {
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonClass::Dead => "dead",
+            ReasonClass::HubDown => "hub_down",
             ReasonClass::Brownout => "brownout",
             ReasonClass::Congested => "congested",
             ReasonClass::Recovered => "recovered",
@@ -169,28 +249,29 @@ impl ReasonClass {
     }
 }
 
-/// A decision to move the tunnel from one uplink to another.
+/// A decision to move the tunnel from one path to another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub from: usize,
-    pub to: usize,
+    pub from: PathId,
+    pub to: PathId,
     pub class: ReasonClass,
-    /// … and in words, e.g. "fiber: 4 probes lost in 650 ms".
+    /// … and in words, e.g. "fiber: 4 probes lost in 650 ms" (one hub),
+    /// "main/fiber: 4 probes lost in 650 ms; ..." (several).
     pub reason: String,
     pub at: Time,
 }
 
-/// A change of an uplink's health, for logs and metrics.
+/// A change of a path's health, for logs and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateChange {
-    pub uplink: usize,
+    pub path: PathId,
     pub from: Health,
     pub to: Health,
     pub reason: String,
     pub at: Time,
 }
 
-/// The measured quality of an uplink.
+/// The measured quality of a path.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quality {
     pub health: Health,
@@ -214,12 +295,35 @@ pub struct Quality {
     pub penalty: f64,
 }
 
-/// The engine: one per annex (later: per path, i.e. hub × uplink).
+/// A hub as the engine knows it.
+#[derive(Debug, Clone)]
+struct Hub {
+    name: String,
+    priority: u32,
+}
+
+/// An uplink as the engine knows it.
+#[derive(Debug, Clone)]
+struct Uplink {
+    name: String,
+    priority: u32,
+    metered: bool,
+}
+
+/// The engine: one per annex, over every path (hub × uplink).
 #[derive(Debug, Clone)]
 pub struct Engine {
     policy: Policy,
+    hubs: Vec<Hub>,
+    uplinks: Vec<Uplink>,
+    /// One per path, hub by hub: path (h, u) is `links[h * uplinks + u]`.
     links: Vec<Link>,
-    active: usize,
+    active: PathId,
+    /// Per hub, the uplink its tunnel uses (see [`Engine::tunnel_uplink`]).
+    tunnels: Vec<usize>,
+    /// Per hub, the first lost probe of its last failure (a `hub_down`
+    /// switch away from it).
+    hub_failed_at: Vec<Option<Time>>,
     changes: Vec<StateChange>,
     /// The time of the last event, for what depends on time in queries.
     now: Time,
@@ -230,23 +334,80 @@ fn ms(d: Duration) -> u128 {
 }
 
 impl Engine {
-    /// `uplinks`: (name, priority) in config order; `active` carries the
-    /// tunnel at start.
-    pub fn new(policy: Policy, uplinks: &[(String, u32)], active: usize) -> Engine {
-        assert!(active < uplinks.len(), "active uplink out of range");
+    /// `hubs`: (name, priority) in config order; `uplinks`: (name,
+    /// priority, metered) in config order; `active` carries the tunnel at
+    /// start. A lower priority is preferred, then the first in the file.
+    pub fn new(
+        policy: Policy,
+        hubs: &[(String, u32)],
+        uplinks: &[(String, u32, bool)],
+        active: PathId,
+    ) -> Engine {
+        assert!(
+            active.hub < hubs.len() && active.uplink < uplinks.len(),
+            "active path out of range"
+        );
+        let several = hubs.len() > 1;
+        let mut links = Vec::with_capacity(hubs.len() * uplinks.len());
+        for (hub, _) in hubs {
+            for (uplink, _, _) in uplinks {
+                let name = if several {
+                    format!("{hub}/{uplink}")
+                } else {
+                    uplink.clone()
+                };
+                links.push(Link::new(name, &policy));
+            }
+        }
         Engine {
             policy,
-            links: uplinks
+            hubs: hubs
                 .iter()
-                .map(|(name, priority)| Link::new(name.clone(), *priority, &policy))
+                .map(|(name, priority)| Hub {
+                    name: name.clone(),
+                    priority: *priority,
+                })
                 .collect(),
+            uplinks: uplinks
+                .iter()
+                .map(|(name, priority, metered)| Uplink {
+                    name: name.clone(),
+                    priority: *priority,
+                    metered: *metered,
+                })
+                .collect(),
+            links,
             active,
+            tunnels: vec![active.uplink; hubs.len()],
+            hub_failed_at: vec![None; hubs.len()],
             changes: Vec::new(),
             now: Time::ZERO,
         }
     }
 
-    pub fn active(&self) -> usize {
+    /// The number of hubs.
+    pub fn hubs(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// The number of uplinks.
+    pub fn uplinks(&self) -> usize {
+        self.uplinks.len()
+    }
+
+    /// Every path, hub by hub, uplinks in config order.
+    pub fn paths(&self) -> impl Iterator<Item = PathId> + '_ {
+        let n = self.uplinks.len();
+        (0..self.links.len()).map(move |i| PathId::new(i / n, i % n))
+    }
+
+    /// The path's name as reasons start: "fiber" with one hub, "main/fiber"
+    /// with several.
+    pub fn name(&self, path: PathId) -> &str {
+        &self.link(path).name
+    }
+
+    pub fn active(&self) -> PathId {
         self.active
     }
 
@@ -255,37 +416,127 @@ impl Engine {
     }
 
     /// A reloaded policy; states, windows and penalties carry on under the
-    /// new rules (a hold-down in progress keeps its length).
+    /// new rules (a hold-down in progress keeps its length; a new path
+    /// order applies at the next tick).
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }
 
-    pub fn quality(&self, uplink: usize) -> Quality {
-        self.links[uplink].quality(&self.policy, self.now)
+    fn index(&self, p: PathId) -> Option<usize> {
+        (p.hub < self.hubs.len() && p.uplink < self.uplinks.len())
+            .then(|| p.hub * self.uplinks.len() + p.uplink)
     }
 
-    /// Whether uplink `i` should be probed fast (`probe.interval`) rather
-    /// than at a standby rate: the active uplink; every uplink while the
-    /// active one is not up; and an uplink preferred over the active one
-    /// that is not up but answers (recovering, or down while still
-    /// answering, as after a brownout): it is a candidate to take the
-    /// tunnel back, and its hold-down is judged on the SLA, which needs
-    /// `sla_min_samples` probes in the window. A preferred uplink that
-    /// answers nothing is probed at its standby rate until it does.
-    pub fn wants_fast_probes(&self, i: usize) -> bool {
+    /// Panics on a path out of range: paths come from this engine's own
+    /// hubs and uplinks (`paths`), never from input.
+    fn link(&self, p: PathId) -> &Link {
+        let i = self.index(p).expect("path out of range");
+        &self.links[i]
+    }
+
+    fn health(&self, p: PathId) -> Health {
+        self.link(p).health
+    }
+
+    pub fn quality(&self, path: PathId) -> Quality {
+        self.link(path).quality(&self.policy, self.now)
+    }
+
+    /// The place of a path in the order of `[failover] prefer` (lower is
+    /// preferred).
+    fn rank(&self, p: PathId) -> (u32, usize, u32, usize) {
+        let (h, u) = (self.hubs[p.hub].priority, self.uplinks[p.uplink].priority);
+        match self.policy.prefer {
+            Prefer::Uplink => (u, p.uplink, h, p.hub),
+            Prefer::Hub => (h, p.hub, u, p.uplink),
+        }
+    }
+
+    /// Every path, best first in the path order.
+    fn ranked(&self) -> Vec<PathId> {
+        let mut paths: Vec<PathId> = self.paths().collect();
+        paths.sort_by_key(|p| self.rank(*p));
+        paths
+    }
+
+    /// Whether path `p` should be probed fast (`probe.interval`) rather
+    /// than at a standby rate ([`Engine::standby`]):
+    /// - the active path; every path while the active one is not up;
+    /// - a path preferred over the active one that is not up but answers
+    ///   (recovering, or down while still answering, as after a
+    ///   brownout): a candidate to take the tunnel back, whose hold-down is
+    ///   judged on the SLA, which needs `sla_min_samples` probes in the
+    ///   window. A preferred path that answers nothing is probed at its
+    ///   standby rate until it does;
+    /// - the paths to the other hubs on the active uplink while the active
+    ///   path is losing probes (before it is down): if it dies, they tell
+    ///   at once whether the hub or the uplink failed.
+    pub fn wants_fast_probes(&self, p: PathId) -> bool {
+        if self.index(p).is_none() {
+            return false;
+        }
         let a = self.active;
-        if i == a || self.links[a].health != Health::Up {
+        let trouble = p.uplink == a.uplink && self.link(a).consecutive_lost().0 > 0;
+        self.judged_fast(p) || trouble
+    }
+
+    /// [`Engine::wants_fast_probes`] but for the short bursts of trouble:
+    /// whether a hold-down is judged on the SLA.
+    fn judged_fast(&self, p: PathId) -> bool {
+        let a = self.active;
+        if p == a || self.health(a) != Health::Up {
             return true;
         }
-        let Some(l) = self.links.get(i) else {
-            return false;
-        };
-        let preferred = (l.priority, i) < (self.links[a].priority, a);
-        preferred
+        let l = self.link(p);
+        self.rank(p) < self.rank(a)
             && match l.health {
                 Health::Up | Health::Recovering => true,
                 Health::Down | Health::Unknown => l.window.has_answers(),
             }
+    }
+
+    /// The rate of path `p` when it is not probed fast: regular on an
+    /// uplink not metered and on the active uplink; on a metered standby
+    /// uplink, `probe.metered_interval` times the number of hubs (each hub
+    /// in turn), so that the metered uplink's standby probing costs what
+    /// it did with one hub.
+    pub fn standby(&self, p: PathId) -> Standby {
+        let metered = self.uplinks.get(p.uplink).is_some_and(|u| u.metered);
+        if !metered || p.uplink == self.active.uplink {
+            Standby::Regular
+        } else {
+            Standby::Metered {
+                hubs: u32::try_from(self.hubs.len()).unwrap_or(u32::MAX),
+            }
+        }
+    }
+
+    /// The uplink the tunnel to `hub` uses: the active path's uplink for
+    /// the active hub; for another hub, the best uplink on which it is
+    /// up, not metered first, then by uplink priority; if it is up on
+    /// none, the one it used last (at start, the active path's uplink).
+    /// So the sessions with standby hubs stay established over the fiber
+    /// and do not cost 4G.
+    pub fn tunnel_uplink(&self, hub: usize) -> usize {
+        self.tunnels.get(hub).copied().unwrap_or(self.active.uplink)
+    }
+
+    fn update_tunnels(&mut self) {
+        for h in 0..self.hubs.len() {
+            if h == self.active.hub {
+                self.tunnels[h] = self.active.uplink;
+                continue;
+            }
+            let best = (0..self.uplinks.len())
+                .filter(|u| self.health(PathId::new(h, *u)) == Health::Up)
+                .min_by_key(|u| {
+                    let up = &self.uplinks[*u];
+                    (up.metered, up.priority, *u)
+                });
+            if let Some(u) = best {
+                self.tunnels[h] = u;
+            }
+        }
     }
 
     /// The health changes since the last call, oldest first.
@@ -293,29 +544,29 @@ impl Engine {
         std::mem::take(&mut self.changes)
     }
 
-    /// Feeds one probe outcome.
+    /// Feeds one probe outcome (of a path this engine does not know: ignored).
     pub fn observe(&mut self, now: Time, sample: Sample) -> Option<Decision> {
         let policy = self.policy;
-        self.links
-            .get_mut(sample.uplink)?
-            .observe(&policy, now, &sample);
+        let i = self.index(sample.path)?;
+        self.links[i].observe(&policy, now, &sample);
         self.tick(now)
     }
 
-    /// Re-evaluates every uplink at `now` (call regularly: hold-downs and
+    /// Re-evaluates every path at `now` (call regularly: hold-downs and
     /// sustained violations end with time, not with samples).
     pub fn tick(&mut self, now: Time) -> Option<Decision> {
         self.now = self.now.max(now);
-        for i in 0..self.links.len() {
+        let paths: Vec<PathId> = self.paths().collect();
+        for (i, p) in paths.into_iter().enumerate() {
             let role = Role {
-                active: i == self.active,
-                fast: self.wants_fast_probes(i),
+                active: p == self.active,
+                fast: self.judged_fast(p),
             };
             let from = self.links[i].health;
             if let Some((to, reason)) = self.links[i].evaluate(&self.policy, now, role) {
                 self.links[i].health = to;
                 self.changes.push(StateChange {
-                    uplink: i,
+                    path: p,
                     from,
                     to,
                     reason,
@@ -323,21 +574,113 @@ impl Engine {
                 });
             }
         }
-        self.select(now)
+        let decision = self.select(now);
+        self.update_tunnels();
+        decision
+    }
+
+    /// The path the tunnel leaves a dead active path for: the first up
+    /// path in the path order that answered a probe sent after the active
+    /// path's first lost one (`first`; none after a brownout: the hub
+    /// answers, the states stand). A better path not heard since is
+    /// waited for (it is probed fast now), unless it lost
+    /// [`SILENT_AFTER`] probes in a row since then, or its hub failed
+    /// before and it has not answered since
+    /// ([`Engine::hub_silent_since_failure`]): it shares the failure, is
+    /// passed over (returned with why) and goes down with it, so that a
+    /// return to it waits for its hold-down.
+    fn proven(&self, first: Option<Time>) -> Option<(PathId, Vec<(PathId, String)>)> {
+        let mut passed = Vec::new();
+        for p in self.ranked() {
+            if p == self.active || self.health(p) != Health::Up {
+                continue;
+            }
+            let Some(first) = first else {
+                return Some((p, passed));
+            };
+            let l = self.link(p);
+            if l.answered_since(first) {
+                return Some((p, passed));
+            }
+            let lost = l.lost_since(first);
+            if lost >= SILENT_AFTER {
+                let why = format!(
+                    "{}: {lost} probes lost along with {}",
+                    l.name,
+                    self.link(self.active).name
+                );
+                passed.push((p, why));
+                continue;
+            }
+            if self.hub_silent_since_failure(p, first) {
+                let why = format!(
+                    "{}: no answer since hub {} failed",
+                    l.name, self.hubs[p.hub].name
+                );
+                passed.push((p, why));
+                continue;
+            }
+            return None;
+        }
+        None
+    }
+
+    /// `p`'s hub failed before the active path's trouble began (`first`;
+    /// a `hub_down` switch left it) and `p` has not answered since: `p`
+    /// is up by an old answer (a metered standby probed once a minute) of
+    /// a hub that failed. Such a `p` is not waited for when the tunnel
+    /// leaves a dead path: it is passed over.
+    fn hub_silent_since_failure(&self, p: PathId, first: Time) -> bool {
+        self.hub_failed_at
+            .get(p.hub)
+            .copied()
+            .flatten()
+            .is_some_and(|at| at < first && !self.link(p).answered_since(at))
+    }
+
+    /// Leaving active path `from` (dead since its first lost probe `first`)
+    /// for `to` on another hub: the old hub failed when none of its paths
+    /// answered since, and either another hub answers on `from`'s uplink
+    /// (the uplink works, the hub does not answer over it: the annex cannot
+    /// tell a dead hub from a hub cut from this uplink without probing its
+    /// other paths, maybe metered) or every path of the old hub is down.
+    /// Returns where it is silent, for the reason.
+    fn hub_failed(&self, from: PathId, to: PathId, first: Option<Time>) -> Option<String> {
+        let first = first?;
+        if from.hub == to.hub {
+            return None;
+        }
+        let old = (0..self.uplinks.len()).map(|u| PathId::new(from.hub, u));
+        if old.clone().any(|p| self.link(p).answered_since(first)) {
+            return None;
+        }
+        let all_down = old
+            .clone()
+            .all(|p| matches!(self.health(p), Health::Down | Health::Unknown));
+        if all_down && self.uplinks.len() > 1 {
+            return Some("every uplink".to_string());
+        }
+        let uplink_works = (0..self.hubs.len())
+            .filter(|h| *h != from.hub)
+            .any(|h| self.link(PathId::new(h, from.uplink)).answered_since(first));
+        (uplink_works || all_down).then(|| self.uplinks[from.uplink].name.clone())
     }
 
     fn select(&mut self, now: Time) -> Option<Decision> {
-        let best_with = |health: Health| {
-            (0..self.links.len())
-                .filter(|i| self.links[*i].health == health)
-                .min_by_key(|i| (self.links[*i].priority, *i))
+        let ranked = self.ranked();
+        let best_with = |health: Health| ranked.iter().copied().find(|p| self.health(*p) == health);
+        let a = self.active;
+        let current = self.link(a);
+        let none_up = if self.hubs.len() > 1 {
+            "no path is up"
+        } else {
+            "no uplink is up"
         };
-        let current = &self.links[self.active];
         let mut returning = false;
         let (best, class, reason) = match best_with(Health::Up) {
-            Some(best) if best == self.active => return None,
+            Some(best) if best == a => return None,
             Some(best) if current.health == Health::Up => {
-                // The active uplink is fine, but a preferred one is back:
+                // The active path is fine, but a preferred one is back:
                 // a return, on probation (see Damping::probation).
                 returning = true;
                 (
@@ -345,47 +688,75 @@ impl Engine {
                     ReasonClass::Recovered,
                     format!(
                         "{}: healthy for {}, preferred over {}",
-                        self.links[best].name,
-                        damping::words(self.links[best].holddown),
+                        self.link(best).name,
+                        damping::words(self.link(best).holddown),
                         current.name
                     ),
                 )
             }
-            // The active uplink is not judged yet (start-up): a standby that
+            // The active path is not judged yet (start-up): a standby that
             // answered first is no reason to leave it. Four lost probes
             // make it down soon enough if it is dead.
             Some(_) if current.health == Health::Unknown => return None,
-            // The active uplink answers again (in hold-down after an
-            // outage it shared with the others, e.g. a hub restart): the
-            // traffic flows, no reason to move it. A new failure makes it
-            // down again.
+            // The active path answers again (in hold-down after an outage
+            // it shared with the others, e.g. a hub restart): the traffic
+            // flows, no reason to move it. A new failure makes it down
+            // again.
             Some(_) if current.health == Health::Recovering => return None,
-            // The active uplink is down: move to the best one that is up,
+            // The active path is down: move to the best one that is up,
             // once it has answered a probe sent after the active one's
-            // first lost probe. A standby's "up" may be 30 s old (metered probing); if
-            // the hub, not the uplink, is unreachable, the standby's next
-            // probes are lost too and nothing moves (see HUB_SETTLE).
-            Some(best) => {
-                let fresh = match current.consecutive_lost().1 {
-                    Some(first) => self.links[best].last_echo_sent >= Some(first),
-                    // A brownout: the hub answers, the standby's state stands.
-                    None => true,
-                };
-                if !fresh {
-                    return None;
+            // first lost probe (`proven`). A standby's "up" may be a minute
+            // old (metered probing); if no hub answers, the others' next
+            // probes are lost too and nothing moves (see HUB_SETTLE). When
+            // another hub answers while the active hub answers nowhere, the
+            // tunnel moves to it at once: a hub failure.
+            Some(_) => {
+                let first = current.consecutive_lost().1;
+                let (best, passed) = self.proven(first)?;
+                // The paths passed over share the failure: down with it
+                // (a return to one of them waits for its hold-down).
+                for (p, why) in passed {
+                    let from = self.health(p);
+                    if let Some(i) = self.index(p) {
+                        let policy = self.policy;
+                        self.links[i].pass_over(&policy, now, why.clone());
+                        self.changes.push(StateChange {
+                            path: p,
+                            from,
+                            to: Health::Down,
+                            reason: why,
+                            at: now,
+                        });
+                    }
                 }
-                (best, current.down_reason.0, current.down_reason.1.clone())
+                let current = self.link(a);
+                let (mut class, mut reason) = current.down_reason.clone();
+                let silent = (class == ReasonClass::Dead)
+                    .then(|| self.hub_failed(a, best, first))
+                    .flatten();
+                if let Some(over) = silent {
+                    class = ReasonClass::HubDown;
+                    self.hub_failed_at[a.hub] = first;
+                    reason = format!(
+                        "{reason}; hub {} silent over {over}, hub {} answering over {}",
+                        self.hubs[a.hub].name,
+                        self.hubs[best.hub].name,
+                        self.uplinks[best.uplink].name
+                    );
+                }
+                (best, class, reason)
             }
-            // Nothing is up: an uplink that answers again is better than a
+            // Nothing is up: a path that answers again is better than a
             // dead one, hold-down or not (unless the active one answers too).
             None if current.health == Health::Down => {
-                // Uplinks that come back together (the hub was unreachable,
-                // not the uplinks) are compared by priority: the best one
-                // must have answered for ALL_DOWN_SETTLE first; and if it
-                // went down together with the active one, the active one
-                // gets HUB_SETTLE to come back.
+                // Paths that come back together (every hub was unreachable,
+                // not the uplinks) are compared by the path order: the best
+                // one must have answered for ALL_DOWN_SETTLE first; and if
+                // it went down together with the active one, the active
+                // one gets HUB_SETTLE to come back.
                 let best = best_with(Health::Recovering)?;
-                let together = match (current.down_at, self.links[best].down_at) {
+                let candidate = self.link(best);
+                let together = match (current.down_at, candidate.down_at) {
                     (Some(a), Some(b)) => a.max(b) - a.min(b) <= TOGETHER,
                     _ => false,
                 };
@@ -394,7 +765,7 @@ impl Engine {
                 } else {
                     ALL_DOWN_SETTLE
                 };
-                let settled = self.links[best]
+                let settled = candidate
                     .healthy_since
                     .is_some_and(|since| now.saturating_sub(since) >= settle);
                 if !settled {
@@ -403,10 +774,7 @@ impl Engine {
                 (
                     best,
                     ReasonClass::Recovered,
-                    format!(
-                        "{}: answering again while no uplink is up",
-                        self.links[best].name
-                    ),
+                    format!("{}: answering again while {none_up}", candidate.name),
                 )
             }
             None => return None,
@@ -414,7 +782,9 @@ impl Engine {
         let from = self.active;
         self.active = best;
         if returning {
-            self.links[best].returned_at = Some(now);
+            if let Some(i) = self.index(best) {
+                self.links[i].returned_at = Some(now);
+            }
         }
         Some(Decision {
             from,

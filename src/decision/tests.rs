@@ -1,9 +1,12 @@
 //! Synthetic probe streams on a fake clock: every failover rule, no sleep.
+//!
+//! With one hub (most tests) a path is an uplink: `FIBER` and `LTE`. The
+//! tests of the path rules (two hubs) are at the end.
 
 use super::*;
 
-const FIBER: usize = 0;
-const LTE: usize = 1;
+const FIBER: PathId = PathId { hub: 0, uplink: 0 };
+const LTE: PathId = PathId { hub: 0, uplink: 1 };
 
 /// A deterministic random generator (xorshift64*), for random loss.
 struct Rng(u64);
@@ -18,10 +21,12 @@ impl Rng {
     }
 }
 
-/// Probes the uplinks the way the daemon's probers do: fast where the
-/// engine wants it (`Engine::wants_fast_probes`), slowly on a standby one;
-/// a probe without answer within the timeout is lost (and late if its echo
-/// comes after). Ticks the engine every 50 ms, as the failover task does.
+/// Probes the paths the way the daemon's probers do: fast where the
+/// engine wants it (`Engine::wants_fast_probes`), slowly on a standby one
+/// (`Engine::standby`: a metered uplink's standby probes spread over the
+/// hubs); a probe without answer within the timeout is lost (and late if
+/// its echo comes after). Ticks the engine every 50 ms, as the failover
+/// task does.
 struct Sim {
     engine: Engine,
     now: Time,
@@ -31,10 +36,13 @@ struct Sim {
     changes: Vec<StateChange>,
     fast: Duration,
     slow: Duration,
+    metered: Duration,
     timeout: Duration,
     rng: Rng,
     /// When the tunnel last moved.
     active_since: Time,
+    /// Probes sent per path, for the probing cost.
+    sent: Vec<u64>,
 }
 
 fn t(secs: f64) -> Time {
@@ -46,44 +54,64 @@ impl Sim {
         Sim::with(Policy::default(), Duration::from_secs(1))
     }
 
+    /// One hub; the 4G probed like the fiber on standby (as before paths).
     fn with(policy: Policy, slow: Duration) -> Sim {
-        let uplinks = vec![("fiber".to_string(), 0), ("lte".to_string(), 1)];
+        let uplinks = [
+            ("fiber".to_string(), 0, false),
+            ("lte".to_string(), 1, false),
+        ];
+        Sim::over(policy, &[("hub".to_string(), 0)], &uplinks, slow)
+    }
+
+    fn over(
+        policy: Policy,
+        hubs: &[(String, u32)],
+        uplinks: &[(String, u32, bool)],
+        slow: Duration,
+    ) -> Sim {
+        let engine = Engine::new(policy, hubs, uplinks, PathId::new(0, 0));
+        let paths = engine.paths().count();
         Sim {
-            engine: Engine::new(policy, &uplinks, FIBER),
+            engine,
             now: Time::ZERO,
-            next_probe: vec![Time::ZERO; 2],
+            next_probe: vec![Time::ZERO; paths],
             pending: Vec::new(),
             decisions: Vec::new(),
             changes: Vec::new(),
             fast: Duration::from_millis(100),
             slow,
+            metered: Duration::from_secs(30),
             timeout: Duration::from_millis(300),
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             active_since: Time::ZERO,
+            sent: vec![0; paths],
         }
     }
 
     /// The rate the failover task would set (`Failover::set_rates`).
-    fn interval(&self, uplink: usize) -> Duration {
-        if self.engine.wants_fast_probes(uplink) {
+    fn interval(&self, path: PathId) -> Duration {
+        if self.engine.wants_fast_probes(path) {
             self.fast
         } else {
-            self.slow
+            match self.engine.standby(path) {
+                Standby::Regular => self.slow,
+                Standby::Metered { hubs } => self.metered * hubs,
+            }
         }
     }
 
-    /// Runs until `until`; `link(uplink, now, rng)` is the RTT of a probe
+    /// Runs until `until`; `link(path, now, rng)` is the RTT of a probe
     /// sent now, or `None` if the network drops it.
     fn run(
         &mut self,
         until: Time,
-        mut link: impl FnMut(usize, Time, &mut Rng) -> Option<Duration>,
+        mut link: impl FnMut(PathId, Time, &mut Rng) -> Option<Duration>,
     ) {
-        self.run_loaded(until, |p, rng| link(p.uplink, p.sent, rng));
+        self.run_loaded(until, |p, rng| link(p.path, p.sent, rng));
     }
 
     /// Like [`Sim::run`], with what the network knows of the load: which
-    /// uplink carries the tunnel, and since when.
+    /// path carries the tunnel, and since when.
     fn run_loaded(
         &mut self,
         until: Time,
@@ -92,15 +120,17 @@ impl Sim {
         let step = Duration::from_millis(10);
         // The daemon's failover task ticks every 50 ms (and at each sample).
         let tick = Duration::from_millis(50);
+        let paths: Vec<PathId> = self.engine.paths().collect();
         while self.now < until {
-            for u in 0..2 {
+            for (i, path) in paths.iter().copied().enumerate() {
                 // A faster rate applies at once, as in the prober.
-                let interval = self.interval(u);
-                self.next_probe[u] = self.next_probe[u].min(self.now + interval);
-                if self.now >= self.next_probe[u] {
+                let interval = self.interval(path);
+                self.next_probe[i] = self.next_probe[i].min(self.now + interval);
+                if self.now >= self.next_probe[i] {
                     let sent = self.now;
+                    self.sent[i] += 1;
                     let probe = Probe {
-                        uplink: u,
+                        path,
                         sent,
                         active: self.engine.active(),
                         active_since: self.active_since,
@@ -108,7 +138,7 @@ impl Sim {
                     let pending = &mut self.pending;
                     let mut resolve = |at: Time, outcome| {
                         let sample = Sample {
-                            uplink: u,
+                            path,
                             sent,
                             outcome,
                         };
@@ -125,7 +155,7 @@ impl Sim {
                         }
                         None => resolve(sent + self.timeout, Outcome::Lost),
                     }
-                    self.next_probe[u] = sent + interval;
+                    self.next_probe[i] = sent + interval;
                 }
             }
             let mut ticked = false;
@@ -159,18 +189,23 @@ impl Sim {
 
 /// A probe as the simulated network sees it.
 struct Probe {
-    uplink: usize,
+    path: PathId,
     sent: Time,
-    /// The uplink carrying the tunnel when it was sent, and since when.
-    active: usize,
+    /// The path carrying the tunnel when it was sent, and since when.
+    active: PathId,
     active_since: Time,
 }
 
 const FIBER_RTT: Duration = Duration::from_millis(8);
 const LTE_RTT: Duration = Duration::from_millis(45);
 
-fn healthy(u: usize) -> Option<Duration> {
-    Some(if u == FIBER { FIBER_RTT } else { LTE_RTT })
+/// The RTT of a path whose network is fine: its uplink's.
+fn healthy(p: PathId) -> Option<Duration> {
+    Some(if p.uplink == FIBER.uplink {
+        FIBER_RTT
+    } else {
+        LTE_RTT
+    })
 }
 
 /// Both uplinks healthy for 5 s: both up, fiber active, no decision.
@@ -288,7 +323,7 @@ fn delay_beyond_timeout_is_congestion_not_death() {
     assert!(
         !sim.changes
             .iter()
-            .any(|c| c.uplink == FIBER && c.reason.contains("probes lost")),
+            .any(|c| c.path == FIBER && c.reason.contains("probes lost")),
         "{:#?}",
         sim.changes
     );
@@ -346,7 +381,7 @@ fn flapping_link_is_not_followed() {
     let downs = sim
         .changes
         .iter()
-        .filter(|c| c.uplink == FIBER && c.to == Health::Down)
+        .filter(|c| c.path == FIBER && c.to == Health::Down)
         .count();
     assert!(downs > 10, "fiber went down {downs} times");
 }
@@ -443,7 +478,7 @@ fn standby_down_is_reported_without_switch() {
     let change = sim
         .changes
         .iter()
-        .find(|c| c.uplink == LTE && c.to == Health::Down)
+        .find(|c| c.path == LTE && c.to == Health::Down)
         .unwrap();
     assert!(
         change.reason.starts_with("lte: 4 probes lost"),
@@ -463,13 +498,19 @@ fn an_uplink_that_never_answered_is_not_chosen() {
 
 #[test]
 fn jitter_follows_rfc3550() {
-    let mut e = Engine::new(Policy::default(), &[("a".into(), 0)], 0);
+    let a = PathId::new(0, 0);
+    let mut e = Engine::new(
+        Policy::default(),
+        &[("hub".into(), 0)],
+        &[("a".into(), 0, false)],
+        a,
+    );
     for (i, ms) in [10u64, 30, 10, 30].iter().enumerate() {
         let sent = Duration::from_millis(100 * i as u64);
         e.observe(
             sent,
             Sample {
-                uplink: 0,
+                path: a,
                 sent,
                 outcome: Outcome::Echo {
                     rtt: Duration::from_millis(*ms),
@@ -482,29 +523,33 @@ fn jitter_follows_rfc3550() {
     for _ in 0..3 {
         j += (20.0 - j) / 16.0;
     }
-    let got = e.quality(0).jitter.as_secs_f64() * 1000.0;
+    let got = e.quality(a).jitter.as_secs_f64() * 1000.0;
     assert!((got - j).abs() < 1e-6, "{got} vs {j}");
 }
 
 #[test]
 fn standby_answering_first_at_start_is_no_reason_to_switch() {
-    let uplinks = [("fiber".to_string(), 0), ("lte".to_string(), 1)];
+    let hubs = [("hub".to_string(), 0)];
+    let uplinks = [
+        ("fiber".to_string(), 0, false),
+        ("lte".to_string(), 1, true),
+    ];
     let at = Duration::from_millis;
-    let echo = |uplink, sent| Sample {
-        uplink,
+    let echo = |path, sent| Sample {
+        path,
         sent,
         outcome: Outcome::Echo { rtt: at(5) },
     };
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     assert_eq!(e.observe(at(6), echo(FIBER, at(1))), None);
     assert_eq!(e.active(), FIBER);
     // A fiber slow to answer at start (its first handshake takes a while)
     // is not declared dead during the start-up grace...
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     let lost = |n: u64| Sample {
-        uplink: FIBER,
+        path: FIBER,
         sent: at(100 * n),
         outcome: Outcome::Lost,
     };
@@ -515,7 +560,7 @@ fn standby_answering_first_at_start_is_no_reason_to_switch() {
     assert_eq!(e.observe(at(1400), echo(FIBER, at(1390))), None);
     assert_eq!(e.quality(FIBER).health, Health::Up);
     // ... but a fiber dead from the start fails over once the grace is over.
-    let mut e = Engine::new(Policy::default(), &uplinks, FIBER);
+    let mut e = Engine::new(Policy::default(), &hubs, &uplinks, FIBER);
     assert_eq!(e.observe(at(5), echo(LTE, at(0))), None);
     for n in 0..47 {
         assert_eq!(e.observe(at(100 * n + 300), lost(n)), None, "probe {n}");
@@ -616,7 +661,7 @@ fn round_trip(p: f64) -> f64 {
 fn fiber_changes(sim: &Sim) -> Vec<(Time, Health, String)> {
     sim.changes
         .iter()
-        .filter(|c| c.uplink == FIBER)
+        .filter(|c| c.path == FIBER)
         .map(|c| (c.at, c.to, c.reason.clone()))
         .collect()
 }
@@ -630,7 +675,7 @@ fn a_link_down_by_brownout_keeps_what_it_saw() {
     for seed in [1u64, 2, 3] {
         let mut sim = warmed_up();
         sim.rng = Rng(seed);
-        let lossy = |u: usize, now: Time, rng: &mut Rng| {
+        let lossy = |u: PathId, now: Time, rng: &mut Rng| {
             if u == FIBER && now >= t(5.0) && rng.chance(0.27) {
                 None
             } else {
@@ -706,8 +751,8 @@ fn a_loss_ramp_switches_exactly_once() {
 fn a_link_that_fails_only_under_load_is_not_followed() {
     let saturated = |p: &Probe, rng: &mut Rng| -> Option<Duration> {
         let loaded = p.active == FIBER && p.sent >= t(5.0) && p.sent >= p.active_since + t(1.5);
-        if p.uplink != FIBER || !loaded {
-            healthy(p.uplink)
+        if p.path != FIBER || !loaded {
+            healthy(p.path)
         } else if rng.chance(0.03) {
             None
         } else {
@@ -744,10 +789,10 @@ fn a_link_that_fails_only_under_load_is_not_followed() {
     let mut sim = warmed_up();
     sim.run_loaded(t(605.0), |p, rng| {
         let loaded = p.active == FIBER && p.sent >= t(5.0) && p.sent >= p.active_since + t(1.5);
-        if p.uplink == FIBER && loaded && rng.chance(0.5) {
+        if p.path == FIBER && loaded && rng.chance(0.5) {
             None
         } else {
-            healthy(p.uplink)
+            healthy(p.path)
         }
     });
     let switches = sim.switches_since(t(5.0));
@@ -936,4 +981,434 @@ fn random_loss_for_200_minutes_never_switches() {
             .count();
         assert_eq!(downs, 0, "{p}: fiber went down");
     }
+}
+
+// ---- Paths: two hubs ----------------------------------------------------
+//
+// The main hub (priority 0) and the backup hub (priority 1), each reached
+// over the fiber (priority 0) and the 4G (priority 1, metered: its standby
+// probes spread over the hubs, `Engine::standby`).
+
+const MAIN_FIBER: PathId = PathId { hub: 0, uplink: 0 };
+const MAIN_LTE: PathId = PathId { hub: 0, uplink: 1 };
+const BACKUP_FIBER: PathId = PathId { hub: 1, uplink: 0 };
+const BACKUP_LTE: PathId = PathId { hub: 1, uplink: 1 };
+
+fn two_hubs(prefer: Prefer) -> Sim {
+    let policy = Policy {
+        prefer,
+        ..Policy::default()
+    };
+    let hubs = [("main".to_string(), 0), ("backup".to_string(), 1)];
+    let uplinks = [
+        ("fiber".to_string(), 0, false),
+        ("lte".to_string(), 1, true),
+    ];
+    Sim::over(policy, &hubs, &uplinks, Duration::from_secs(1))
+}
+
+/// Two hubs, every path healthy for 5 s: every path up, main/fiber active.
+fn two_hubs_warmed_up(prefer: Prefer) -> Sim {
+    let mut sim = two_hubs(prefer);
+    sim.run(t(5.0), |p, _, _| healthy(p));
+    for p in [MAIN_FIBER, MAIN_LTE, BACKUP_FIBER, BACKUP_LTE] {
+        assert_eq!(sim.engine.quality(p).health, Health::Up, "{p:?}");
+    }
+    assert_eq!(sim.engine.active(), MAIN_FIBER);
+    assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+    sim
+}
+
+/// A network where `hub` is dead from `from` to `until`.
+fn hub_dead(
+    hub: usize,
+    from: Time,
+    until: Time,
+) -> impl FnMut(PathId, Time, &mut Rng) -> Option<Duration> {
+    move |p, now, _| {
+        if p.hub == hub && now >= from && now < until {
+            None
+        } else {
+            healthy(p)
+        }
+    }
+}
+
+/// Every path to the main hub stops answering while the backup hub
+/// answers: a hub failure. The tunnel goes to the backup hub over the same
+/// fiber at once (no HUB_SETTLE: the backup hub's fresh echo proves the
+/// annex's side works), with its own reason class. `prefer = "hub"` first
+/// tries the main hub over the 4G: silent too (two probes), passed over.
+#[test]
+fn a_dead_hub_is_left_for_the_other_hub_at_once() {
+    for (prefer, within, silent) in [
+        (Prefer::Uplink, t(1.0), "fiber"),
+        (Prefer::Hub, t(1.5), "every uplink"),
+    ] {
+        let mut sim = two_hubs_warmed_up(prefer);
+        sim.run(t(15.0), hub_dead(0, t(5.0), t(1e6)));
+        assert_eq!(sim.decisions.len(), 1, "{prefer:?}: {:#?}", sim.decisions);
+        let d = &sim.decisions[0];
+        assert_eq!(
+            (d.from, d.to, d.class),
+            (MAIN_FIBER, BACKUP_FIBER, ReasonClass::HubDown),
+            "{prefer:?}"
+        );
+        assert_eq!(d.class.as_str(), "hub_down");
+        let detection = d.at - t(5.0);
+        assert!(
+            detection < within,
+            "{prefer:?}: detected after {detection:?}"
+        );
+        assert!(
+            d.reason.starts_with("main/fiber: 4 probes lost in "),
+            "{}",
+            d.reason
+        );
+        let end = format!("; hub main silent over {silent}, hub backup answering over fiber");
+        assert!(d.reason.ends_with(&end), "{}", d.reason);
+    }
+}
+
+/// The main hub back after 10 s down: the tunnel returns to it once, after
+/// its hold-down (judged per path, like an uplink's), and stays there.
+#[test]
+fn the_preferred_hub_back_is_returned_to_once_after_the_holddown() {
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    sim.run(t(200.0), hub_dead(0, t(5.0), t(15.0)));
+    assert_eq!(sim.decisions.len(), 2, "{:#?}", sim.decisions);
+    let back = &sim.decisions[1];
+    assert_eq!(
+        (back.from, back.to, back.class),
+        (BACKUP_FIBER, MAIN_FIBER, ReasonClass::Recovered)
+    );
+    let holddown = sim.engine.policy().holddown;
+    let after = back.at - t(15.0);
+    assert!(
+        after >= holddown && after < holddown + Duration::from_secs(3),
+        "returned after {after:?}"
+    );
+    assert!(
+        back.reason
+            .contains("main/fiber: healthy for 10 s, preferred over backup/fiber"),
+        "{}",
+        back.reason
+    );
+    assert_eq!(sim.engine.active(), MAIN_FIBER);
+}
+
+/// The fiber to the main hub broken, the fiber to the backup hub and the
+/// 4G to both fine. `prefer = "uplink"` (the default): the backup hub over
+/// the fiber; `prefer = "hub"`: the main hub over the 4G.
+#[test]
+fn the_preferred_hub_unreachable_over_one_uplink_is_chosen_by_prefer() {
+    let broken = |p: PathId, now: Time, _: &mut Rng| {
+        if p == MAIN_FIBER && now >= t(5.0) {
+            None
+        } else {
+            healthy(p)
+        }
+    };
+    for (prefer, to) in [(Prefer::Uplink, BACKUP_FIBER), (Prefer::Hub, MAIN_LTE)] {
+        let mut sim = two_hubs_warmed_up(prefer);
+        sim.run(t(200.0), broken);
+        assert_eq!(sim.decisions.len(), 1, "{prefer:?}: {:#?}", sim.decisions);
+        let d = &sim.decisions[0];
+        assert_eq!((d.from, d.to), (MAIN_FIBER, to), "{prefer:?}: {d:#?}");
+        let detection = d.at - t(5.0);
+        assert!(
+            detection < Duration::from_secs(2),
+            "{prefer:?}: detected after {detection:?}"
+        );
+        assert_eq!(sim.engine.active(), to, "{prefer:?}");
+        assert_eq!(sim.engine.quality(to).health, Health::Up, "{prefer:?}");
+    }
+}
+
+/// Every hub silent on every path (the annex's own side cut, or both hubs
+/// restarting): the last path is kept and every path probed fast. When
+/// they come back together, the path order decides: the backup hub
+/// answering first is no reason to leave the main one (it has HUB_SETTLE);
+/// a main hub still silent after HUB_SETTLE is left for the backup one.
+#[test]
+fn every_hub_silent_keeps_the_last_path_then_the_order_decides() {
+    for main_later in [t(2.0), t(30.0)] {
+        let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+        sim.run(
+            t(30.0),
+            |p, now, _| if now >= t(5.0) { None } else { healthy(p) },
+        );
+        assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+        assert_eq!(sim.engine.active(), MAIN_FIBER);
+        let paths = [MAIN_FIBER, MAIN_LTE, BACKUP_FIBER, BACKUP_LTE];
+        for p in paths {
+            assert_eq!(sim.engine.quality(p).health, Health::Down, "{p:?}");
+            assert!(sim.engine.wants_fast_probes(p), "{p:?} probed fast");
+        }
+        // Still probed: every path sent at least 10 probes in the last 5 s.
+        let sent = sim.sent.clone();
+        sim.run(t(35.0), |_, _, _| None);
+        for p in paths {
+            let i = sim.engine.index(p).unwrap();
+            assert!(
+                sim.sent[i] - sent[i] >= 40,
+                "{p:?}: {}",
+                sim.sent[i] - sent[i]
+            );
+        }
+        // The backup hub answers at 40 s, the main one `main_later`.
+        let back = t(40.0) + main_later;
+        sim.run(t(120.0), |p, now, _| {
+            let answers = if p.hub == 0 { back } else { t(40.0) };
+            if now >= answers {
+                healthy(p)
+            } else {
+                None
+            }
+        });
+        if main_later < HUB_SETTLE {
+            assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+            assert_eq!(sim.engine.active(), MAIN_FIBER);
+        } else {
+            let d = sim.decisions.first().expect("a switch to the backup hub");
+            assert_eq!((d.from, d.to), (MAIN_FIBER, BACKUP_FIBER), "{d:#?}");
+            assert_eq!(d.class, ReasonClass::Recovered);
+            let after = d.at - t(40.0);
+            assert!(
+                after >= HUB_SETTLE && after < HUB_SETTLE + Duration::from_secs(1),
+                "after {after:?}"
+            );
+            assert!(
+                d.reason
+                    .contains("backup/fiber: answering again while no path is up"),
+                "{}",
+                d.reason
+            );
+            // And back to the main hub once it passed its hold-down.
+            assert_eq!(sim.decisions.len(), 2, "{:#?}", sim.decisions);
+            assert_eq!(sim.engine.active(), MAIN_FIBER);
+        }
+    }
+}
+
+/// On the backup hub (the main one dead), the fiber dies: the tunnel goes
+/// to the backup hub over the 4G in under a second, as on the main hub,
+/// and back to the backup hub's fiber once, after its hold-down.
+#[test]
+fn uplink_failover_on_the_backup_hub_works_as_on_the_main_hub() {
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    let network = |p: PathId, now: Time, _: &mut Rng| {
+        let main_dead = p.hub == 0 && now >= t(5.0);
+        let fiber_dead = p.uplink == 0 && now >= t(30.0) && now < t(40.0);
+        if main_dead || fiber_dead {
+            None
+        } else {
+            healthy(p)
+        }
+    };
+    sim.run(t(100.0), network);
+    assert_eq!(sim.decisions.len(), 3, "{:#?}", sim.decisions);
+    let hops: Vec<_> = sim
+        .decisions
+        .iter()
+        .map(|d| (d.from, d.to, d.class))
+        .collect();
+    assert_eq!(
+        hops,
+        [
+            (MAIN_FIBER, BACKUP_FIBER, ReasonClass::HubDown),
+            (BACKUP_FIBER, BACKUP_LTE, ReasonClass::Dead),
+            (BACKUP_LTE, BACKUP_FIBER, ReasonClass::Recovered),
+        ]
+    );
+    let failover = &sim.decisions[1];
+    let detection = failover.at - t(30.0);
+    assert!(
+        detection < Duration::from_secs(1),
+        "detected after {detection:?}"
+    );
+    assert!(
+        failover
+            .reason
+            .starts_with("backup/fiber: 4 probes lost in "),
+        "{}",
+        failover.reason
+    );
+    let back = sim.decisions[2].at - t(40.0);
+    let holddown = sim.engine.policy().holddown;
+    assert!(
+        back >= holddown && back < holddown + Duration::from_secs(3),
+        "returned after {back:?}"
+    );
+}
+
+/// The fiber dies for every hub while the 4G answers: an uplink failure,
+/// not a hub failure. The tunnel goes to the 4G and stays with the
+/// preferred hub (it answers there), in under a second.
+#[test]
+fn an_uplink_dead_for_every_hub_keeps_the_preferred_hub() {
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    sim.run(t(20.0), |p, now, _| {
+        if p.uplink == 0 && now >= t(5.0) {
+            None
+        } else {
+            healthy(p)
+        }
+    });
+    assert_eq!(sim.decisions.len(), 1, "{:#?}", sim.decisions);
+    let d = &sim.decisions[0];
+    assert_eq!(
+        (d.from, d.to, d.class),
+        (MAIN_FIBER, MAIN_LTE, ReasonClass::Dead)
+    );
+    let detection = d.at - t(5.0);
+    assert!(
+        detection < Duration::from_secs(1),
+        "detected after {detection:?}"
+    );
+    assert!(
+        d.reason.starts_with("main/fiber: 4 probes lost in ") && !d.reason.contains("hub main"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(sim.engine.quality(BACKUP_FIBER).health, Health::Down);
+}
+
+/// 2 % loss per direction on the fiber to both hubs (about 4 % of round
+/// trips, each path its own draws) for 200 simulated minutes: no switch
+/// of hub or uplink, and the active path never down.
+#[test]
+fn two_percent_loss_for_200_minutes_with_two_hubs_never_switches() {
+    let p = round_trip(0.02);
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    sim.rng = Rng(21);
+    sim.run(t(5.0 + 200.0 * 60.0), |path, _, rng| {
+        if path.uplink == 0 && rng.chance(p) {
+            None
+        } else {
+            healthy(path)
+        }
+    });
+    assert!(sim.decisions.is_empty(), "{:#?}", sim.decisions);
+    let downs: Vec<_> = sim
+        .changes
+        .iter()
+        .filter(|c| c.path == MAIN_FIBER && c.to == Health::Down)
+        .collect();
+    assert!(downs.is_empty(), "{downs:#?}");
+}
+
+/// The probe rates of paths: the active path fast; the other hub over the
+/// active uplink at the regular standby rate (a hub-failure candidate),
+/// fast as soon as the active path loses a probe; the metered 4G's standby
+/// probes spread over the hubs, so that two hubs cost what one did.
+#[test]
+fn paths_are_probed_at_their_rates() {
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    let e = &sim.engine;
+    assert!(e.wants_fast_probes(MAIN_FIBER));
+    for p in [MAIN_LTE, BACKUP_FIBER, BACKUP_LTE] {
+        assert!(!e.wants_fast_probes(p), "{p:?}");
+    }
+    assert_eq!(e.standby(BACKUP_FIBER), Standby::Regular);
+    for p in [MAIN_LTE, BACKUP_LTE] {
+        assert_eq!(e.standby(p), Standby::Metered { hubs: 2 }, "{p:?}");
+    }
+    // An hour of standby: each hub's 4G probed every 2 × 30 s, the two
+    // together as often as one hub's was (every 30 s).
+    let before = sim.sent.clone();
+    sim.run(t(3605.0), |p, _, _| healthy(p));
+    let sent = |p: PathId| {
+        let i = sim.engine.index(p).unwrap();
+        sim.sent[i] - before[i]
+    };
+    for p in [MAIN_LTE, BACKUP_LTE] {
+        assert!((59..=61).contains(&sent(p)), "{p:?}: {}", sent(p));
+    }
+    assert!(
+        (3599..=3601).contains(&sent(BACKUP_FIBER)),
+        "{}",
+        sent(BACKUP_FIBER)
+    );
+    // The active path loses one probe: the other hub over the fiber is
+    // probed fast (if the main hub dies, it proves the fiber works).
+    let mut e = sim.engine.clone();
+    let now = t(3605.0);
+    e.observe(
+        now + t(0.3),
+        Sample {
+            path: MAIN_FIBER,
+            sent: now,
+            outcome: Outcome::Lost,
+        },
+    );
+    assert!(e.wants_fast_probes(BACKUP_FIBER));
+    assert!(!e.wants_fast_probes(BACKUP_LTE));
+    // On the 4G (the fiber dead for both hubs), the 4G is the active
+    // uplink: the other hub over it at the regular standby rate.
+    let mut sim = two_hubs_warmed_up(Prefer::Uplink);
+    sim.run(t(20.0), |p, now, _| {
+        if p.uplink == 0 && now >= t(5.0) {
+            None
+        } else {
+            healthy(p)
+        }
+    });
+    assert_eq!(sim.engine.active(), MAIN_LTE);
+    assert_eq!(sim.engine.standby(BACKUP_LTE), Standby::Regular);
+    assert!(!sim.engine.wants_fast_probes(BACKUP_LTE));
+}
+
+/// The uplink of each hub's tunnel: the active path's for the active hub;
+/// for another hub the best uplink on which it is up, not metered first,
+/// then by priority; on none, the last one.
+#[test]
+fn each_hubs_tunnel_takes_the_best_uplink_that_reaches_it() {
+    let hubs = [("main".to_string(), 0), ("backup".to_string(), 1)];
+    // The 4G before the DSL by priority, but metered.
+    let uplinks = [
+        ("fiber".to_string(), 0, false),
+        ("lte".to_string(), 1, true),
+        ("dsl".to_string(), 2, false),
+    ];
+    let (fiber, lte, dsl) = (0, 1, 2);
+    let mut sim = Sim::over(Policy::default(), &hubs, &uplinks, Duration::from_secs(1));
+    sim.run(t(5.0), |p, _, _| healthy(p));
+    assert_eq!(sim.engine.tunnel_uplink(0), fiber);
+    assert_eq!(sim.engine.tunnel_uplink(1), fiber);
+    // The fiber dies for both hubs: main over the 4G (by priority, the
+    // tunnel's path), backup's session over the DSL (not metered).
+    sim.run(t(20.0), |p, now, _| {
+        if p.uplink == fiber && now >= t(5.0) {
+            None
+        } else {
+            healthy(p)
+        }
+    });
+    assert_eq!(sim.engine.active(), PathId::new(0, lte));
+    assert_eq!(sim.engine.tunnel_uplink(0), lte);
+    assert_eq!(sim.engine.tunnel_uplink(1), dsl);
+    // The backup hub dies everywhere: its tunnel stays where it was.
+    sim.run(t(40.0), |p, now, _| {
+        if p.uplink == fiber || (p.hub == 1 && now >= t(20.0)) {
+            None
+        } else {
+            healthy(p)
+        }
+    });
+    for u in [fiber, lte, dsl] {
+        assert_ne!(sim.engine.quality(PathId::new(1, u)).health, Health::Up);
+    }
+    assert_eq!(sim.engine.tunnel_uplink(1), dsl);
+    // Everything back: the main hub over the fiber after its hold-down,
+    // the backup hub's session back on the fiber.
+    sim.run(t(80.0), |p, _, _| healthy(p));
+    assert_eq!(sim.engine.active(), MAIN_FIBER);
+    assert_eq!(sim.engine.tunnel_uplink(0), fiber);
+    assert_eq!(sim.engine.tunnel_uplink(1), fiber);
+    assert_eq!(
+        sim.engine.tunnel_uplink(7),
+        fiber,
+        "unknown hub: the active uplink"
+    );
 }

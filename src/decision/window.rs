@@ -129,6 +129,18 @@ impl Window {
         (n, first)
     }
 
+    /// The lost probes at the end of the window that were sent at or after
+    /// `since`: how many (the run ends at an answer or at `since`).
+    pub fn trailing_lost_since(&self, since: Time) -> u32 {
+        let run = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(sent, fate)| *fate == Fate::Lost && *sent >= since)
+            .count();
+        u32::try_from(run).unwrap_or(u32::MAX)
+    }
+
     /// The run of lost probes sent just before `sent`: how many.
     pub fn lost_run_before(&self, sent: Time) -> usize {
         self.samples

@@ -34,7 +34,7 @@ use super::budget::{Budget, ATTEMPT_COST, PROBE_COST};
 use super::responder::{CLOSE_REVOKED, CLOSE_UNKNOWN};
 use super::tls::SERVER_NAME;
 use super::wire::{self, FromHub, Probe};
-use crate::decision::{Outcome, Sample};
+use crate::decision::{Outcome, PathId, Sample};
 
 /// Bytes sent and received by one uplink's prober, IP and UDP headers
 /// included: the metrics' counters themselves.
@@ -527,7 +527,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
             _ = tokio::time::sleep_until(next_timeout.unwrap_or(far).into()), if next_timeout.is_some() => {
                 let now = Instant::now();
                 for sent in pending.expire(now, spec.timeout) {
-                    let sample = Sample { uplink: spec.uplink, sent: since(sent), outcome: Outcome::Lost };
+                    let sample = Sample { path: PathId::new(0, spec.uplink), sent: since(sent), outcome: Outcome::Lost };
                     if samples.send(sample).await.is_err() {
                         return;
                     }
@@ -557,7 +557,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
                                     tracing::debug!(uplink = %spec.name, seq = echo.seq, "ignored an echo of an unknown probe");
                                     continue;
                                 };
-                                let sample = Sample { uplink: spec.uplink, sent: since(sent), outcome };
+                                let sample = Sample { path: PathId::new(0, spec.uplink), sent: since(sent), outcome };
                                 if samples.send(sample).await.is_err() {
                                     return;
                                 }

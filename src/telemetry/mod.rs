@@ -544,7 +544,7 @@ impl Telemetry {
 
     pub fn state_change(&self, c: &StateChange) {
         let mut s = self.status();
-        if let Some(u) = s.uplinks.get_mut(c.uplink) {
+        if let Some(u) = s.uplinks.get_mut(c.path.uplink) {
             u.reason = Some(c.reason.clone());
             self.metrics
                 .uplink_state_changes
@@ -558,7 +558,7 @@ impl Telemetry {
         let at = now();
         let mut s = self.status();
         let name = |i: usize| s.uplinks.get(i).map(|u| u.name.clone()).unwrap_or_default();
-        let (from, to) = (name(d.from), name(d.to));
+        let (from, to) = (name(d.from.uplink), name(d.to.uplink));
         self.metrics
             .failovers
             .get_or_create(&FailoverLabels {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::tests::{dir_with_key, example, hub_example_with_sites};
-use crate::decision::{Decision, ReasonClass};
+use crate::decision::{Decision, PathId, ReasonClass};
 
 /// One metric family of the encoded text.
 #[derive(Debug, Default)]
@@ -78,8 +78,8 @@ fn scrapes() -> (String, String) {
     let annex = Telemetry::new(&annex_config);
     let hub = Telemetry::new(&hub_config);
     annex.failover(&Decision {
-        from: 0,
-        to: 1,
+        from: PathId::new(0, 0),
+        to: PathId::new(0, 1),
         class: ReasonClass::Dead,
         reason: "fiber: 4 probes lost in a row".into(),
         at: Duration::from_secs(3),
@@ -284,8 +284,8 @@ fn a_failover_is_counted_and_shown() {
     let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
     let before = now();
     annex.failover(&Decision {
-        from: 0,
-        to: 1,
+        from: PathId::new(0, 0),
+        to: PathId::new(0, 1),
         class: ReasonClass::Brownout,
         reason: "fiber: loss 31 % over 10 s".into(),
         at: Duration::from_secs(30),
@@ -385,7 +385,7 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
     };
     annex.uplinks(&[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)], 1);
     annex.state_change(&StateChange {
-        uplink: 0,
+        path: PathId::new(0, 0),
         from: Health::Down,
         to: Health::Recovering,
         reason: "fiber: answering again, hold-down 37 s after 3 failures in 2 min".into(),

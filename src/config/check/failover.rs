@@ -93,6 +93,20 @@ pub(super) fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
         s(0),
         s(3600),
     );
+    let prefer = match f.prefer.as_deref() {
+        None => Some(d.prefer),
+        Some(word) => {
+            let prefer = Prefer::parse(word);
+            if prefer.is_none() {
+                c.push(
+                    "failover.prefer",
+                    format!("{word:?} is neither \"uplink\" nor \"hub\""),
+                    Some("prefer = \"uplink\" (the best uplink, then the best hub on it: the default) or prefer = \"hub\" (the preferred hub at any cost)"),
+                );
+            }
+            prefer
+        }
+    };
     Some(Policy {
         down_after_lost: down_after_lost?,
         sla: Sla {
@@ -109,5 +123,6 @@ pub(super) fn failover(c: &mut Checker, f: &RawFailover) -> Option<Policy> {
             max_holddown: max_holddown?,
             probation: probation?,
         },
+        prefer: prefer?,
     })
 }

@@ -28,7 +28,7 @@ use super::raw::{
     RawRouting, RawSite, RawTunnel, RawUplink,
 };
 use super::*;
-use crate::decision::{Damping, Policy, Sla};
+use crate::decision::{Damping, Policy, Prefer, Sla};
 use crate::sites::{lan_problem, overlaps, Reserved, Site};
 
 use annex::*;
