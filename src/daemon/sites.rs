@@ -35,7 +35,6 @@ use tokio::sync::{watch, Mutex};
 
 use super::supervisor::Supervisor;
 use crate::config::EnrollmentConfig;
-use crate::control::SiteInfo;
 use crate::enroll::registry::{allocate, Entry, EntryState, Registry};
 use crate::enroll::token::{Secret, Token, SECRET_LEN};
 use crate::enroll::{JoinRequest, JoinResponse, Settings};
@@ -45,16 +44,12 @@ use crate::netlink::Netlink;
 use crate::probe::responder::Sessions;
 use crate::probe::tls::AllowedSites;
 use crate::routing;
-use crate::sites::{lan_problem, overlaps, Name, Reserved, Site, SiteSet};
+use crate::sites::{
+    lan_problem, overlaps, Name, Reserved, Site, SiteInfo, SiteSet, SiteSource, SiteState,
+};
 use crate::telemetry::collector::Sources;
-use crate::telemetry::status::site_state;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
-
-/// Where a site comes from (`site list`'s SOURCE): a `[[site]]` table of
-/// the hub's config file, or the registry.
-const CONFIG: &str = "config";
-const ENROLLED: &str = "enrolled";
 
 /// Any earlier time means the clock was never set (routers without RTC).
 const CLOCK_SANITY: u64 = 1_735_689_600; // 2025-01-01
@@ -248,9 +243,9 @@ impl HubSites {
             let mut inner = hub.inner.lock().await;
             for site in active.iter() {
                 let source = if inner.config_sites.get(&site.name).is_some() {
-                    CONFIG
+                    SiteSource::Config
                 } else {
-                    ENROLLED
+                    SiteSource::Enrolled
                 };
                 hub.install(site, source).await?;
                 inner.active.insert(site.clone()).expect("checked above");
@@ -313,7 +308,7 @@ impl HubSites {
 
     /// Peer and LAN routes of a site. A route townlink did not make to
     /// the same prefix is never replaced: the install fails instead.
-    async fn install(&self, site: &Site, source: &'static str) -> anyhow::Result<()> {
+    async fn install(&self, site: &Site, source: SiteSource) -> anyhow::Result<()> {
         self.tunnel.add_peer(&site_peer(site)).await?;
         for route in routing::site_routes(site, &self.interface) {
             if let Err(e) = self.net.add_route(&route).await {
@@ -422,7 +417,7 @@ impl HubSites {
             changes.push(format!("site {} removed", s.name));
         }
         for s in &new {
-            if let Err(e) = self.install(s, CONFIG).await {
+            if let Err(e) = self.install(s, SiteSource::Config).await {
                 tracing::error!(site = %s.name, error = %e, "cannot add the site");
                 active.remove(&s.name);
                 continue;
@@ -534,7 +529,10 @@ impl HubSites {
             expires,
         };
         tracing::info!(site = %name, address = %address, expires = %stamp(expires), "site added: token issued");
-        Ok((token.encode_secret(), info_of(&entry, ENROLLED, None)))
+        Ok((
+            token.encode_secret(),
+            info_of(&entry, SiteSource::Enrolled, None),
+        ))
     }
 
     /// `site list`.
@@ -558,9 +556,12 @@ impl HubSites {
                 let handshake = handshakes.get(&s.public_key).copied();
                 SiteInfo {
                     name: s.name.to_string(),
-                    state: site_state("configured", handshake.map(|t| t as f64), unix_now() as f64)
-                        .into(),
-                    source: CONFIG.into(),
+                    state: SiteState::from_handshake(
+                        SiteState::Configured,
+                        handshake.map(|t| t as f64),
+                        unix_now() as f64,
+                    ),
+                    source: SiteSource::Config,
                     address: s.address,
                     lan: s.lan.clone(),
                     expires: None,
@@ -577,7 +578,7 @@ impl HubSites {
                 EntryState::Joined { public_key, .. } => handshakes.get(public_key).copied(),
                 _ => None,
             };
-            info_of(e, ENROLLED, handshake)
+            info_of(e, SiteSource::Enrolled, handshake)
         }));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -636,7 +637,7 @@ impl HubSites {
             tracing::warn!(site = %name, "pending site revoked: its token is void");
         }
         self.checkpoint(Step::Applied)?;
-        Ok(info_of(&revoked, ENROLLED, None))
+        Ok(info_of(&revoked, SiteSource::Enrolled, None))
     }
 
     /// An annex's enrollment request, over QUIC with certificate `certificate`.
@@ -766,7 +767,7 @@ impl HubSites {
                     }
                     let mut active = inner.active.clone();
                     active.insert(site.clone()).map_err(|e| e.to_string())?;
-                    self.install(&site, ENROLLED)
+                    self.install(&site, SiteSource::Enrolled)
                         .await
                         .map_err(|e| format!("the hub could not add the site: {e:#}"))?;
                     inner.active = active;
@@ -841,7 +842,7 @@ impl HubSites {
         inner.registry = registry;
         self.checkpoint(Step::Persisted)?;
         // 2. Peer and routes.
-        if let Err(e) = self.install(&site, ENROLLED).await {
+        if let Err(e) = self.install(&site, SiteSource::Enrolled).await {
             // Back to pending, so that the token works again. Should that
             // fail too, the registry keeps "joined": a restart installs
             // the site, and the annex's retry gets its settings.
@@ -962,11 +963,11 @@ fn check_lan(
     Ok(())
 }
 
-fn info_of(e: &Entry, source: &str, last_handshake: Option<u64>) -> SiteInfo {
+fn info_of(e: &Entry, source: SiteSource, last_handshake: Option<u64>) -> SiteInfo {
     let mut info = SiteInfo {
         name: e.name.to_string(),
-        state: e.state.as_str().into(),
-        source: source.into(),
+        state: e.state.site_state(),
+        source,
         address: e.address,
         lan: e.lan.clone(),
         expires: None,
@@ -985,12 +986,11 @@ fn info_of(e: &Entry, source: &str, last_handshake: Option<u64>) -> SiteInfo {
             ..
         } => {
             info.joined_at = Some(*joined_at);
-            info.state = site_state(
-                "joined",
+            info.state = SiteState::from_handshake(
+                SiteState::Joined,
                 last_handshake.map(|t| t as f64),
                 unix_now() as f64,
-            )
-            .into();
+            );
             info.public_key = Some(public_key.to_string());
             info.certificate = Some(certificate.to_string());
         }
@@ -1451,7 +1451,7 @@ mod tests {
                 certificate: None,
             };
             let e = sites
-                .install(&site, ENROLLED)
+                .install(&site, SiteSource::Enrolled)
                 .await
                 .unwrap_err()
                 .to_string();
@@ -1472,7 +1472,7 @@ mod tests {
             // Without the administrator's route it installs, and adding
             // its route again over townlink's own is fine.
             hub.ip(&["route", "del", LAN, "proto", "static"]);
-            sites.install(&site, ENROLLED).await.unwrap();
+            sites.install(&site, SiteSource::Enrolled).await.unwrap();
             for route in routing::site_routes(&site, "lo") {
                 hub.net.add_route(&route).await.unwrap();
             }
@@ -1742,8 +1742,8 @@ mod tests {
             let s = &listed[0];
             // Not "joined": it never registered anything, nor connected.
             assert_eq!(
-                (s.state.as_str(), s.source.as_str()),
-                ("configured", "config")
+                (s.state, s.source),
+                (SiteState::Configured, SiteSource::Config)
             );
             assert_eq!(s.public_key, Some(key.to_string()));
             assert_eq!(s.certificate, None, "no made-up all-zero fingerprint");

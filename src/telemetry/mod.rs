@@ -23,7 +23,7 @@ use crate::probe::budget::BudgetGauges;
 use crate::probe::prober::{Connection, ProbeCounters};
 use crate::probe::responder::{self, ResponderCounters};
 use crate::probe::wire::{self, Report};
-use crate::sites::Name;
+use crate::sites::{Name, SiteSource};
 use crate::tunnel::PeerStatus;
 use metrics::*;
 use status::*;
@@ -208,7 +208,7 @@ impl Telemetry {
                     Self::site_series(&m, s.name.as_str());
                     status.sites.push(SiteView {
                         name: s.name.to_string(),
-                        source: "config".into(),
+                        source: SiteSource::Config,
                         address: s.address.to_string(),
                         peer: PeerView {
                             name: s.name.to_string(),
@@ -288,13 +288,13 @@ impl Telemetry {
     }
 
     /// A site the hub added at run time (enrollment, or at start from the registry).
-    pub fn add_site(&self, name: &str, address: std::net::IpAddr, source: &str) {
+    pub fn add_site(&self, name: &str, address: std::net::IpAddr, source: SiteSource) {
         Self::site_series(&self.metrics, name);
         let mut s = self.status();
         if !s.sites.iter().any(|v| v.name == name) {
             s.sites.push(SiteView {
                 name: name.to_string(),
-                source: source.to_string(),
+                source,
                 address: address.to_string(),
                 peer: PeerView {
                     name: name.to_string(),
@@ -397,7 +397,11 @@ impl Telemetry {
             let connected = s
                 .sites
                 .iter()
-                .filter(|v| v.peer.last_handshake.is_some_and(|h| now - h < 180.0))
+                .filter(|v| {
+                    v.peer
+                        .last_handshake
+                        .is_some_and(|h| now - h < crate::sites::info::CONNECTED_S)
+                })
                 .count();
             parts.push(format!(
                 "hub: {} sites, {connected} with a handshake in the last 3 min",

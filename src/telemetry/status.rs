@@ -8,6 +8,8 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sites::{SiteSource, SiteState};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub version: String,
@@ -119,28 +121,12 @@ pub struct CheckView {
     pub at: Option<f64>,
 }
 
-/// A session younger than this makes a site "connected" (WireGuard
-/// rekeys every 2 minutes while traffic or keepalives flow).
-pub const CONNECTED_S: f64 = 180.0;
-
-/// A site's state from its last tunnel handshake: `never` (what it is
-/// before any handshake: "joined" when enrolled, "configured" when a
-/// `[[site]]` table), "connected" (a handshake within 3 minutes) or
-/// "silent" (an older one).
-pub fn site_state(never: &'static str, last_handshake: Option<f64>, now: f64) -> &'static str {
-    match last_handshake {
-        None => never,
-        Some(t) if now - t < CONNECTED_S => "connected",
-        Some(_) => "silent",
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SiteView {
     pub name: String,
-    /// "config" (a `[[site]]` table) or "enrolled".
+    /// A `[[site]]` table, or enrolled.
     #[serde(default)]
-    pub source: String,
+    pub source: SiteSource,
     pub address: String,
     pub peer: PeerView,
     /// What the annex last reported over its probe connection.
@@ -349,16 +335,15 @@ impl Status {
                     }
                     None => "no report".into(),
                 };
-                let never = if s.source == "config" {
-                    "configured"
-                } else {
-                    "joined"
-                };
                 writeln!(
                     o,
                     "  {:<12} {:<10} {:<12} {:<22} handshake {}  {report}",
                     s.name,
-                    site_state(never, s.peer.last_handshake, now),
+                    SiteState::from_handshake(
+                        s.source.never_connected(),
+                        s.peer.last_handshake,
+                        now
+                    ),
                     s.address,
                     s.peer.endpoint.as_deref().unwrap_or("-"),
                     s.peer
