@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Request, Response, MAX_REQUEST};
 use crate::config::ControlConfig;
 use crate::daemon::HubSites;
+use crate::telemetry::status::RouterRole;
 use crate::telemetry::Telemetry;
 
 /// A client gets this long to send its request and read the answer.
@@ -212,7 +213,7 @@ async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
     }
     let hub = || {
         h.hub.get().cloned().ok_or_else(|| {
-            if h.telemetry.snapshot().role == "hub" {
+            if h.telemetry.snapshot().role == RouterRole::Hub {
                 "the hub is still starting: try again in a moment".to_string()
             } else {
                 "this router is an annex: run site commands on the hub".to_string()

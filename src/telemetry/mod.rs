@@ -169,7 +169,7 @@ impl Telemetry {
                         interface: u.interface.to_string(),
                         metered: u.metered,
                         probe: "connecting".into(),
-                        state: Health::Unknown.as_str().into(),
+                        state: Health::Unknown,
                         active: i == active,
                         holddown_s: seconds(annex.failover.holddown),
                         ..UplinkView::default()
@@ -185,7 +185,7 @@ impl Telemetry {
                         ..PeerView::default()
                     });
                 }
-                "annex"
+                RouterRole::Annex
             }
             Role::Hub(hub) => {
                 for r in ["authenticated", "refused", "limited", "timed_out"] {
@@ -217,10 +217,10 @@ impl Telemetry {
                         report: None,
                     });
                 }
-                "hub"
+                RouterRole::Hub
             }
         };
-        status.role = role.into();
+        status.role = role;
         for c in &config.checks {
             let l = CheckLabels {
                 check: c.name.to_string(),
@@ -239,7 +239,7 @@ impl Telemetry {
             });
         }
         let _ = m.connection_panics("metrics");
-        if role == "hub" {
+        if role == RouterRole::Hub {
             let _ = m.connection_panics("responder");
         }
         let registry = m.registry(role);
@@ -392,7 +392,7 @@ impl Telemetry {
     pub fn status_line(&self) -> String {
         let s = self.status();
         let mut parts = Vec::new();
-        if s.role == "hub" {
+        if s.role == RouterRole::Hub {
             let now = now();
             let connected = s
                 .sites
@@ -411,7 +411,7 @@ impl Telemetry {
             let uplinks: Vec<String> = s
                 .uplinks
                 .iter()
-                .map(|u| format!("{} {}", u.name, u.state))
+                .map(|u| format!("{} {}", u.name, u.state.as_str()))
                 .collect();
             parts.push(format!(
                 "tunnel on {} ({})",
@@ -534,7 +534,7 @@ impl Telemetry {
                 .set(q.late.unwrap_or(f64::NAN));
             m.uplink_holddown.get_or_create(&l).set(seconds(q.holddown));
             m.uplink_penalty.get_or_create(&l).set(q.penalty);
-            u.state = q.health.as_str().into();
+            u.state = q.health;
             u.active = i == active;
             u.rtt_ms = q.rtt.map(ms);
             u.jitter_ms = ms(q.jitter);
@@ -592,7 +592,7 @@ impl Telemetry {
                 .iter()
                 .map(|u| wire::Uplink {
                     name: u.name.clone(),
-                    state: u.state.clone(),
+                    state: u.state.as_str().into(),
                     rtt_ms: u.rtt_ms,
                     loss: u.loss,
                 })
