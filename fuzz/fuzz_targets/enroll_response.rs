@@ -19,7 +19,7 @@ fn context() -> &'static (Token, JoinOptions) {
             endpoints: vec!["hub.example.net:51820".into()],
             probe_port: 51821,
             hub_public_key: townlink::keys::PrivateKey::generate().public_key(),
-            hub_fingerprint: townlink::probe::tls::Fingerprint::from_bytes([7; 32]),
+            hub_fingerprint: townlink::fingerprint::Fingerprint::from_bytes([7; 32]),
             site: townlink::sites::Name::new("annex-1").expect("name"),
             secret: townlink::enroll::token::Secret::generate(),
             expires: 4_000_000_000,
