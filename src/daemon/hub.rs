@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::sites::{HubIdentity, HubSites, Parts};
+use super::sites::{HubIdentity, HubSites, HubSitesSetup, SiteDeps};
 use super::Installed;
 use crate::config::{Config, HubConfig};
 use crate::enroll::{JoinRequest, JoinResponse};
@@ -38,14 +38,16 @@ pub(super) async fn start(
     let monitor = sources.subscribe();
     let sites = HubSites::start(
         hub.sites.clone(),
-        Parts {
-            tunnel: tunnel.clone(),
-            net: installed.net.clone(),
-            interface: config.tunnel.interface.to_string(),
-            allowed: allowed.clone(),
-            sessions: sessions.clone(),
-            telemetry: installed.telemetry.clone(),
-            sources,
+        HubSitesSetup {
+            deps: SiteDeps {
+                tunnel: tunnel.clone(),
+                net: installed.net.clone(),
+                interface: config.tunnel.interface.to_string(),
+                allowed: allowed.clone(),
+                sessions: sessions.clone(),
+                telemetry: installed.telemetry.clone(),
+                sources,
+            },
             enrollment: hub.enrollment.clone(),
             hub: HubIdentity {
                 public_key: config.tunnel.private_key.public_key(),

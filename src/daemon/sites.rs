@@ -1,8 +1,8 @@
-//! The hub's live set of sites: the `[[site]]` tables of its config and
-//! the sites enrolled through the registry. Adding a site issues a token;
-//! joining registers the annex's keys and adds its peer, routes and probe
-//! certificate at once; removing revokes all of that, live, without
-//! touching any other site's session.
+//! The hub's live set of sites, carried out: the decisions are
+//! `enroll::hub::Roster`'s (pure, unit-tested there); here they run as
+//! jobs, under one lock, with their side effects: the registry file, the
+//! tunnel peer, the LAN routes, the probe certificates, telemetry and the
+//! collector's peers ([`SiteDeps`]).
 //!
 //! Every change is made under one lock and persisted before it is
 //! answered, so concurrent `site add` never lose a site nor hand out an
@@ -26,7 +26,8 @@
 //! Registry writes (fsync) run on the blocking pool.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,8 +36,11 @@ use tokio::sync::{watch, Mutex};
 
 use super::supervisor::Supervisor;
 use crate::config::EnrollmentConfig;
-use crate::enroll::registry::{allocate, Entry, EntryState, Registry};
-use crate::enroll::token::{Secret, Token, SECRET_LEN};
+pub use crate::enroll::hub::HubIdentity;
+use crate::enroll::hub::{
+    info_of, lan_allowed, site_name, Admission, JoinRefusal, Roster, SiteError,
+};
+use crate::enroll::registry::Registry;
 use crate::enroll::{JoinRequest, JoinResponse, Settings};
 use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
@@ -44,15 +48,10 @@ use crate::netlink::Netlink;
 use crate::probe::responder::Sessions;
 use crate::probe::tls::AllowedSites;
 use crate::routing;
-use crate::sites::{
-    lan_problem, overlaps, Name, Reserved, Site, SiteInfo, SiteSet, SiteSource, SiteState,
-};
+use crate::sites::{Name, Reserved, Site, SiteInfo, SiteSet, SiteSource};
 use crate::telemetry::collector::Sources;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
-
-/// Any earlier time means the clock was never set (routers without RTC).
-const CLOCK_SANITY: u64 = 1_735_689_600; // 2025-01-01
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -60,42 +59,14 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The hub's identity, as tokens and new annexes need it.
-#[derive(Debug, Clone)]
-pub struct HubIdentity {
-    pub public_key: PublicKey,
-    pub fingerprint: Fingerprint,
-    pub probe_port: u16,
-    /// The hub's tunnel address, with the tunnel network's length.
-    pub address: IpNet,
-}
-
-struct Inner {
-    config_sites: SiteSet,
-    /// Reloadable with the config (except the registry's path).
-    enrollment: EnrollmentConfig,
-    registry: Registry,
-    /// Every site with a tunnel peer: the config's and the joined ones.
-    active: SiteSet,
-}
-
 pub struct HubSites {
-    inner: Mutex<Inner>,
-    tunnel: Arc<Tunnel>,
-    net: Netlink,
-    interface: String,
-    allowed: Arc<AllowedSites>,
-    sessions: Arc<Sessions>,
-    telemetry: Arc<Telemetry>,
-    sources: watch::Sender<Sources>,
+    roster: Mutex<Roster>,
+    deps: SiteDeps,
     /// The registry file (fixed until a restart).
-    registry_path: std::path::PathBuf,
+    registry_path: PathBuf,
     hub: HubIdentity,
     /// Runs each change as a job of its own.
     supervisor: Supervisor,
-    /// What a join for a name the hub does not enroll is compared with,
-    /// so that it costs what a known site's does.
-    dummy_hash: String,
     /// Tests: the step at which the next change stops dead, as in a crash.
     #[cfg(test)]
     crash_at: std::sync::Mutex<Option<Step>>,
@@ -116,44 +87,6 @@ impl std::fmt::Debug for HubSites {
     }
 }
 
-/// The one answer to an enrollment request that does not prove a token,
-/// whatever the site: an attacker learns nothing of the registry.
-pub const NOT_A_TOKEN: &str = "the hub does not accept this token (unknown, replaced by a newer \
-                               `site add`, or mistyped): ask the administrator for a new one";
-
-/// Why a join is refused.
-#[derive(Debug)]
-enum Refusal {
-    /// The request proves no token: the annex gets [`NOT_A_TOKEN`], the
-    /// hub's journal this detail.
-    NotAToken(String),
-    /// The caller holds the token (or the hub failed): told as it is.
-    Told(String),
-}
-
-impl From<String> for Refusal {
-    fn from(reason: String) -> Refusal {
-        Refusal::Told(reason)
-    }
-}
-
-fn site_of(entry: &Entry) -> Option<Site> {
-    match &entry.state {
-        EntryState::Joined {
-            public_key,
-            certificate,
-            ..
-        } => Some(Site {
-            name: entry.name.clone(),
-            public_key: *public_key,
-            address: entry.address,
-            lan: entry.lan.clone(),
-            certificate: Some(*certificate),
-        }),
-        _ => None,
-    }
-}
-
 /// The tunnel peer of a site: no endpoint (the annex calls in, possibly
 /// from behind a carrier's NAT; WireGuard roaming follows it).
 pub fn site_peer(site: &Site) -> PeerConfig {
@@ -165,8 +98,11 @@ pub fn site_peer(site: &Site) -> PeerConfig {
     }
 }
 
-/// Everything the hub needs to run its sites.
-pub struct Parts {
+/// What a site's installation touches, and the only code that touches
+/// it: the tunnel peer, the LAN routes, the probe certificates, the
+/// status view and the collector's peers; and the hub's networks that no
+/// LAN may take.
+pub struct SiteDeps {
     pub tunnel: Arc<Tunnel>,
     pub net: Netlink,
     pub interface: String,
@@ -174,138 +110,9 @@ pub struct Parts {
     pub sessions: Arc<Sessions>,
     pub telemetry: Arc<Telemetry>,
     pub sources: watch::Sender<Sources>,
-    pub enrollment: EnrollmentConfig,
-    pub hub: HubIdentity,
-    pub supervisor: Supervisor,
 }
 
-impl HubSites {
-    /// Loads the registry and installs every site (config and joined):
-    /// peers, LAN routes, probe certificates.
-    pub async fn start(config_sites: SiteSet, parts: Parts) -> anyhow::Result<Arc<HubSites>> {
-        let registry = Registry::load(&parts.enrollment.registry)?;
-        let reserved = reserved_now(&parts.net, parts.hub.address, &parts.enrollment)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-        for site in config_sites.iter() {
-            lan_allowed(site, &reserved).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}: change the LAN of its [[site]] table, or the route, then start again"
-                )
-            })?;
-        }
-        let mut active = config_sites.clone();
-        for entry in &registry.sites {
-            if let Some(site) = site_of(entry) {
-                if let Err(e) = lan_allowed(&site, &reserved) {
-                    // Not installed: it would take the hub's own traffic.
-                    tracing::error!(
-                        site = %site.name,
-                        "{e}: the enrolled site is not installed; run `townlink site remove {}` \
-                         and enroll it again with its real LAN",
-                        site.name
-                    );
-                    continue;
-                }
-                active.insert(site).map_err(|e| {
-                    anyhow::anyhow!(
-                        "enrolled site {} in {} conflicts with the config: {e}; remove the \
-                         [[site]] table or run `townlink site remove {}`",
-                        entry.name,
-                        parts.enrollment.registry.display(),
-                        entry.name
-                    )
-                })?;
-            }
-        }
-        let hub = Arc::new(HubSites {
-            inner: Mutex::new(Inner {
-                config_sites,
-                enrollment: parts.enrollment.clone(),
-                registry,
-                active: SiteSet::new(),
-            }),
-            tunnel: parts.tunnel,
-            net: parts.net,
-            interface: parts.interface,
-            allowed: parts.allowed,
-            sessions: parts.sessions,
-            telemetry: parts.telemetry,
-            sources: parts.sources,
-            registry_path: parts.enrollment.registry.clone(),
-            hub: parts.hub,
-            supervisor: parts.supervisor,
-            dummy_hash: Secret::generate().hash(),
-            #[cfg(test)]
-            crash_at: std::sync::Mutex::new(None),
-        });
-        {
-            let mut inner = hub.inner.lock().await;
-            for site in active.iter() {
-                let source = if inner.config_sites.get(&site.name).is_some() {
-                    SiteSource::Config
-                } else {
-                    SiteSource::Enrolled
-                };
-                hub.install(site, source).await?;
-                inner.active.insert(site.clone()).expect("checked above");
-                if site.certificate.is_none() {
-                    tracing::warn!(site = %site.name, "site has no certificate: its probes will be refused");
-                }
-            }
-            hub.publish(&inner.active);
-            let pending = inner
-                .registry
-                .sites
-                .iter()
-                .filter(|e| matches!(e.state, EntryState::Pending { .. }))
-                .count();
-            tracing::info!(
-                sites = inner.active.len(),
-                pending,
-                registry = %hub.registry_path.display(),
-                "sites installed"
-            );
-        }
-        Ok(hub)
-    }
-
-    /// Runs a change as a job of its own: the caller may stop waiting
-    /// (timeout, dropped future), the change goes on to its end.
-    async fn change<T, E, F>(&self, what: String, change: F) -> Result<T, E>
-    where
-        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
-        T: Send + 'static,
-        E: From<String> + Send + 'static,
-    {
-        match self.supervisor.job(what.clone(), change).await {
-            Ok(Some(result)) => result,
-            _ => Err(E::from(format!(
-                "{what} failed inside the hub (see its journal); townlink restarts and \
-                 repairs the sites from the registry, then try again"
-            ))),
-        }
-    }
-
-    /// Writes the registry (atomic replace, fsync) on the blocking pool.
-    async fn persist(&self, registry: &Registry) -> Result<(), String> {
-        let (registry, path) = (registry.clone(), self.registry_path.clone());
-        tokio::task::spawn_blocking(move || registry.save(&path))
-            .await
-            .map_err(|e| format!("writing the registry failed: {e}"))?
-            .map_err(|e| e.to_string())
-    }
-
-    /// Where tests stop a change dead, as a crash would; nothing in
-    /// production builds.
-    fn checkpoint(&self, _step: Step) -> Result<(), String> {
-        #[cfg(test)]
-        if *self.crash_at.lock().unwrap() == Some(_step) {
-            return Err(format!("test: crashed after {_step:?}"));
-        }
-        Ok(())
-    }
-
+impl SiteDeps {
     /// Peer and LAN routes of a site. A route townlink did not make to
     /// the same prefix is never replaced: the install fails instead.
     async fn install(&self, site: &Site, source: SiteSource) -> anyhow::Result<()> {
@@ -322,6 +129,7 @@ impl HubSites {
         Ok(())
     }
 
+    /// Routes, peer and status line of a site; every step is tried.
     async fn uninstall(&self, site: &Site) -> anyhow::Result<()> {
         let mut first_error = None;
         for route in routing::site_routes(site, &self.interface) {
@@ -336,7 +144,7 @@ impl HubSites {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Probe certificates and collector sources from the active sites.
+    /// Probe certificates and collector sources from the installed sites.
     fn publish(&self, active: &SiteSet) {
         self.allowed.set(
             active
@@ -349,6 +157,140 @@ impl HubSites {
                 .map(|s| (s.public_key, s.name.to_string()))
                 .collect();
         });
+    }
+
+    /// What no site's LAN may take on this hub now: the tunnel network,
+    /// `enrollment.routes` (a LAN inside one is fine), the hub's addresses
+    /// and the routes of its main table that townlink did not make.
+    async fn reserved(
+        &self,
+        hub_address: IpNet,
+        enrollment: &EnrollmentConfig,
+    ) -> Result<Vec<Reserved>, SiteError> {
+        let tunnel = hub_address.trunc();
+        let mut reserved = vec![Reserved {
+            prefix: tunnel,
+            what: format!("the tunnel network {tunnel}"),
+            inside_ok: false,
+        }];
+        reserved.extend(enrollment.routes.iter().enumerate().map(|(i, r)| Reserved {
+            prefix: *r,
+            what: format!("enrollment.routes[{i}] {r}"),
+            inside_ok: true,
+        }));
+        let kernel = self
+            .net
+            .kernel_routes()
+            .await
+            .map_err(SiteError::HubRoutes)?;
+        reserved.extend(routing::hub_reserved(&kernel));
+        Ok(reserved)
+    }
+
+    /// The last handshake of each peer (Unix s); none if the tunnel does
+    /// not answer.
+    async fn handshakes(&self) -> HashMap<PublicKey, u64> {
+        match self.tunnel.status().await {
+            Ok(s) => s
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let t = p.last_handshake?.duration_since(UNIX_EPOCH).ok()?;
+                    Some((p.public_key, t.as_secs()))
+                })
+                .collect(),
+            Err(_) => HashMap::new(),
+        }
+    }
+}
+
+/// Everything the hub needs to run its sites.
+pub struct HubSitesSetup {
+    pub deps: SiteDeps,
+    pub enrollment: EnrollmentConfig,
+    pub hub: HubIdentity,
+    pub supervisor: Supervisor,
+}
+
+impl HubSites {
+    /// Loads the registry and installs every site (config and joined):
+    /// peers, LAN routes, probe certificates.
+    pub async fn start(
+        config_sites: SiteSet,
+        setup: HubSitesSetup,
+    ) -> anyhow::Result<Arc<HubSites>> {
+        let HubSitesSetup {
+            deps,
+            enrollment,
+            hub,
+            supervisor,
+        } = setup;
+        let registry = Registry::load(&enrollment.registry)?;
+        let reserved = deps.reserved(hub.address, &enrollment).await?;
+        let registry_path = enrollment.registry.clone();
+        let (mut roster, to_install) =
+            Roster::start(config_sites, enrollment, registry, &reserved)?;
+        for site in to_install.iter() {
+            deps.install(site, roster.source_of(&site.name)).await?;
+            roster
+                .activate(site.clone())
+                .expect("checked by Roster::start");
+            if site.certificate.is_none() {
+                tracing::warn!(site = %site.name, "site has no certificate: its probes will be refused");
+            }
+        }
+        deps.publish(roster.active());
+        tracing::info!(
+            sites = roster.active().len(),
+            pending = roster.pending(),
+            registry = %registry_path.display(),
+            "sites installed"
+        );
+        Ok(Arc::new(HubSites {
+            roster: Mutex::new(roster),
+            deps,
+            registry_path,
+            hub,
+            supervisor,
+            #[cfg(test)]
+            crash_at: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Runs a change as a job of its own: the caller may stop waiting
+    /// (timeout, dropped future), the change goes on to its end.
+    async fn change<T, E, F>(&self, what: String, change: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<SiteError> + Send + 'static,
+    {
+        match self.supervisor.job(what.clone(), change).await {
+            Ok(Some(result)) => result,
+            _ => Err(E::from(SiteError::Interrupted { what })),
+        }
+    }
+
+    /// Writes the registry (atomic replace, fsync) on the blocking pool.
+    async fn persist(&self, registry: &Registry) -> Result<(), SiteError> {
+        let (registry, path) = (registry.clone(), self.registry_path.clone());
+        tokio::task::spawn_blocking(move || registry.save(&path))
+            .await
+            .map_err(|e| SiteError::RegistryTask(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Where tests stop a change dead, as a crash would; nothing in
+    /// production builds.
+    fn checkpoint(&self, _step: Step) -> Result<(), SiteError> {
+        #[cfg(test)]
+        if *self.crash_at.lock().unwrap() == Some(_step) {
+            return Err(SiteError::Crashed(match _step {
+                Step::Persisted => "Persisted",
+                Step::Applied => "Applied",
+            }));
+        }
+        Ok(())
     }
 
     /// A reloaded config: the `[[site]]` tables and `[enrollment]`
@@ -365,74 +307,40 @@ impl HubSites {
             this.reload_now(config_sites, enrollment).await
         })
         .await
+        .map_err(|e: SiteError| e.to_string())
     }
 
     async fn reload_now(
         &self,
         config_sites: SiteSet,
         enrollment: EnrollmentConfig,
-    ) -> Result<Vec<String>, String> {
-        let mut inner = self.inner.lock().await;
+    ) -> Result<Vec<String>, SiteError> {
+        let mut roster = self.roster.lock().await;
         let mut changes = Vec::new();
         if enrollment.registry != self.registry_path {
             changes.push("enrollment.registry: takes effect at the next restart".to_string());
         }
-        let gone: Vec<Site> = inner
-            .config_sites
-            .iter()
-            .filter(|s| config_sites.get(&s.name) != Some(s))
-            .cloned()
-            .collect();
-        let new: Vec<Site> = config_sites
-            .iter()
-            .filter(|s| inner.config_sites.get(&s.name) != Some(s))
-            .cloned()
-            .collect();
-        let mut active = inner.active.clone();
-        for s in &gone {
-            active.remove(&s.name);
-        }
-        let reserved = reserved_now(&self.net, self.hub.address, &enrollment).await?;
-        for s in &new {
-            lan_allowed(s, &reserved).map_err(|e| format!("{e}; sites left as they were"))?;
-            active
-                .insert(s.clone())
-                .map_err(|e| format!("site[{}]: {e}; sites left as they were", s.name))?;
-            if inner
-                .registry
-                .get(&s.name)
-                .is_some_and(|e| !matches!(e.state, EntryState::Revoked { .. }))
-            {
-                return Err(format!(
-                    "site {} is enrolled in the registry too; sites left as they were",
-                    s.name
-                ));
-            }
-        }
-        for s in &gone {
-            self.sessions.close_site(&s.name);
-            if let Err(e) = self.uninstall(s).await {
+        let reserved = self.deps.reserved(self.hub.address, &enrollment).await?;
+        let mut plan = roster.plan_reload(&config_sites, &reserved)?;
+        for s in &plan.gone {
+            self.deps.sessions.close_site(&s.name);
+            if let Err(e) = self.deps.uninstall(s).await {
                 tracing::error!(site = %s.name, error = %e, "not every trace of the site could be removed");
             }
             changes.push(format!("site {} removed", s.name));
         }
-        for s in &new {
-            if let Err(e) = self.install(s, SiteSource::Config).await {
+        for s in &plan.new {
+            if let Err(e) = self.deps.install(s, SiteSource::Config).await {
                 tracing::error!(site = %s.name, error = %e, "cannot add the site");
-                active.remove(&s.name);
+                plan.active.remove(&s.name);
                 continue;
             }
             changes.push(format!("site {} added", s.name));
         }
-        inner.active = active;
-        inner.config_sites = config_sites;
-        self.publish(&inner.active);
-        let mut e = enrollment;
-        e.registry = self.registry_path.clone();
-        if inner.enrollment != e {
-            inner.enrollment = e;
-            changes.push("enrollment settings".to_string());
-        }
+        let settings_changed =
+            roster.finish_reload(config_sites, enrollment, plan.active, &self.registry_path);
+        self.deps.publish(roster.active());
+        changes.extend(settings_changed);
         Ok(changes)
     }
 
@@ -443,12 +351,13 @@ impl HubSites {
         lan: &[IpNet],
         ttl: Option<Duration>,
     ) -> Result<(String, SiteInfo), String> {
-        let name = Name::new(name).map_err(|e| format!("site name {name:?} {e}"))?;
+        let name = site_name(name).map_err(|e| e.to_string())?;
         let (this, lan) = (self.clone(), lan.to_vec());
         self.change(format!("site add {name}"), async move {
             this.add_now(name, &lan, ttl).await
         })
         .await
+        .map_err(|e: SiteError| e.to_string())
     }
 
     async fn add_now(
@@ -456,199 +365,68 @@ impl HubSites {
         name: Name,
         lan: &[IpNet],
         ttl: Option<Duration>,
-    ) -> Result<(String, SiteInfo), String> {
-        let mut inner = self.inner.lock().await;
-        let e = inner.enrollment.clone();
-        if e.endpoints.is_empty() {
-            return Err("the hub's config has no enrollment.endpoints: tokens must tell annexes \
-                        where the hub is; add e.g. endpoints = [\"hub.example.net:51820\"] and restart"
-                .into());
-        }
-        if e.routes.is_empty() {
-            return Err(
-                "the hub's config has no enrollment.routes: add the prefixes annexes \
-                        reach through the hub (records server, other LANs) and restart"
-                    .into(),
-            );
-        }
-        let ttl = ttl.unwrap_or(e.token_ttl);
-        if ttl > EnrollmentConfig::MAX_TOKEN_TTL || ttl < Duration::from_secs(1) {
-            return Err("--expires must be between 1s and 30 days".into());
-        }
+    ) -> Result<(String, SiteInfo), SiteError> {
+        let mut roster = self.roster.lock().await;
+        let reserved = self
+            .deps
+            .reserved(self.hub.address, roster.settings())
+            .await?;
         let now = unix_now();
-        if inner.config_sites.get(&name).is_some() {
-            return Err(format!(
-                "site {name} is defined in the hub's config file ([[site]])"
-            ));
-        }
-        if let Some(old) = inner.registry.get(&name) {
-            if !matches!(old.state, EntryState::Revoked { .. }) {
-                return Err(format!(
-                    "site {name} already exists ({}); remove it first to issue a new token",
-                    old.state.as_str()
-                ));
-            }
-        }
-        let reserved = reserved_now(&self.net, self.hub.address, &e).await?;
-        check_lan(&inner, &name, lan, &reserved)?;
-        let mut taken: Vec<IpAddr> = vec![self.hub.address.addr()];
-        taken.extend(inner.config_sites.iter().map(|s| s.address));
-        taken.extend(
-            inner
-                .registry
-                .sites
-                .iter()
-                .filter(|e| !matches!(e.state, EntryState::Revoked { .. }))
-                .map(|e| e.address),
-        );
-        let address = allocate(e.pool, &taken)
-            .ok_or_else(|| format!("no free address left in enrollment.pool {}", e.pool))?;
-        let secret = Secret::generate();
-        let expires = now + ttl.as_secs();
-        let entry = Entry {
-            name: name.clone(),
-            address,
-            lan: lan.to_vec(),
-            created_at: now,
-            state: EntryState::Pending {
-                secret_hash: secret.hash(),
-                expires,
-            },
-        };
-        let mut registry = inner.registry.clone();
-        registry.put(entry.clone());
+        let (registry, entry, token) = roster.add(name, lan, ttl, now, &reserved, &self.hub)?;
         self.persist(&registry).await?;
-        inner.registry = registry;
-        let token = Token {
-            endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
-            probe_port: self.hub.probe_port,
-            hub_public_key: self.hub.public_key,
-            hub_fingerprint: self.hub.fingerprint,
-            site: name.clone(),
-            secret,
-            expires,
-        };
-        tracing::info!(site = %name, address = %address, expires = %stamp(expires), "site added: token issued");
-        Ok((
-            token.encode_secret(),
-            info_of(&entry, SiteSource::Enrolled, None),
-        ))
+        roster.commit(registry);
+        tracing::info!(site = %entry.name, address = %entry.address, expires = %stamp(token.expires), "site added: token issued");
+        Ok((token.encode_secret(), info_of(&entry, None, now)))
     }
 
     /// `site list`.
     pub async fn list(&self) -> Vec<SiteInfo> {
-        let handshakes: HashMap<PublicKey, u64> = match self.tunnel.status().await {
-            Ok(s) => s
-                .peers
-                .iter()
-                .filter_map(|p| {
-                    let t = p.last_handshake?.duration_since(UNIX_EPOCH).ok()?;
-                    Some((p.public_key, t.as_secs()))
-                })
-                .collect(),
-            Err(_) => HashMap::new(),
-        };
-        let inner = self.inner.lock().await;
-        let mut out: Vec<SiteInfo> = inner
-            .config_sites
-            .iter()
-            .map(|s| {
-                let handshake = handshakes.get(&s.public_key).copied();
-                SiteInfo {
-                    name: s.name.to_string(),
-                    state: SiteState::from_handshake(
-                        SiteState::Configured,
-                        handshake.map(|t| t as f64),
-                        unix_now() as f64,
-                    ),
-                    source: SiteSource::Config,
-                    address: s.address,
-                    lan: s.lan.clone(),
-                    expires: None,
-                    joined_at: None,
-                    revoked_at: None,
-                    last_handshake: handshake,
-                    public_key: Some(s.public_key.to_string()),
-                    certificate: s.certificate.map(|f| f.to_string()),
-                }
-            })
-            .collect();
-        out.extend(inner.registry.sites.iter().map(|e| {
-            let handshake = match &e.state {
-                EntryState::Joined { public_key, .. } => handshakes.get(public_key).copied(),
-                _ => None,
-            };
-            info_of(e, SiteSource::Enrolled, handshake)
-        }));
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        let handshakes = self.deps.handshakes().await;
+        let roster = self.roster.lock().await;
+        roster.list(&handshakes, unix_now())
     }
 
     /// `site remove`: revokes a site live.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<SiteInfo, String> {
-        let name = Name::new(name).map_err(|e| format!("site name {name:?} {e}"))?;
+        let name = site_name(name).map_err(|e| e.to_string())?;
         let this = self.clone();
         self.change(format!("site remove {name}"), async move {
             this.remove_now(name).await
         })
         .await
+        .map_err(|e: SiteError| e.to_string())
     }
 
-    async fn remove_now(&self, name: Name) -> Result<SiteInfo, String> {
-        let mut inner = self.inner.lock().await;
-        if inner.config_sites.get(&name).is_some() {
-            return Err(format!(
-                "site {name} is defined in the hub's config file: remove its [[site]] table, \
-                 then `systemctl reload townlink` (applied live)"
-            ));
-        }
-        let Some(entry) = inner.registry.get(&name).cloned() else {
-            return Err(format!(
-                "there is no site {name} (see `townlink site list`)"
-            ));
-        };
-        if matches!(entry.state, EntryState::Revoked { .. }) {
-            return Err(format!("site {name} is already revoked"));
-        }
+    async fn remove_now(&self, name: Name) -> Result<SiteInfo, SiteError> {
+        let mut roster = self.roster.lock().await;
+        let now = unix_now();
+        let (registry, revoked) = roster.revoke(&name, now)?;
         // 1. Persist first: from here on, no start brings the site back.
-        let mut revoked = entry.clone();
-        revoked.state = EntryState::Revoked {
-            revoked_at: unix_now(),
-            secret_hash: entry.state.secret_hash().map(str::to_string),
-        };
-        let mut registry = inner.registry.clone();
-        registry.put(revoked.clone());
         self.persist(&registry).await?;
-        inner.registry = registry;
+        roster.commit(registry);
         self.checkpoint(Step::Persisted)?;
         // 2. Then the live state follows: probes, peer, routes.
-        if let Some(site) = inner.active.remove(&name) {
-            self.publish(&inner.active);
-            let closed = self.sessions.close_site(&name);
-            if let Err(e) = self.uninstall(&site).await {
+        if let Some(site) = roster.deactivate(&name) {
+            self.deps.publish(roster.active());
+            let closed = self.deps.sessions.close_site(&name);
+            if let Err(e) = self.deps.uninstall(&site).await {
                 tracing::error!(site = %name, error = %e, "revoked, but not every trace of the site could be removed");
-                return Err(format!(
-                    "site {name} is revoked (recorded), but not every trace of it could be \
-                     removed: {e:#}; restart townlink to clear it"
-                ));
+                return Err(SiteError::NotCleared {
+                    site: name,
+                    detail: format!("{e:#}"),
+                });
             }
             tracing::warn!(site = %name, probe_connections_closed = closed, "site revoked: peer, routes and probes removed");
         } else {
             tracing::warn!(site = %name, "pending site revoked: its token is void");
         }
         self.checkpoint(Step::Applied)?;
-        Ok(info_of(&revoked, SiteSource::Enrolled, None))
+        Ok(info_of(&revoked, None, now))
     }
 
-    /// An annex's enrollment request, over QUIC with certificate `certificate`.
-    ///
-    /// The secret is checked first, against the registry's hash for the
-    /// site or, for a name the hub does not enroll, against a dummy hash
-    /// (the same cost: one SHA-256, one constant-time comparison). A
-    /// request that does not prove a token gets one answer, whatever the
-    /// site (unknown, pending, joined, revoked); the hub's journal keeps
-    /// the detail. Only the holder of the token hears why it is refused
-    /// (expired, already used by other keys, revoked).
+    /// An annex's enrollment request, over QUIC with certificate
+    /// `certificate`: decided by [`Roster::admit`] (the secret first, one
+    /// answer to whoever does not prove the token), then carried out.
     pub async fn join(
         self: &Arc<Self>,
         request: JoinRequest,
@@ -670,19 +448,20 @@ impl HubSites {
         let site = site.map_or("(invalid)".to_string(), |n| n.to_string());
         match result {
             Ok(settings) => {
-                self.telemetry.enrollment(true);
+                self.deps.telemetry.enrollment(true);
                 tracing::info!(site = %settings.site, %remote, address = %settings.address, "site joined");
                 JoinResponse::Joined(settings)
             }
-            Err(Refusal::NotAToken(detail)) => {
-                self.telemetry.enrollment(false);
+            Err(JoinRefusal::NotAToken { detail }) => {
+                self.deps.telemetry.enrollment(false);
                 tracing::warn!(site = %site, %remote, %detail, "enrollment refused: the request proves no token");
                 JoinResponse::Refused {
-                    reason: NOT_A_TOKEN.to_string(),
+                    reason: JoinRefusal::NotAToken { detail }.to_string(),
                 }
             }
-            Err(Refusal::Told(reason)) => {
-                self.telemetry.enrollment(false);
+            Err(refusal) => {
+                self.deps.telemetry.enrollment(false);
+                let reason = refusal.to_string();
                 tracing::warn!(site = %site, %remote, %reason, "enrollment refused");
                 JoinResponse::Refused { reason }
             }
@@ -693,310 +472,83 @@ impl HubSites {
         &self,
         request: &JoinRequest,
         certificate: Fingerprint,
-    ) -> Result<Settings, Refusal> {
-        let mut bytes = [0u8; SECRET_LEN];
-        let secret = hex::decode_to_slice(&request.secret, &mut bytes)
-            .ok()
-            .map(|_| Secret::from_bytes(bytes));
-        bytes.fill(0);
-        let name = Name::new(&request.site).ok();
-        let mut inner = self.inner.lock().await;
-        // The hash the request must prove: the registry's for this site;
-        // for any other name a dummy one, compared all the same.
-        let config_site = name
-            .as_ref()
-            .is_some_and(|n| inner.config_sites.get(n).is_some());
-        let entry = name
-            .as_ref()
-            .filter(|_| !config_site)
-            .and_then(|n| inner.registry.get(n))
-            .cloned();
-        let stored = entry
-            .as_ref()
-            .and_then(|e| e.state.secret_hash())
-            .map(str::to_string);
-        let candidate = secret
-            .clone()
-            .unwrap_or_else(|| Secret::from_bytes([0; SECRET_LEN]));
-        let matched = candidate.matches(stored.as_deref().unwrap_or(&self.dummy_hash));
-        let (Some(name), Some(entry), Some(secret_hash), Some(_), true) =
-            (name, entry.as_ref(), stored, secret.as_ref(), matched)
-        else {
-            let detail = if Name::new(&request.site).is_err() {
-                format!("site name not valid ({} bytes)", request.site.len())
-            } else if config_site {
-                "a site of the config file ([[site]]), which does not enroll".to_string()
-            } else if let Some(e) = &entry {
-                if secret.is_none() {
-                    "secret is not 32 hex digits".to_string()
-                } else if e.state.secret_hash().is_none() {
-                    format!(
-                        "secret cannot be checked ({}: the registry keeps no hash of its token)",
-                        e.state.as_str()
-                    )
-                } else {
-                    format!("secret does not match ({})", e.state.as_str())
-                }
-            } else {
-                "no site of that name".to_string()
-            };
-            return Err(Refusal::NotAToken(detail));
-        };
-        // From here on the caller holds this site's token: it is told why.
-        let entry = entry.clone();
-        let public_key: Result<PublicKey, String> = request
-            .public_key
-            .parse()
-            .map_err(|e| format!("the annex's public key {e}"));
-        let expires = match &entry.state {
-            EntryState::Pending { expires, .. } => *expires,
+    ) -> Result<Settings, JoinRefusal> {
+        let mut roster = self.roster.lock().await;
+        let now = unix_now();
+        let (site, joined) = match roster.admit(request, certificate, now, &self.hub.public_key)? {
             // The same token with the same keys: the annex lost our answer
             // (or a crash came between): answer again, install if needed.
-            EntryState::Joined {
-                public_key: key,
-                certificate: cert,
-                ..
-            } if public_key.as_ref() == Ok(key) && *cert == certificate => {
-                let site = site_of(&entry).expect("a joined entry is a site");
-                if inner.active.get(&name).is_none() {
-                    let reserved =
-                        reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
-                    if let Err(e) = lan_allowed(&site, &reserved) {
-                        tracing::error!(site = %name, "join refused: {e}");
-                        return Err(Refusal::Told(lan_refused(&name)));
-                    }
-                    let mut active = inner.active.clone();
-                    active.insert(site.clone()).map_err(|e| e.to_string())?;
-                    self.install(&site, SiteSource::Enrolled)
+            Admission::Again { site, entry } => {
+                let name = site.name.clone();
+                if roster.active().get(&name).is_none() {
+                    self.lan_routable(&roster, &site).await?;
+                    roster
+                        .check_activate(&site)
+                        .map_err(JoinRefusal::Conflict)?;
+                    self.deps
+                        .install(&site, SiteSource::Enrolled)
                         .await
-                        .map_err(|e| format!("the hub could not add the site: {e:#}"))?;
-                    inner.active = active;
-                    self.publish(&inner.active);
+                        .map_err(|e| JoinRefusal::NotAdded {
+                            detail: format!("{e:#}"),
+                        })?;
+                    roster.activate(site).map_err(JoinRefusal::Conflict)?;
+                    self.deps.publish(roster.active());
                 }
                 tracing::info!(site = %name, "join repeated with the same token and keys: settings sent again");
-                return Ok(self.settings(&inner, &entry)?);
+                return Ok(roster.settings_for(&entry, &self.hub)?);
             }
-            EntryState::Joined { joined_at, .. } => {
-                return Err(Refusal::Told(format!(
-                    "this token was already used: site {name} joined at {}; tokens are \
-                     single-use, ask the administrator for a new one",
-                    stamp(*joined_at)
-                )))
-            }
-            EntryState::Revoked { revoked_at, .. } => {
-                return Err(Refusal::Told(format!(
-                    "site {name} was revoked at {}; ask the administrator for a new token",
-                    stamp(*revoked_at)
-                )))
-            }
+            Admission::First { site, joined } => (site, joined),
         };
-        let now = unix_now();
-        if now > expires {
-            return Err(Refusal::Told(if now < CLOCK_SANITY {
-                "the hub's clock is not synchronised (it says it is before 2025): fix NTP on the \
-                 hub, then try again"
-                    .to_string()
-            } else {
-                format!(
-                    "the token expired at {}; ask the administrator for a new one",
-                    stamp(expires)
-                )
-            }));
-        }
-        let public_key = public_key?;
-        let site = Site {
-            name: name.clone(),
-            public_key,
-            address: entry.address,
-            lan: entry.lan.clone(),
-            certificate: Some(certificate),
-        };
-        if public_key == self.hub.public_key {
-            return Err(Refusal::Told(
-                "the annex's public key is the hub's own".into(),
-            ));
-        }
         // The hub's networks as they are now (a route may have come since `site add`).
-        let reserved = reserved_now(&self.net, self.hub.address, &inner.enrollment).await?;
-        if let Err(e) = lan_allowed(&site, &reserved) {
-            tracing::error!(site = %name, "join refused: {e}");
-            return Err(Refusal::Told(lan_refused(&name)));
-        }
-        let mut active = inner.active.clone();
-        active.insert(site.clone()).map_err(|e| e.to_string())?;
+        self.lan_routable(&roster, &site).await?;
+        roster
+            .check_activate(&site)
+            .map_err(JoinRefusal::Conflict)?;
         // 1. Persist: the registry is the source of truth; from here on a
         //    crash is repaired by the next start, which installs the site.
-        let mut joined = entry.clone();
-        joined.state = EntryState::Joined {
-            public_key,
-            certificate,
-            joined_at: now,
-            secret_hash: Some(secret_hash),
-        };
-        let before = inner.registry.clone();
+        let before = roster.registry().clone();
         let mut registry = before.clone();
         registry.put(joined.clone());
         self.persist(&registry)
             .await
-            .map_err(|e| format!("the hub could not record the site: {e}"))?;
-        inner.registry = registry;
+            .map_err(JoinRefusal::NotRecorded)?;
+        roster.commit(registry);
         self.checkpoint(Step::Persisted)?;
         // 2. Peer and routes.
-        if let Err(e) = self.install(&site, SiteSource::Enrolled).await {
+        if let Err(e) = self.deps.install(&site, SiteSource::Enrolled).await {
             // Back to pending, so that the token works again. Should that
             // fail too, the registry keeps "joined": a restart installs
             // the site, and the annex's retry gets its settings.
             match self.persist(&before).await {
-                Ok(()) => inner.registry = before,
+                Ok(()) => roster.commit(before),
                 Err(e2) => {
-                    tracing::error!(site = %name, error = %e2, "cannot undo the join in the registry")
+                    tracing::error!(site = %site.name, error = %e2, "cannot undo the join in the registry")
                 }
             }
-            return Err(Refusal::Told(format!(
-                "the hub could not add the site: {e:#}"
-            )));
+            return Err(JoinRefusal::NotAdded {
+                detail: format!("{e:#}"),
+            });
         }
         self.checkpoint(Step::Applied)?;
         // 3. Its probes are welcome.
-        inner.active = active;
-        self.publish(&inner.active);
-        Ok(self.settings(&inner, &joined)?)
+        roster.activate(site).map_err(JoinRefusal::Conflict)?;
+        self.deps.publish(roster.active());
+        Ok(roster.settings_for(&joined, &self.hub)?)
     }
 
-    /// What the annex of `entry` needs to write its config.
-    fn settings(&self, inner: &Inner, entry: &Entry) -> Result<Settings, String> {
-        Ok(Settings {
-            site: entry.name.to_string(),
-            address: IpNet::new(entry.address, self.hub.address.prefix_len())
-                .map_err(|e| e.to_string())?,
-            lan: entry.lan.clone(),
-            hub_name: inner.enrollment.hub_name.to_string(),
-            hub_address: self.hub.address.addr(),
-            routes: inner.enrollment.routes.clone(),
-            keepalive: inner.enrollment.keepalive,
-            checks: inner.enrollment.checks.clone(),
-        })
+    /// Refuses a site whose LAN would take one of the hub's networks now;
+    /// the detail goes to the hub's journal only.
+    async fn lan_routable(&self, roster: &Roster, site: &Site) -> Result<(), JoinRefusal> {
+        let reserved = self
+            .deps
+            .reserved(self.hub.address, roster.settings())
+            .await?;
+        if let Err(e) = lan_allowed(site, &reserved) {
+            tracing::error!(site = %site.name, "join refused: {e}");
+            return Err(JoinRefusal::LanRefused(site.name.clone()));
+        }
+        Ok(())
     }
-}
-
-/// What no site's LAN may take on this hub now: the tunnel network,
-/// `enrollment.routes` (a LAN inside one is fine), the hub's addresses
-/// and the routes of its main table that townlink did not make.
-async fn reserved_now(
-    net: &Netlink,
-    hub_address: IpNet,
-    enrollment: &EnrollmentConfig,
-) -> Result<Vec<Reserved>, String> {
-    let tunnel = hub_address.trunc();
-    let mut reserved = vec![Reserved {
-        prefix: tunnel,
-        what: format!("the tunnel network {tunnel}"),
-        inside_ok: false,
-    }];
-    reserved.extend(enrollment.routes.iter().enumerate().map(|(i, r)| Reserved {
-        prefix: *r,
-        what: format!("enrollment.routes[{i}] {r}"),
-        inside_ok: true,
-    }));
-    let kernel = net
-        .kernel_routes()
-        .await
-        .map_err(|e| format!("cannot read the hub's routes: {e}"))?;
-    reserved.extend(routing::hub_reserved(&kernel));
-    Ok(reserved)
-}
-
-/// What a rightful annex hears when its LAN cannot be routed (the
-/// detail, the hub's own routes, stays in the hub's journal).
-fn lan_refused(name: &Name) -> String {
-    format!(
-        "the hub cannot route site {name}'s LAN: it overlaps one of the hub's own networks \
-         (the hub's journal says which); ask the administrator to enroll the site again with \
-         its real LAN"
-    )
-}
-
-/// A site whose LAN would take one of the hub's networks is refused,
-/// with its name, the prefix and what it overlaps.
-fn lan_allowed(site: &Site, reserved: &[Reserved]) -> Result<(), String> {
-    match site.lan.iter().find_map(|p| lan_problem(p, reserved)) {
-        Some(problem) => Err(format!("site {}: LAN {problem}", site.name)),
-        None => Ok(()),
-    }
-}
-
-fn check_lan(
-    inner: &Inner,
-    name: &Name,
-    lan: &[IpNet],
-    reserved: &[Reserved],
-) -> Result<(), String> {
-    for (i, p) in lan.iter().enumerate() {
-        if p.trunc() != *p {
-            return Err(format!(
-                "LAN {p} has host bits set (did you mean {}?)",
-                p.trunc()
-            ));
-        }
-        if let Some(problem) = lan_problem(p, reserved) {
-            return Err(format!("site {name}: LAN {problem}"));
-        }
-        if let Some(q) = lan[..i].iter().find(|q| overlaps(p, q)) {
-            return Err(format!("LAN {p} overlaps {q}, given too"));
-        }
-        for s in inner.active.iter().filter(|s| &s.name != name) {
-            if let Some(q) = s.lan.iter().find(|q| overlaps(p, q)) {
-                return Err(format!("LAN {p} overlaps {q} of site {}", s.name));
-            }
-        }
-        for e in inner
-            .registry
-            .sites
-            .iter()
-            .filter(|e| matches!(e.state, EntryState::Pending { .. }) && &e.name != name)
-        {
-            if let Some(q) = e.lan.iter().find(|q| overlaps(p, q)) {
-                return Err(format!("LAN {p} overlaps {q} of pending site {}", e.name));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn info_of(e: &Entry, source: SiteSource, last_handshake: Option<u64>) -> SiteInfo {
-    let mut info = SiteInfo {
-        name: e.name.to_string(),
-        state: e.state.site_state(),
-        source,
-        address: e.address,
-        lan: e.lan.clone(),
-        expires: None,
-        joined_at: None,
-        revoked_at: None,
-        last_handshake,
-        public_key: None,
-        certificate: None,
-    };
-    match &e.state {
-        EntryState::Pending { expires, .. } => info.expires = Some(*expires),
-        EntryState::Joined {
-            joined_at,
-            public_key,
-            certificate,
-            ..
-        } => {
-            info.joined_at = Some(*joined_at);
-            info.state = SiteState::from_handshake(
-                SiteState::Joined,
-                last_handshake.map(|t| t as f64),
-                unix_now() as f64,
-            );
-            info.public_key = Some(public_key.to_string());
-            info.certificate = Some(certificate.to_string());
-        }
-        EntryState::Revoked { revoked_at, .. } => info.revoked_at = Some(*revoked_at),
-    }
-    info
 }
 
 #[cfg(test)]
@@ -1005,8 +557,12 @@ mod tests {
     //! table, in a network namespace of the test's own (needs root, as
     //! every test of townlink).
     use super::*;
+    use crate::enroll::hub::{CLOCK_SANITY, NOT_A_TOKEN};
+    use crate::enroll::registry::EntryState;
+    use crate::enroll::token::SECRET_LEN;
     use crate::enroll::token::{Secret, Token};
     use crate::keys::PrivateKey;
+    use crate::sites::SiteState;
     use crate::tunnel::fake::{self, FakeDevice};
 
     /// Runs `body` on a thread in a new network namespace.
@@ -1096,14 +652,16 @@ mod tests {
             let (supervisor, _) = Supervisor::new();
             let sites = HubSites::start(
                 config_sites,
-                Parts {
-                    tunnel: Arc::new(tunnel),
-                    net: self.net.clone(),
-                    interface: "lo".into(),
-                    allowed: Arc::default(),
-                    sessions: Arc::default(),
-                    telemetry: Telemetry::new(&self.config),
-                    sources: watch::channel(Sources::default()).0,
+                HubSitesSetup {
+                    deps: SiteDeps {
+                        tunnel: Arc::new(tunnel),
+                        net: self.net.clone(),
+                        interface: "lo".into(),
+                        allowed: Arc::default(),
+                        sessions: Arc::default(),
+                        telemetry: Telemetry::new(&self.config),
+                        sources: watch::channel(Sources::default()).0,
+                    },
                     enrollment: hub.enrollment.clone(),
                     hub: HubIdentity {
                         public_key: self.config.tunnel.private_key.public_key(),
@@ -1199,6 +757,7 @@ mod tests {
     /// `townlink status` shows the site.
     fn shown(sites: &HubSites) -> bool {
         sites
+            .deps
             .telemetry
             .snapshot()
             .sites
@@ -1233,6 +792,7 @@ mod tests {
             assert_eq!(hub.routes(), vec![LAN.to_string()]);
             assert_eq!(
                 sites
+                    .deps
                     .allowed
                     .site(&annex.certificate)
                     .map(|n| n.to_string()),
@@ -1257,7 +817,7 @@ mod tests {
             assert_eq!(state(&hub), "revoked");
             assert_eq!(device.peers(), Vec::<String>::new());
             assert_eq!(hub.routes(), Vec::<String>::new());
-            assert_eq!(sites.allowed.site(&annex.certificate), None);
+            assert_eq!(sites.deps.allowed.site(&annex.certificate), None);
             assert!(!shown(&sites), "status still shows the revoked site");
         });
     }
@@ -1305,7 +865,7 @@ mod tests {
                 assert_eq!(state(&hub), "revoked", "{step:?}");
                 assert_eq!(device.peers(), Vec::<String>::new(), "{step:?}");
                 assert_eq!(hub.routes(), Vec::<String>::new(), "{step:?}");
-                assert_eq!(sites.allowed.site(&annex.certificate), None);
+                assert_eq!(sites.deps.allowed.site(&annex.certificate), None);
             });
         }
     }
@@ -1451,6 +1011,7 @@ mod tests {
                 certificate: None,
             };
             let e = sites
+                .deps
                 .install(&site, SiteSource::Enrolled)
                 .await
                 .unwrap_err()
@@ -1472,7 +1033,11 @@ mod tests {
             // Without the administrator's route it installs, and adding
             // its route again over townlink's own is fine.
             hub.ip(&["route", "del", LAN, "proto", "static"]);
-            sites.install(&site, SiteSource::Enrolled).await.unwrap();
+            sites
+                .deps
+                .install(&site, SiteSource::Enrolled)
+                .await
+                .unwrap();
             for route in routing::site_routes(&site, "lo") {
                 hub.net.add_route(&route).await.unwrap();
             }
@@ -1625,9 +1190,9 @@ mod tests {
             // Expired (the registry says so).
             let annex = Annex::added(&sites, 1).await;
             {
-                let mut inner = sites.inner.lock().await;
-                let mut entry = inner
-                    .registry
+                let mut roster = sites.roster.lock().await;
+                let mut registry = roster.registry().clone();
+                let mut entry = registry
                     .get(&Name::new("annex-7").unwrap())
                     .unwrap()
                     .clone();
@@ -1635,7 +1200,8 @@ mod tests {
                     secret_hash: annex.token.secret.hash(),
                     expires: CLOCK_SANITY + 1,
                 };
-                inner.registry.put(entry);
+                registry.put(entry);
+                roster.commit(registry);
             }
             let reason = refusal(annex.join(&sites).await);
             assert!(
