@@ -226,7 +226,7 @@ async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
         Request::SiteAdd { name, lan, expires } => match hub() {
             Ok(hub) => match hub.add(&name, &lan, expires.map(Duration::from_secs)).await {
                 Ok((token, site)) => Response::SiteAdded { token, site },
-                Err(m) => error(m),
+                Err(e) => error(e.to_string()),
             },
             Err(m) => error(m),
         },
@@ -239,7 +239,7 @@ async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
         Request::SiteRemove { name } => match hub() {
             Ok(hub) => match hub.remove(&name).await {
                 Ok(site) => Response::SiteRemoved { site },
-                Err(m) => error(m),
+                Err(e) => error(e.to_string()),
             },
             Err(m) => error(m),
         },

@@ -37,9 +37,8 @@ use tokio::sync::{watch, Mutex};
 use super::supervisor::Supervisor;
 use crate::config::EnrollmentConfig;
 pub use crate::enroll::hub::HubIdentity;
-use crate::enroll::hub::{
-    info_of, lan_allowed, site_name, Admission, JoinRefusal, Roster, SiteError,
-};
+pub use crate::enroll::hub::SiteError;
+use crate::enroll::hub::{info_of, lan_allowed, site_name, Admission, JoinRefusal, Roster};
 use crate::enroll::registry::Registry;
 use crate::enroll::{JoinRequest, JoinResponse, Settings};
 use crate::fingerprint::Fingerprint;
@@ -301,13 +300,12 @@ impl HubSites {
         self: &Arc<Self>,
         config_sites: SiteSet,
         enrollment: EnrollmentConfig,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, SiteError> {
         let this = self.clone();
         self.change("sites reload".into(), async move {
             this.reload_now(config_sites, enrollment).await
         })
         .await
-        .map_err(|e: SiteError| e.to_string())
     }
 
     async fn reload_now(
@@ -350,14 +348,13 @@ impl HubSites {
         name: &str,
         lan: &[IpNet],
         ttl: Option<Duration>,
-    ) -> Result<(String, SiteInfo), String> {
-        let name = site_name(name).map_err(|e| e.to_string())?;
+    ) -> Result<(String, SiteInfo), SiteError> {
+        let name = site_name(name)?;
         let (this, lan) = (self.clone(), lan.to_vec());
         self.change(format!("site add {name}"), async move {
             this.add_now(name, &lan, ttl).await
         })
         .await
-        .map_err(|e: SiteError| e.to_string())
     }
 
     async fn add_now(
@@ -387,14 +384,13 @@ impl HubSites {
     }
 
     /// `site remove`: revokes a site live.
-    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<SiteInfo, String> {
-        let name = site_name(name).map_err(|e| e.to_string())?;
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<SiteInfo, SiteError> {
+        let name = site_name(name)?;
         let this = self.clone();
         self.change(format!("site remove {name}"), async move {
             this.remove_now(name).await
         })
         .await
-        .map_err(|e: SiteError| e.to_string())
     }
 
     async fn remove_now(&self, name: Name) -> Result<SiteInfo, SiteError> {
@@ -937,6 +933,7 @@ mod tests {
                         .add("annex-9", &[lan.parse().unwrap()], None)
                         .await
                         .unwrap_err()
+                        .to_string()
                 }
             };
             assert_eq!(
@@ -1275,7 +1272,8 @@ mod tests {
             let e = sites
                 .reload(config, h.enrollment.clone())
                 .await
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert_eq!(
                 e,
                 "site annex-8: LAN 172.30.8.0/24 overlaps the hub's route 172.30.0.0/16 dev lo \
@@ -1313,7 +1311,7 @@ mod tests {
             );
             assert_eq!(s.public_key, Some(key.to_string()));
             assert_eq!(s.certificate, None, "no made-up all-zero fingerprint");
-            let e = sites.remove("annex-8").await.unwrap_err();
+            let e = sites.remove("annex-8").await.unwrap_err().to_string();
             assert!(
                 e.contains("remove its [[site]] table, then `systemctl reload townlink`"),
                 "{e}"
