@@ -34,8 +34,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use tokio::sync::{watch, Mutex};
 
+use futures::future::BoxFuture;
+
 use super::supervisor::Supervisor;
 use crate::config::EnrollmentConfig;
+use crate::control::server::SiteAdmin;
 pub use crate::enroll::hub::HubIdentity;
 pub use crate::enroll::hub::SiteError;
 use crate::enroll::hub::{info_of, lan_allowed, site_name, Admission, JoinRefusal, Roster};
@@ -544,6 +547,28 @@ impl HubSites {
             return Err(JoinRefusal::LanRefused(site.name.clone()));
         }
         Ok(())
+    }
+}
+
+impl SiteAdmin for HubSites {
+    fn site_add(
+        self: Arc<Self>,
+        name: String,
+        lan: Vec<IpNet>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(String, SiteInfo), SiteError>> {
+        Box::pin(async move { HubSites::add(&self, &name, &lan, ttl).await })
+    }
+
+    fn site_list(self: Arc<Self>) -> BoxFuture<'static, Vec<SiteInfo>> {
+        Box::pin(async move { HubSites::list(&self).await })
+    }
+
+    fn site_remove(
+        self: Arc<Self>,
+        name: String,
+    ) -> BoxFuture<'static, Result<SiteInfo, SiteError>> {
+        Box::pin(async move { HubSites::remove(&self, &name).await })
     }
 }
 
