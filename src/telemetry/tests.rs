@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::tests::{dir_with_key, example, hub_example_with_sites};
-use crate::decision::{Decision, ReasonClass};
+use crate::decision::{Decision, ReasonClass, StateChange};
+use crate::probe::wire::Report;
+use crate::sites::Name;
 
 /// One metric family of the encoded text.
 #[derive(Debug, Default)]
