@@ -51,7 +51,7 @@ use crate::probe::responder::Sessions;
 use crate::probe::tls::AllowedSites;
 use crate::routing;
 use crate::sites::{Name, Reserved, Site, SiteInfo, SiteSet, SiteSource};
-use crate::telemetry::collector::Sources;
+use crate::telemetry::collector::CollectorTargets;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
 
@@ -111,7 +111,7 @@ pub struct SiteDeps {
     pub allowed: Arc<AllowedSites>,
     pub sessions: Arc<Sessions>,
     pub telemetry: Arc<Telemetry>,
-    pub sources: watch::Sender<Sources>,
+    pub collector: watch::Sender<CollectorTargets>,
 }
 
 impl SiteDeps {
@@ -153,7 +153,7 @@ impl SiteDeps {
                 .iter()
                 .filter_map(|s| s.certificate.map(|f| (f, s.name.clone()))),
         );
-        self.sources.send_modify(|s| {
+        self.collector.send_modify(|s| {
             s.peers = active
                 .iter()
                 .map(|s| (s.public_key, s.name.to_string()))
@@ -681,7 +681,7 @@ mod tests {
                         allowed: Arc::default(),
                         sessions: Arc::default(),
                         telemetry: Telemetry::new(&self.config),
-                        sources: watch::channel(Sources::default()).0,
+                        collector: watch::channel(CollectorTargets::default()).0,
                     },
                     enrollment: hub.enrollment.clone(),
                     hub: HubIdentity {
