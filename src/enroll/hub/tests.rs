@@ -1,6 +1,8 @@
 //! The hub's enrollment decided without I/O: a fake clock (`now`), the
 //! hub's networks handed in, the registry kept in memory.
 
+use std::path::PathBuf;
+
 use super::*;
 use crate::config::Endpoint;
 use crate::keys::PrivateKey;
