@@ -357,6 +357,40 @@ fn a_lost_answer_is_sent_again_only_to_the_same_keys() {
     });
 }
 
+#[test]
+fn a_join_whose_install_fails_goes_back_to_pending_and_the_token_works_again() {
+    in_netns(|| async {
+        let hub = Hub::new().await;
+        let (sites, device) = hub.start().await;
+        let annex = Annex::added(&sites, 1).await;
+        // A peer with the annex's key is in the tunnel already: the
+        // device refuses to add it again, so the install fails after the
+        // registry said "joined".
+        let squatter = PeerConfig {
+            public_key: annex.key,
+            endpoint: None,
+            allowed_ips: vec![],
+            keepalive: None,
+        };
+        sites.deps.tunnel.add_peer(&squatter).await.unwrap();
+        let reason = refusal(annex.join(&sites).await);
+        assert!(
+            reason.starts_with("the hub could not add the site: "),
+            "{reason}"
+        );
+        assert_eq!(state(&hub), "pending", "the registry is rolled back");
+        assert_eq!(hub.routes(), Vec::<String>::new());
+        assert_eq!(sites.deps.allowed.site(&annex.certificate), None);
+        assert!(!shown(&sites));
+        // Once the tunnel can take it, the same token joins.
+        sites.deps.tunnel.remove_peer(&annex.key).await.unwrap();
+        assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+        assert_eq!(state(&hub), "joined");
+        assert_eq!(device.peers(), vec![annex.key.to_hex()]);
+        assert_eq!(hub.routes(), vec![LAN.to_string()]);
+    });
+}
+
 /// A route to `prefix` that an administrator made (proto static).
 fn admin_route(hub: &Hub, prefix: &str) {
     hub.ip(&["route", "add", prefix, "dev", "lo", "proto", "static"]);
