@@ -31,7 +31,7 @@ use crate::config::{ProbeConfig, RoutingConfig};
 use crate::decision::{Decision, Engine, Health, Outcome, PathId, Policy, Quality, Sample, Time};
 use crate::netlink::Netlink;
 use crate::probe::budget::Budget;
-use crate::probe::prober::{Connection, Outgoing, Refusal};
+use crate::probe::prober::{Connection, Refusal, ReportForHub};
 use crate::routing::{self, NextHop};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
@@ -213,7 +213,7 @@ pub struct Failover {
     pub intervals: Vec<watch::Sender<Duration>>,
     pub telemetry: std::sync::Arc<Telemetry>,
     /// The report for the hub, and the prober that carries it.
-    pub reports: watch::Sender<Outgoing>,
+    pub reports: watch::Sender<ReportForHub>,
     /// Reloaded `[failover]` and `[probe]` settings.
     pub settings: watch::Receiver<(Policy, ProbeConfig)>,
     /// One per uplink: how its prober's connection fares.
@@ -312,7 +312,7 @@ impl Failover {
             if datagram.is_none() {
                 tracing::debug!("the report for the hub is too large: not sent");
             }
-            self.reports.send_replace(Outgoing {
+            self.reports.send_replace(ReportForHub {
                 uplink: engine.active().uplink,
                 datagram,
             });

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use super::SiteCommand;
 use crate::config::{self, InterfaceName};
-use crate::control::{client, Request, Response, SiteInfo};
+use crate::control::{client, Request, Response};
 use crate::enroll::join::{self, JoinOptions, UplinkSpec};
+use crate::sites::{SiteInfo, SiteState};
 use crate::telemetry::status::when;
 
 /// Exit code when no daemon answers on the control socket.
@@ -58,8 +59,8 @@ fn describe(s: &SiteInfo, now: f64) -> String {
     } else {
         lan.join(",")
     };
-    let detail = match s.state.as_str() {
-        "pending" => s
+    let detail = match s.state {
+        SiteState::Pending => s
             .expires
             .map(|t| {
                 let stamp = crate::telemetry::stamp(t);
@@ -70,11 +71,11 @@ fn describe(s: &SiteInfo, now: f64) -> String {
                 }
             })
             .unwrap_or_default(),
-        "revoked" => s
+        SiteState::Revoked => s
             .revoked_at
             .map(|t| format!("revoked {}", when(t as f64, now)))
             .unwrap_or_default(),
-        "configured" => s
+        SiteState::Configured => s
             .last_handshake
             .map(|t| format!("handshake {}", when(t as f64, now)))
             .unwrap_or_else(|| "no handshake since the hub started".into()),
@@ -98,8 +99,8 @@ fn show(s: &SiteInfo, now: f64) -> String {
     let stamp = |t: Option<u64>| t.map(|t| when(t as f64, now));
     let lan: Vec<String> = s.lan.iter().map(|l| l.to_string()).collect();
     let mut fields: Vec<(&str, Option<String>)> = vec![
-        ("state", Some(s.state.clone())),
-        ("source", Some(s.source.clone())),
+        ("state", Some(s.state.to_string())),
+        ("source", Some(s.source.to_string())),
         ("address", Some(s.address.to_string())),
         (
             "lan",
@@ -116,7 +117,7 @@ fn show(s: &SiteInfo, now: f64) -> String {
         ("joined", stamp(s.joined_at)),
         ("revoked", stamp(s.revoked_at)),
     ];
-    if s.certificate.is_none() && s.state != "pending" && s.state != "revoked" {
+    if s.certificate.is_none() && !matches!(s.state, SiteState::Pending | SiteState::Revoked) {
         fields[5].1 = Some("none: its probes are refused".into());
     }
     let mut o = format!("site {}\n", s.name);

@@ -11,11 +11,10 @@
 pub mod client;
 pub mod server;
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::sites::SiteInfo;
 use crate::telemetry::status::Status;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,34 +54,6 @@ pub enum Response {
     Error {
         message: String,
     },
-}
-
-/// One line of `townlink site list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SiteInfo {
-    pub name: String,
-    /// pending, joined (enrolled) or configured (config file) before a
-    /// tunnel handshake, connected (handshake within 3 minutes), silent
-    /// (an older handshake), revoked.
-    pub state: String,
-    /// "config" (a `[[site]]` table) or "enrolled" (the registry).
-    pub source: String,
-    pub address: IpAddr,
-    pub lan: Vec<IpNet>,
-    /// Pending: when the token expires (Unix s).
-    pub expires: Option<u64>,
-    /// Joined: when.
-    pub joined_at: Option<u64>,
-    /// Revoked: when.
-    pub revoked_at: Option<u64>,
-    /// Unix s of the last tunnel handshake.
-    pub last_handshake: Option<u64>,
-    /// The site's WireGuard public key (joined and config sites).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// The fingerprint of the site's probe certificate, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<String>,
 }
 
 /// Longest request line the daemon reads.

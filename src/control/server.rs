@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
+use ipnet::IpNet;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
@@ -13,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Request, Response, MAX_REQUEST};
 use crate::config::ControlConfig;
-use crate::daemon::HubSites;
+use crate::enroll::hub::SiteError;
+use crate::sites::SiteInfo;
+use crate::telemetry::status::RouterRole;
 use crate::telemetry::Telemetry;
 
 /// A client gets this long to send its request and read the answer.
@@ -186,12 +190,32 @@ fn permitted(request: &Request, caller: Caller) -> Result<(), String> {
     }
 }
 
+/// The hub's site administration, as the control socket asks for it;
+/// the daemon's `HubSites` implements it. A change goes on to its end
+/// inside the hub when the caller stops waiting.
+pub trait SiteAdmin: Send + Sync + std::fmt::Debug {
+    /// `site add`: the token (secret included) and the new site.
+    fn site_add(
+        self: Arc<Self>,
+        name: String,
+        lan: Vec<IpNet>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(String, SiteInfo), SiteError>>;
+    /// `site list`.
+    fn site_list(self: Arc<Self>) -> BoxFuture<'static, Vec<SiteInfo>>;
+    /// `site remove`: the revoked site.
+    fn site_remove(
+        self: Arc<Self>,
+        name: String,
+    ) -> BoxFuture<'static, Result<SiteInfo, SiteError>>;
+}
+
 /// What the control socket serves: the status always; site
 /// administration once the hub's sites are running.
 #[derive(Debug)]
 pub struct Handler {
     pub telemetry: Arc<Telemetry>,
-    pub hub: OnceLock<Arc<HubSites>>,
+    pub hub: OnceLock<Arc<dyn SiteAdmin>>,
 }
 
 async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
@@ -212,7 +236,7 @@ async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
     }
     let hub = || {
         h.hub.get().cloned().ok_or_else(|| {
-            if h.telemetry.snapshot().role == "hub" {
+            if h.telemetry.snapshot().role == RouterRole::Hub {
                 "the hub is still starting: try again in a moment".to_string()
             } else {
                 "this router is an annex: run site commands on the hub".to_string()
@@ -223,22 +247,25 @@ async fn answer(request: &str, caller: Caller, h: &Handler) -> Response {
     match request {
         Request::Status => Response::Status(Box::new(h.telemetry.snapshot())),
         Request::SiteAdd { name, lan, expires } => match hub() {
-            Ok(hub) => match hub.add(&name, &lan, expires.map(Duration::from_secs)).await {
+            Ok(hub) => match hub
+                .site_add(name, lan, expires.map(Duration::from_secs))
+                .await
+            {
                 Ok((token, site)) => Response::SiteAdded { token, site },
-                Err(m) => error(m),
+                Err(e) => error(e.to_string()),
             },
             Err(m) => error(m),
         },
         Request::SiteList => match hub() {
             Ok(hub) => Response::Sites {
-                sites: hub.list().await,
+                sites: hub.site_list().await,
             },
             Err(m) => error(m),
         },
         Request::SiteRemove { name } => match hub() {
-            Ok(hub) => match hub.remove(&name).await {
+            Ok(hub) => match hub.site_remove(name).await {
                 Ok(site) => Response::SiteRemoved { site },
-                Err(m) => error(m),
+                Err(e) => error(e.to_string()),
             },
             Err(m) => error(m),
         },
@@ -384,6 +411,66 @@ mod tests {
         assert_eq!(mode, 0o755);
         let socket = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(socket, 0o600);
+    }
+
+    /// The hub's sites as the control socket sees them: no daemon needed.
+    #[derive(Debug)]
+    struct FakeSites;
+
+    impl SiteAdmin for FakeSites {
+        fn site_add(
+            self: Arc<Self>,
+            name: String,
+            _: Vec<IpNet>,
+            _: Option<Duration>,
+        ) -> BoxFuture<'static, Result<(String, SiteInfo), SiteError>> {
+            let name = crate::sites::Name::new(&name).unwrap();
+            Box::pin(async move { Err(SiteError::DefinedInConfig(name)) })
+        }
+
+        fn site_list(self: Arc<Self>) -> BoxFuture<'static, Vec<SiteInfo>> {
+            Box::pin(async { Vec::new() })
+        }
+
+        fn site_remove(
+            self: Arc<Self>,
+            name: String,
+        ) -> BoxFuture<'static, Result<SiteInfo, SiteError>> {
+            let name = crate::sites::Name::new(&name).unwrap();
+            Box::pin(async move { Err(SiteError::AlreadyRevoked(name)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn site_requests_go_to_the_hubs_sites_once_they_run() {
+        let dir = crate::config::tests::dir_with_key();
+        let config = crate::config::tests::example("hub.toml", dir.path()).unwrap();
+        let handler = Handler {
+            telemetry: Telemetry::new(&config),
+            hub: OnceLock::new(),
+        };
+        let root = Caller { uid: 0 };
+        let remove = r#"{"command":"site_remove","name":"annex-7"}"#;
+        let error = |message: &str| Response::Error {
+            message: message.to_string(),
+        };
+        assert_eq!(
+            answer(remove, root, &handler).await,
+            error("the hub is still starting: try again in a moment")
+        );
+        handler.hub.set(Arc::new(FakeSites)).unwrap();
+        assert_eq!(
+            answer(remove, root, &handler).await,
+            error("site annex-7 is already revoked")
+        );
+        assert_eq!(
+            answer(r#"{"command":"site_add","name":"annex-8"}"#, root, &handler).await,
+            error("site annex-8 is defined in the hub's config file ([[site]])")
+        );
+        assert_eq!(
+            answer(r#"{"command":"site_list"}"#, root, &handler).await,
+            Response::Sites { sites: vec![] }
+        );
     }
 
     #[test]

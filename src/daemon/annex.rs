@@ -10,12 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::Installed;
+use super::Running;
 use crate::config::{AnnexConfig, Config, HubPeer};
 use crate::decision::{Engine, PathId};
 use crate::failover::{Failover, HANDSHAKE_FRESH};
 use crate::probe::budget::Budget;
-use crate::probe::prober::{self, Connection, Outgoing, ProberIo, ProberSpec};
+use crate::probe::prober::{self, Connection, ProberIo, ProberSpec, ReportForHub};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
 use crate::tunnel::{self, PeerConfig, Tunnel};
@@ -31,14 +31,14 @@ const FAST_INITIAL_RTT: Duration = Duration::from_millis(100);
 /// The next hop of every uplink: from the config, else learned from the kernel.
 async fn next_hops(
     annex: &AnnexConfig,
-    installed: &Installed,
+    running: &Running,
     ipv6: bool,
 ) -> anyhow::Result<Vec<NextHop>> {
     let mut hops = Vec::new();
     for (i, up) in annex.uplinks.iter().enumerate() {
         let gateway = match up.gateway {
             Some(gw) => {
-                installed
+                running
                     .net
                     .require_link(up.interface.as_str())
                     .await
@@ -48,7 +48,7 @@ async fn next_hops(
                 Some(gw)
             }
             None => {
-                let learned = installed
+                let learned = running
                     .net
                     .learn_gateway(up.interface.as_str(), ipv6)
                     .await
@@ -86,7 +86,7 @@ fn hub_peer(hub: &HubPeer, endpoint: SocketAddr) -> PeerConfig {
 pub(super) async fn start(
     config: &Config,
     annex: &AnnexConfig,
-    installed: &mut Installed,
+    running: &mut Running,
 ) -> anyhow::Result<()> {
     // Only one hub for now; the plan and the peers are per hub already.
     let hub = &annex.hubs[0];
@@ -96,9 +96,9 @@ pub(super) async fn start(
         .await
         .with_context(|| format!("resolving hub[0].endpoint {}", hub.endpoint))?;
     let ipv6 = endpoint.is_ipv6();
-    let hops = next_hops(annex, installed, ipv6).await?;
+    let hops = next_hops(annex, running, ipv6).await?;
     for up in &annex.uplinks {
-        installed
+        running
             .sysctls
             .loosen_rp_filter(up.interface.as_str())
             .with_context(|| format!("setting loose reverse-path filtering on {}", up.interface))?;
@@ -114,14 +114,14 @@ pub(super) async fn start(
         ipv6,
     );
     for rule in &rules {
-        installed.net.add_rule(rule).await?;
+        running.net.add_rule(rule).await?;
     }
     for route in &routes {
-        installed.net.replace_route(route).await?;
+        running.net.replace_route(route).await?;
     }
     tracing::info!(uplink = %active_uplink.name, interface = %active_uplink.interface, "tunnel routed through uplink");
 
-    let tunnel = installed
+    let tunnel = running
         .tunnel
         .as_ref()
         .expect("tunnel is created before the role starts");
@@ -130,9 +130,9 @@ pub(super) async fn start(
     tunnel::push_traffic(hub.address);
     let (instance_tx, instance) = watch::channel(None);
     let (handshake_tx, handshake) = watch::channel(None);
-    installed.supervisor.service(
+    running.supervisor.service(
         "handshake keeper",
-        &installed.stop,
+        &running.stop,
         keep_handshake(
             tunnel.clone(),
             hub_peer(hub, endpoint),
@@ -141,13 +141,13 @@ pub(super) async fn start(
                 instance,
                 handshake: handshake_tx,
             },
-            installed.stop.clone(),
+            running.stop.clone(),
         ),
     );
     start_failover(
         config,
         annex,
-        installed,
+        running,
         endpoint,
         hops,
         active,
@@ -163,7 +163,7 @@ pub(super) async fn start(
 fn start_failover(
     config: &Config,
     annex: &AnnexConfig,
-    installed: &mut Installed,
+    running: &mut Running,
     endpoint: SocketAddr,
     hops: Vec<NextHop>,
     active: usize,
@@ -172,7 +172,7 @@ fn start_failover(
     handshake: watch::Receiver<Option<SystemTime>>,
 ) -> anyhow::Result<()> {
     let hub = &annex.hubs[0];
-    let crypto = tls::client_config(&installed.identity, hub.fingerprint)?;
+    let crypto = tls::client_config(&running.identity, hub.fingerprint)?;
     let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?);
     let client = |metered: bool| {
         let mut transport = responder::transport();
@@ -189,7 +189,7 @@ fn start_failover(
     let mut intervals = Vec::new();
     let mut connections = Vec::new();
     let mut budgets = Vec::new();
-    let (reports, reports_rx) = watch::channel(Outgoing::default());
+    let (reports, reports_rx) = watch::channel(ReportForHub::default());
     for (i, up) in annex.uplinks.iter().enumerate() {
         let (tx, rx) = watch::channel(config.probe.interval);
         intervals.push(tx);
@@ -198,7 +198,7 @@ fn start_failover(
         let budget = up.probe_budget.map(|bytes| {
             Arc::new(Budget::new(
                 bytes,
-                installed.telemetry.probe_budget(up.name.as_str()),
+                running.telemetry.probe_budget(up.name.as_str()),
             ))
         });
         budgets.push(budget.clone());
@@ -218,13 +218,13 @@ fn start_failover(
             samples: samples_tx.clone(),
             connection,
             hub_instance: hub_instance.clone(),
-            counters: Arc::new(installed.telemetry.probe_counters(up.name.as_str())),
+            counters: Arc::new(running.telemetry.probe_counters(up.name.as_str())),
             budget,
         };
-        installed.supervisor.service(
+        running.supervisor.service(
             format!("prober {}", up.name),
-            &installed.stop,
-            prober::run(spec, io, clock, installed.stop.clone()),
+            &running.stop,
+            prober::run(spec, io, clock, running.stop.clone()),
         );
     }
     let names: Vec<(String, u32)> = annex
@@ -246,9 +246,9 @@ fn start_failover(
         PathId::new(0, active),
     );
     let (settings_tx, settings) = watch::channel((annex.failover, config.probe.clone()));
-    installed.failover_settings = Some(settings_tx);
+    running.failover_settings = Some(settings_tx);
     let failover = Failover {
-        net: installed.net.clone(),
+        net: running.net.clone(),
         routing: config.routing,
         hops,
         names: names.into_iter().map(|(n, _)| n).collect(),
@@ -257,17 +257,17 @@ fn start_failover(
         hub_address: hub.address,
         probe: config.probe.clone(),
         intervals,
-        telemetry: installed.telemetry.clone(),
+        telemetry: running.telemetry.clone(),
         reports,
         settings,
         connections,
         budgets,
         handshake,
     };
-    installed.supervisor.service(
+    running.supervisor.service(
         "failover",
-        &installed.stop,
-        failover.run(engine, samples_rx, clock, installed.stop.clone()),
+        &running.stop,
+        failover.run(engine, samples_rx, clock, running.stop.clone()),
     );
     tracing::info!(hub = %probe_addr, uplinks = annex.uplinks.len(), "probing the hub over every uplink");
     Ok(())

@@ -10,14 +10,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::sites::{HubIdentity, HubSites, Parts};
-use super::Installed;
+use super::sites::{HubIdentity, HubSites, HubSitesSetup, SiteDeps};
+use super::Running;
 use crate::config::{Config, HubConfig};
 use crate::enroll::{JoinRequest, JoinResponse};
 use crate::keys::PublicKey;
 use crate::probe::responder::{self, Context, Sessions};
 use crate::probe::tls::AllowedSites;
-use crate::telemetry::collector::Sources;
+use crate::telemetry::collector::CollectorTargets;
 use crate::tunnel::Tunnel;
 
 /// How often the hub looks at its peers' endpoints.
@@ -26,10 +26,10 @@ const MONITOR_PERIOD: Duration = Duration::from_secs(1);
 pub(super) async fn start(
     config: &Config,
     hub: &HubConfig,
-    installed: &mut Installed,
-    sources: watch::Sender<Sources>,
+    running: &mut Running,
+    sources: watch::Sender<CollectorTargets>,
 ) -> anyhow::Result<Arc<HubSites>> {
-    let tunnel = installed
+    let tunnel = running
         .tunnel
         .clone()
         .expect("tunnel is created before the role starts");
@@ -38,30 +38,32 @@ pub(super) async fn start(
     let monitor = sources.subscribe();
     let sites = HubSites::start(
         hub.sites.clone(),
-        Parts {
-            tunnel: tunnel.clone(),
-            net: installed.net.clone(),
-            interface: config.tunnel.interface.to_string(),
-            allowed: allowed.clone(),
-            sessions: sessions.clone(),
-            telemetry: installed.telemetry.clone(),
-            sources,
+        HubSitesSetup {
+            deps: SiteDeps {
+                tunnel: tunnel.clone(),
+                net: running.net.clone(),
+                interface: config.tunnel.interface.to_string(),
+                allowed: allowed.clone(),
+                sessions: sessions.clone(),
+                telemetry: running.telemetry.clone(),
+                collector: sources,
+            },
             enrollment: hub.enrollment.clone(),
             hub: HubIdentity {
                 public_key: config.tunnel.private_key.public_key(),
-                fingerprint: installed.identity.fingerprint(),
+                fingerprint: running.identity.fingerprint(),
                 probe_port: config.probe.listen_port,
                 address: config.tunnel.address,
             },
-            supervisor: installed.supervisor.clone(),
+            supervisor: running.supervisor.clone(),
         },
     )
     .await?;
 
     // Dual-stack where IPv6 exists, IPv4 otherwise.
     let port = config.probe.listen_port;
-    let identity = &installed.identity;
-    let counters = Arc::new(installed.telemetry.responder_counters());
+    let identity = &running.identity;
+    let counters = Arc::new(running.telemetry.responder_counters());
     let endpoint = responder::endpoint(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
         identity,
@@ -86,11 +88,11 @@ pub(super) async fn start(
         "probe responder listening (probes and enrollment)"
     );
     let enroller_sites = sites.clone();
-    let cx = Context {
+    let context = Context {
         allowed,
         sessions,
         counters,
-        events: installed.telemetry.clone(),
+        events: running.telemetry.clone(),
         enroll: Some(Arc::new(move |request, certificate, remote| {
             let sites = enroller_sites.clone();
             Box::pin(async move {
@@ -105,15 +107,15 @@ pub(super) async fn start(
         })),
         instance,
     };
-    installed.supervisor.service(
+    running.supervisor.service(
         "probe responder",
-        &installed.stop,
-        responder::serve(endpoint, cx, installed.stop.clone()),
+        &running.stop,
+        responder::serve(endpoint, context, running.stop.clone()),
     );
-    installed.supervisor.service(
+    running.supervisor.service(
         "site monitor",
-        &installed.stop,
-        monitor_peers(tunnel, monitor, installed.stop.clone()),
+        &running.stop,
+        monitor_peers(tunnel, monitor, running.stop.clone()),
     );
     Ok(sites)
 }
@@ -122,7 +124,7 @@ pub(super) async fn start(
 /// its 4G uplink, seen through the carrier's NAT).
 async fn monitor_peers(
     tunnel: Arc<Tunnel>,
-    sources: watch::Receiver<Sources>,
+    sources: watch::Receiver<CollectorTargets>,
     stop: CancellationToken,
 ) {
     let mut endpoints: HashMap<PublicKey, SocketAddr> = HashMap::new();

@@ -61,8 +61,9 @@ pub fn load(path: &std::path::Path) -> Result<(Config, Identity), ConfigError> {
     Ok((config, identity))
 }
 
-/// What start-up changed, so that shutdown can undo exactly that.
-struct Installed {
+/// The running daemon: what start-up changed, so that shutdown can undo
+/// exactly that.
+struct Running {
     net: Netlink,
     tunnel: Option<Arc<Tunnel>>,
     /// Kernel settings changed, recorded in the state directory.
@@ -85,7 +86,7 @@ struct Installed {
     checks: CancellationToken,
 }
 
-impl Installed {
+impl Running {
     async fn teardown(mut self) {
         self.stop.cancel();
         if !self.supervisor.wait(Duration::from_secs(5)).await {
@@ -201,7 +202,7 @@ pub async fn run(
     }
 
     let (supervisor, mut failures) = Supervisor::new();
-    let mut installed = Installed {
+    let mut running = Running {
         net: net.clone(),
         tunnel: None,
         sysctls,
@@ -214,41 +215,37 @@ pub async fn run(
         handler: None,
         checks: CancellationToken::new(),
     };
-    installed.checks = installed.stop.child_token();
+    running.checks = running.stop.child_token();
     tracing::info!(path = %config.control.socket.display(), "control socket ready");
-    let handler = installed
+    let handler = running
         .handler
         .insert(Arc::new(control::server::Handler {
-            telemetry: installed.telemetry.clone(),
+            telemetry: running.telemetry.clone(),
             hub: Default::default(),
         }))
         .clone();
-    installed.supervisor.service(
+    running.supervisor.service(
         "control socket",
-        &installed.stop,
-        control::server::serve(control, handler.clone(), installed.stop.clone()),
+        &running.stop,
+        control::server::serve(control, handler.clone(), running.stop.clone()),
     );
     if let Some((listener, addr)) = metrics {
         tracing::info!(%addr, "serving /metrics");
-        installed.supervisor.service(
+        running.supervisor.service(
             "metrics server",
-            &installed.stop,
-            telemetry::http::serve(
-                listener,
-                installed.telemetry.clone(),
-                installed.stop.clone(),
-            ),
+            &running.stop,
+            telemetry::http::serve(listener, running.telemetry.clone(), running.stop.clone()),
         );
     }
     let started = tokio::select! {
-        r = start(&config, &mut installed, &handler) => r,
+        r = start(&config, &mut running, &handler) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("stopped during start-up")),
         f = failures.next() => Err(anyhow::anyhow!("{f} during start-up")),
     };
-    // Only `installed` holds it from here on (teardown drops it in order).
+    // Only `running` holds it from here on (teardown drops it in order).
     drop(handler);
     if let Err(e) = started {
-        installed.teardown().await;
+        running.teardown().await;
         return Err(e);
     }
     tracing::info!(
@@ -256,16 +253,16 @@ pub async fn run(
         interface = %name,
         "townlink is up"
     );
-    crate::service::ready(&installed.telemetry.status_line());
+    crate::service::ready(&running.telemetry.status_line());
     let mut watchdog = crate::service::Watchdog::from_env();
     let mut heart = Heart::new(HEARTBEAT, move || watchdog.alive());
     let mut current = config;
     let failed = loop {
-        // Only for this beat: teardown must find the tunnel held by `installed` alone.
-        let tunnel = installed.tunnel.clone();
+        // Only for this beat: teardown must find the tunnel held by `running` alone.
+        let tunnel = running.tunnel.clone();
         let event = heart
             .run(
-                &installed.supervisor,
+                &running.supervisor,
                 &mut failures,
                 &shutdown,
                 &mut reload,
@@ -278,7 +275,7 @@ pub async fn run(
             Event::Failed(e) => break Some(e),
             Event::Reload => {
                 crate::service::reloading();
-                let status = reload::reload(&path, &mut current, &mut installed).await;
+                let status = reload::reload(&path, &mut current, &mut running).await;
                 crate::service::reloaded(&status);
             }
         }
@@ -288,7 +285,7 @@ pub async fn run(
         None => tracing::info!("stopping"),
         Some(e) => tracing::error!(error = %e, "stopping after a failure (a restart repairs it)"),
     }
-    installed.teardown().await;
+    running.teardown().await;
     tracing::info!("stopped");
     match failed {
         None => Ok(()),
@@ -310,7 +307,7 @@ async fn liveness(tunnel: Option<Arc<Tunnel>>) -> Liveness {
 
 async fn start(
     config: &Config,
-    installed: &mut Installed,
+    running: &mut Running,
     handler: &control::server::Handler,
 ) -> anyhow::Result<()> {
     let t = &config.tunnel;
@@ -326,36 +323,36 @@ async fn start(
             socket_buffer: TUNNEL_SOCKET_BUFFER,
         },
     )?;
-    let tunnel = &**installed.tunnel.insert(Arc::new(tunnel));
+    let tunnel = &**running.tunnel.insert(Arc::new(tunnel));
     // Only the annex steers its tunnel socket by mark.
     let fwmark = annex.then_some(config.routing.fwmark);
     tunnel
         .configure(&t.private_key, t.listen_port, fwmark)
         .await?;
 
-    let net = &installed.net;
+    let net = &running.net;
     let index = net.require_link(name).await?;
     net.add_address(index, name, t.address).await?;
     net.set_up(index, name, t.mtu).await?;
 
     if config.routing.forwarding {
-        installed
+        running
             .sysctls
             .set("net/ipv4/ip_forward", "1")
             .context("enabling IPv4 forwarding")?;
     }
 
     // What the collector reads; the hub changes it as sites come and go.
-    let (sources, sources_rx) = tokio::sync::watch::channel(collector::Sources::default());
+    let (sources, sources_rx) = tokio::sync::watch::channel(collector::CollectorTargets::default());
     match &config.role {
         Role::Hub(hub) => {
-            let sites = hub::start(config, hub, installed, sources).await?;
-            installed.hub_sites = Some(sites.clone());
+            let sites = hub::start(config, hub, running, sources).await?;
+            running.hub_sites = Some(sites.clone());
             let _ = handler.hub.set(sites);
         }
         Role::Annex(annex) => {
-            annex::start(config, annex, installed).await?;
-            sources.send_replace(collector::Sources {
+            annex::start(config, annex, running).await?;
+            sources.send_replace(collector::CollectorTargets {
                 peers: annex
                     .hubs
                     .iter()
@@ -369,31 +366,31 @@ async fn start(
             });
         }
     }
-    installed.supervisor.service(
+    running.supervisor.service(
         "collector",
-        &installed.stop,
+        &running.stop,
         collector::run(
-            installed.telemetry.clone(),
-            installed.tunnel.clone().expect("tunnel created above"),
-            installed.net.clone(),
+            running.telemetry.clone(),
+            running.tunnel.clone().expect("tunnel created above"),
+            running.net.clone(),
             sources_rx,
-            installed.stop.clone(),
+            running.stop.clone(),
         ),
     );
-    start_checks(config, installed);
+    start_checks(config, running);
     Ok(())
 }
 
-/// One task per end-to-end check, under `installed.checks`.
-fn start_checks(config: &Config, installed: &Installed) {
+/// One task per end-to-end check, under `running.checks`.
+fn start_checks(config: &Config, running: &Running) {
     for check in &config.checks {
-        installed.supervisor.service(
+        running.supervisor.service(
             format!("check {}", check.name),
-            &installed.checks,
+            &running.checks,
             crate::checks::run(
                 check.clone(),
-                installed.telemetry.clone(),
-                installed.checks.clone(),
+                running.telemetry.clone(),
+                running.checks.clone(),
             ),
         );
     }

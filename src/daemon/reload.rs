@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use super::{start_checks, Installed};
+use super::{start_checks, Running};
 use crate::config::{Config, Role};
 use crate::probe::tls::Identity;
 
@@ -68,7 +68,7 @@ fn needs_restart(
 }
 
 /// Applies the config at `path`; returns the STATUS line for systemd.
-pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut Installed) -> String {
+pub(super) async fn reload(path: &Path, current: &mut Config, running: &mut Running) -> String {
     tracing::info!(config = %path.display(), "reloading the config");
     let (new, new_identity) = match super::load(path) {
         Ok(loaded) => loaded,
@@ -83,24 +83,24 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
                 "reload refused ({} problem(s) in {}); {}",
                 problems.len(),
                 path.display(),
-                installed.telemetry.status_line()
+                running.telemetry.status_line()
             );
         }
     };
-    let restart = needs_restart((current, &installed.identity), (&new, &new_identity));
+    let restart = needs_restart((current, &running.identity), (&new, &new_identity));
     if restart.contains(&"role") {
         tracing::error!("reload refused: the role changed; restart townlink to change it");
         return format!(
             "reload refused (role changed); {}",
-            installed.telemetry.status_line()
+            running.telemetry.status_line()
         );
     }
     let mut applied: Vec<String> = Vec::new();
     if current.checks != new.checks {
-        installed.checks.cancel();
-        installed.checks = installed.stop.child_token();
-        installed.telemetry.set_checks(&new.checks);
-        start_checks(&new, installed);
+        running.checks.cancel();
+        running.checks = running.stop.child_token();
+        running.telemetry.set_checks(&new.checks);
+        start_checks(&new, running);
         applied.push(format!("{} check(s)", new.checks.len()));
     }
     if let (Role::Annex(a), Role::Annex(b)) = (&current.role, &new.role) {
@@ -108,7 +108,7 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
             || current.probe.standby_interval != new.probe.standby_interval
             || current.probe.metered_interval != new.probe.metered_interval;
         if a.failover != b.failover || probe_changed {
-            if let Some(tx) = &installed.failover_settings {
+            if let Some(tx) = &running.failover_settings {
                 tx.send_replace((b.failover, new.probe.clone()));
                 applied.push("failover and probe rates".into());
             }
@@ -116,7 +116,7 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
     }
     let mut refused = None;
     if let (Role::Hub(_), Role::Hub(h)) = (&current.role, &new.role) {
-        if let Some(sites) = &installed.hub_sites {
+        if let Some(sites) = &running.hub_sites {
             match sites.reload(h.sites.clone(), h.enrollment.clone()).await {
                 Ok(changes) => applied.extend(changes),
                 Err(e) => {
@@ -162,7 +162,7 @@ pub(super) async fn reload(path: &Path, current: &mut Config, installed: &mut In
         }
     }
     *current = kept;
-    let mut status = installed.telemetry.status_line();
+    let mut status = running.telemetry.status_line();
     if !restart.is_empty() {
         status.push_str(&format!("; restart pending for {}", restart.join(", ")));
     }

@@ -9,6 +9,7 @@
 //! probes), on connections with the ALPN [`ALPN`]: one bidirectional
 //! stream, one JSON [`JoinRequest`], one JSON [`JoinResponse`].
 
+pub mod hub;
 pub mod join;
 pub mod registry;
 pub mod token;

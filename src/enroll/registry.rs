@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::fingerprint::Fingerprint;
 use crate::fsutil;
 use crate::keys::PublicKey;
-use crate::sites::Name;
+use crate::sites::{Name, SiteState};
 
 const FORMAT: u32 = 1;
 
@@ -63,10 +63,15 @@ impl EntryState {
     }
 
     pub fn as_str(&self) -> &'static str {
+        self.site_state().as_str()
+    }
+
+    /// What `site list` shows of this entry before the tunnel is looked at.
+    pub fn site_state(&self) -> SiteState {
         match self {
-            EntryState::Pending { .. } => "pending",
-            EntryState::Joined { .. } => "joined",
-            EntryState::Revoked { .. } => "revoked",
+            EntryState::Pending { .. } => SiteState::Pending,
+            EntryState::Joined { .. } => SiteState::Joined,
+            EntryState::Revoked { .. } => SiteState::Revoked,
         }
     }
 }

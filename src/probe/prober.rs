@@ -48,7 +48,7 @@ pub struct ProbeCounters {
 /// sends it (the active one: standby uplinks, metered ones above all,
 /// carry probes only).
 #[derive(Debug, Clone, Default)]
-pub struct Outgoing {
+pub struct ReportForHub {
     pub uplink: usize,
     pub datagram: Option<bytes::Bytes>,
 }
@@ -388,7 +388,7 @@ type Connecting =
     Pin<Box<dyn std::future::Future<Output = Result<quinn::Connection, Failure>> + Send>>;
 
 /// Sends the annex's report if this prober's uplink is the one to carry it.
-fn send_report(uplink: usize, conn: Option<&quinn::Connection>, out: &Outgoing) {
+fn send_report(uplink: usize, conn: Option<&quinn::Connection>, out: &ReportForHub) {
     if out.uplink != uplink {
         return;
     }
@@ -404,7 +404,7 @@ pub struct ProberIo {
     /// The probe interval the failover task asks for; the prober ends when
     /// its sender is gone.
     pub interval: watch::Receiver<Duration>,
-    pub reports: watch::Receiver<Outgoing>,
+    pub reports: watch::Receiver<ReportForHub>,
     pub samples: mpsc::Sender<Sample>,
     /// How the connection fares.
     pub connection: watch::Sender<Connection>,
@@ -812,7 +812,7 @@ mod tests {
             metered: false,
         };
         let (interval_tx, interval) = watch::channel(Duration::from_millis(100));
-        let (_reports_tx, reports) = watch::channel(Outgoing::default());
+        let (_reports_tx, reports) = watch::channel(ReportForHub::default());
         let (samples, mut samples_rx) = mpsc::channel(1024);
         let (connection, _connection_rx) = watch::channel(Connection::Connecting);
         let (hub_instance, _instance_rx) = watch::channel(None);

@@ -279,7 +279,7 @@ impl LogLimit {
 
 /// What every connection task of one responder shares.
 struct Shared {
-    cx: Context,
+    context: Context,
     refusals: Mutex<LogLimit>,
     enrolling: AtomicI64,
 }
@@ -323,14 +323,14 @@ impl Drop for Held {
 }
 
 /// Serves until `stop`; then closes every connection.
-pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationToken) {
+pub async fn serve(endpoint: quinn::Endpoint, context: Context, stop: CancellationToken) {
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
-        cx,
+        context,
         refusals: Mutex::new(LogLimit::new()),
         enrolling: AtomicI64::new(0),
     });
-    let counters = shared.cx.counters.clone();
+    let counters = shared.context.counters.clone();
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => break,
@@ -369,7 +369,7 @@ pub async fn serve(endpoint: quinn::Endpoint, cx: Context, stop: CancellationTok
         let handshake = Held::new(&counters.handshakes);
         let (shared, stop) = (shared.clone(), stop.clone());
         tasks.spawn(async move {
-            let events = shared.cx.events.clone();
+            let events = shared.context.events.clone();
             let connection = connection(incoming, remote, handshake, &shared, &stop);
             if let Err(panic) = AssertUnwindSafe(connection).catch_unwind().await {
                 events.connection_panicked(remote, &*panic);
@@ -405,11 +405,11 @@ async fn connection(
     shared: &Shared,
     stop: &CancellationToken,
 ) {
-    let cx = &shared.cx;
+    let context = &shared.context;
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            cx.counters.refused.inc();
+            context.counters.refused.inc();
             shared.refusal(remote, "handshake failed", &e.to_string());
             return;
         }
@@ -418,12 +418,12 @@ async fn connection(
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            cx.counters.refused.inc();
+            context.counters.refused.inc();
             shared.refusal(remote, "handshake failed", &e.to_string());
             return;
         }
         Err(_) => {
-            cx.counters.timed_out.inc();
+            context.counters.timed_out.inc();
             shared.refusal(
                 remote,
                 "handshake not finished in time",
@@ -434,7 +434,7 @@ async fn connection(
     };
     drop(handshake);
     let Some(fingerprint) = peer_fingerprint(&conn) else {
-        cx.counters.refused.inc();
+        context.counters.refused.inc();
         conn.close(code(CLOSE_UNKNOWN), b"no certificate");
         shared.refusal(remote, "no certificate", "");
         return;
@@ -442,7 +442,7 @@ async fn connection(
     if alpn(&conn).as_deref() == Some(tls::ENROLL_ALPN) {
         if shared.enrolling.fetch_add(1, Ordering::SeqCst) >= MAX_ENROLLMENTS {
             shared.enrolling.fetch_sub(1, Ordering::SeqCst);
-            cx.counters.limited.inc();
+            context.counters.limited.inc();
             conn.close(code(CLOSE_BUSY), b"too many enrollments: try again");
             shared.refusal(
                 remote,
@@ -455,16 +455,16 @@ async fn connection(
         shared.enrolling.fetch_sub(1, Ordering::SeqCst);
         return;
     }
-    let Some(site) = cx.allowed.site(&fingerprint) else {
-        cx.counters.refused.inc();
+    let Some(site) = context.allowed.site(&fingerprint) else {
+        context.counters.refused.inc();
         conn.close(code(CLOSE_UNKNOWN), b"unknown site");
         shared.refusal(remote, "unknown certificate", &fingerprint.to_string());
         return;
     };
-    cx.counters.authenticated.inc();
-    cx.sessions.track(&site, &conn);
+    context.counters.authenticated.inc();
+    context.sessions.track(&site, &conn);
     tracing::info!(site = %site, %remote, "probe connection up");
-    echo(&conn, &site, cx, stop).await;
+    echo(&conn, &site, context, stop).await;
     tracing::info!(site = %site, %remote, reason = ?conn.close_reason(), "probe connection closed");
 }
 
@@ -476,8 +476,8 @@ async fn enroll(
     remote: SocketAddr,
     shared: &Shared,
 ) {
-    let cx = &shared.cx;
-    let Some(enroller) = &cx.enroll else {
+    let context = &shared.context;
+    let Some(enroller) = &context.enroll else {
         conn.close(code(CLOSE_NO_ENROLLMENT), b"no enrollment here");
         return;
     };
@@ -493,7 +493,7 @@ async fn enroll(
         let (mut send, bytes) = tokio::time::timeout(ENROLL_REQUEST_TIMEOUT, request)
             .await
             .map_err(|_| {
-                cx.counters.timed_out.inc();
+                context.counters.timed_out.inc();
                 format!("no request within {ENROLL_REQUEST_TIMEOUT:?}")
             })??;
         let out = enroller(bytes, fingerprint, remote).await?;
@@ -507,7 +507,7 @@ async fn enroll(
         Ok(Ok(())) => {}
         Ok(Err(e)) => shared.refusal(remote, "enrollment exchange failed", &e),
         Err(_) => {
-            cx.counters.timed_out.inc();
+            context.counters.timed_out.inc();
             shared.refusal(
                 remote,
                 "enrollment exchange took too long",
@@ -521,10 +521,10 @@ async fn enroll(
 async fn echo(
     conn: &quinn::Connection,
     site: &crate::sites::Name,
-    cx: &Context,
+    context: &Context,
     stop: &CancellationToken,
 ) {
-    let counters = &cx.counters;
+    let counters = &context.counters;
     loop {
         let datagram = tokio::select! {
             _ = stop.cancelled() => return,
@@ -540,10 +540,10 @@ async fn echo(
             {
                 counters.echoed.inc();
             }
-        } else if let Some(reply) = wire::instance_for(&datagram, cx.instance) {
+        } else if let Some(reply) = wire::instance_for(&datagram, context.instance) {
             let _ = conn.send_datagram(bytes::Bytes::copy_from_slice(&reply));
         } else if let Some(report) = Report::parse(&datagram) {
-            cx.events.site_report(site, report);
+            context.events.site_report(site, report);
         } else {
             counters.garbage.inc();
         }
@@ -587,7 +587,7 @@ mod tests {
         let counters = Arc::new(ResponderCounters::default());
         let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &identity, &counters).unwrap();
         let addr = endpoint.local_addr().unwrap();
-        let cx = Context {
+        let context = Context {
             allowed: Arc::default(),
             sessions: Arc::default(),
             counters: counters.clone(),
@@ -598,7 +598,7 @@ mod tests {
             instance: 7,
         };
         let stop = CancellationToken::new();
-        tokio::spawn(serve(endpoint, cx, stop.clone()));
+        tokio::spawn(serve(endpoint, context, stop.clone()));
         (addr, identity.fingerprint(), counters, stop)
     }
 

@@ -17,7 +17,7 @@ pub const PERIOD: Duration = Duration::from_secs(1);
 
 /// What to read: the tunnel's peers by key, the uplinks by interface.
 #[derive(Debug, Clone, Default)]
-pub struct Sources {
+pub struct CollectorTargets {
     /// Peer key → the name it is shown under (hub name, site name).
     pub peers: HashMap<PublicKey, String>,
     /// (uplink name, interface name).
@@ -28,7 +28,7 @@ pub async fn run(
     telemetry: Arc<Telemetry>,
     tunnel: Arc<Tunnel>,
     net: Netlink,
-    sources: tokio::sync::watch::Receiver<Sources>,
+    sources: tokio::sync::watch::Receiver<CollectorTargets>,
     stop: CancellationToken,
 ) {
     let service_status = crate::service::Status::default();

@@ -15,6 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
+use super::status::RouterRole;
 use crate::decision::{Health, ReasonClass};
 
 pub type FloatGauge = Gauge<f64, AtomicU64>;
@@ -195,9 +196,9 @@ impl Metrics {
         })
     }
 
-    /// The registry of a role ("annex" or "hub"): the families that
-    /// role exports, and `townlink_build_info`.
-    pub fn registry(&self, role: &str) -> Registry {
+    /// The registry of a role: the families that role exports, and
+    /// `townlink_build_info`.
+    pub fn registry(&self, role: RouterRole) -> Registry {
         let mut r = Registry::with_prefix("townlink");
         let m = self.clone();
         r.register(
@@ -205,7 +206,7 @@ impl Metrics {
             "Version of townlink and the role it runs as",
             Info::new(BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                role: role.to_string(),
+                role: role.as_str().to_string(),
             }),
         );
         let r_ = &mut r;
@@ -251,7 +252,7 @@ impl Metrics {
             "Panics while serving one connection of a listener (metrics, responder): the connection was closed, the listener goes on",
             m.connection_panics,
         );
-        if role == "annex" {
+        if role == RouterRole::Annex {
             register(
                 r_,
                 "uplink_up",
@@ -385,7 +386,7 @@ impl Metrics {
                 m.last_failover,
             );
         }
-        if role == "hub" {
+        if role == RouterRole::Hub {
             register(
                 r_,
                 "site_report_timestamp_seconds",

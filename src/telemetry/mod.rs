@@ -7,8 +7,10 @@
 //! ([`http`]) encodes the registry; the control socket serves
 //! [`Telemetry::snapshot`].
 
+mod annex;
 pub mod collector;
 pub mod http;
+mod hub;
 pub mod metrics;
 pub mod status;
 
@@ -18,12 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Role};
-use crate::decision::{Decision, Health, Quality, StateChange};
-use crate::probe::budget::BudgetGauges;
-use crate::probe::prober::{Connection, ProbeCounters};
-use crate::probe::responder::{self, ResponderCounters};
-use crate::probe::wire::{self, Report};
-use crate::sites::Name;
+use crate::decision::Health;
+use crate::sites::SiteSource;
 use crate::tunnel::PeerStatus;
 use metrics::*;
 use status::*;
@@ -169,7 +167,7 @@ impl Telemetry {
                         interface: u.interface.to_string(),
                         metered: u.metered,
                         probe: "connecting".into(),
-                        state: Health::Unknown.as_str().into(),
+                        state: Health::Unknown,
                         active: i == active,
                         holddown_s: seconds(annex.failover.holddown),
                         ..UplinkView::default()
@@ -185,7 +183,7 @@ impl Telemetry {
                         ..PeerView::default()
                     });
                 }
-                "annex"
+                RouterRole::Annex
             }
             Role::Hub(hub) => {
                 for r in ["authenticated", "refused", "limited", "timed_out"] {
@@ -208,7 +206,7 @@ impl Telemetry {
                     Self::site_series(&m, s.name.as_str());
                     status.sites.push(SiteView {
                         name: s.name.to_string(),
-                        source: "config".into(),
+                        source: SiteSource::Config,
                         address: s.address.to_string(),
                         peer: PeerView {
                             name: s.name.to_string(),
@@ -217,10 +215,10 @@ impl Telemetry {
                         report: None,
                     });
                 }
-                "hub"
+                RouterRole::Hub
             }
         };
-        status.role = role.into();
+        status.role = role;
         for c in &config.checks {
             let l = CheckLabels {
                 check: c.name.to_string(),
@@ -239,7 +237,7 @@ impl Telemetry {
             });
         }
         let _ = m.connection_panics("metrics");
-        if role == "hub" {
+        if role == RouterRole::Hub {
             let _ = m.connection_panics("responder");
         }
         let registry = m.registry(role);
@@ -248,89 +246,6 @@ impl Telemetry {
             registry,
             status: Mutex::new(status),
         })
-    }
-
-    /// A panic while serving one connection of `listener` (metrics,
-    /// responder): logged and counted; the listener goes on. Such a panic
-    /// is a bug, but a remote client must not be able to stop the whole
-    /// router with it (see `docs/systemd.md`).
-    pub fn connection_panicked(
-        &self,
-        listener: &str,
-        remote: std::net::SocketAddr,
-        panic: &(dyn std::any::Any + Send),
-    ) {
-        let message = if let Some(s) = panic.downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = panic.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "(no message)".to_string()
-        };
-        self.metrics.connection_panics(listener).inc();
-        tracing::error!(
-            listener,
-            %remote,
-            panic = %message,
-            "a connection panicked: it was closed, the listener goes on (a bug: please report it)"
-        );
-    }
-
-    /// The result of an enrollment attempt.
-    pub fn enrollment(&self, joined: bool) {
-        let result = if joined { "joined" } else { "refused" };
-        self.metrics
-            .enrollments
-            .get_or_create(&ResultLabels {
-                result: result.into(),
-            })
-            .inc();
-    }
-
-    /// A site the hub added at run time (enrollment, or at start from the registry).
-    pub fn add_site(&self, name: &str, address: std::net::IpAddr, source: &str) {
-        Self::site_series(&self.metrics, name);
-        let mut s = self.status();
-        if !s.sites.iter().any(|v| v.name == name) {
-            s.sites.push(SiteView {
-                name: name.to_string(),
-                source: source.to_string(),
-                address: address.to_string(),
-                peer: PeerView {
-                    name: name.to_string(),
-                    ..PeerView::default()
-                },
-                report: None,
-            });
-            s.sites.sort_by(|a, b| a.name.cmp(&b.name));
-        }
-    }
-
-    /// A site the hub removed: its series go too.
-    pub fn remove_site(&self, name: &str) {
-        let m = &self.metrics;
-        m.peer_last_handshake.remove(&peer(name));
-        m.peer_receive.remove(&peer(name));
-        m.peer_transmit.remove(&peer(name));
-        m.site_report.remove(&SiteLabels {
-            site: name.to_string(),
-        });
-        let mut s = self.status();
-        if let Some(i) = s.sites.iter().position(|v| v.name == name) {
-            let view = s.sites.remove(i);
-            for u in view.report.iter().flat_map(|r| &r.uplinks) {
-                Self::remove_site_uplink(m, name, &u.name);
-            }
-        }
-    }
-
-    fn site_series(m: &Metrics, site: &str) {
-        let _ = m.peer_last_handshake.get_or_create(&peer(site));
-        let _ = m.peer_receive.get_or_create(&peer(site));
-        let _ = m.peer_transmit.get_or_create(&peer(site));
-        let _ = m.site_report.get_or_create(&SiteLabels {
-            site: site.to_string(),
-        });
     }
 
     fn status(&self) -> MutexGuard<'_, Status> {
@@ -392,12 +307,16 @@ impl Telemetry {
     pub fn status_line(&self) -> String {
         let s = self.status();
         let mut parts = Vec::new();
-        if s.role == "hub" {
+        if s.role == RouterRole::Hub {
             let now = now();
             let connected = s
                 .sites
                 .iter()
-                .filter(|v| v.peer.last_handshake.is_some_and(|h| now - h < 180.0))
+                .filter(|v| {
+                    v.peer
+                        .last_handshake
+                        .is_some_and(|h| now - h < crate::sites::info::CONNECTED_S)
+                })
                 .count();
             parts.push(format!(
                 "hub: {} sites, {connected} with a handshake in the last 3 min",
@@ -407,7 +326,7 @@ impl Telemetry {
             let uplinks: Vec<String> = s
                 .uplinks
                 .iter()
-                .map(|u| format!("{} {}", u.name, u.state))
+                .map(|u| format!("{} {}", u.name, u.state.as_str()))
                 .collect();
             parts.push(format!(
                 "tunnel on {} ({})",
@@ -423,184 +342,6 @@ impl Telemetry {
             parts.push(format!("checks {ok}/{} ok", s.checks.len()));
         }
         parts.join("; ")
-    }
-
-    /// The byte counters of uplink `name`'s prober.
-    pub fn probe_counters(&self, name: &str) -> ProbeCounters {
-        let l = uplink(name);
-        ProbeCounters {
-            sent_bytes: self.metrics.uplink_probe_sent.get_or_create_owned(&l),
-            received_bytes: self.metrics.uplink_probe_received.get_or_create_owned(&l),
-        }
-    }
-
-    /// The gauges of uplink `name`'s probe budget.
-    pub fn probe_budget(&self, name: &str) -> BudgetGauges {
-        let l = uplink(name);
-        let m = &self.metrics;
-        BudgetGauges {
-            budget: m.uplink_probe_budget.get_or_create_owned(&l),
-            available: m.uplink_probe_budget_available.get_or_create_owned(&l),
-            limited: m.uplink_probe_budget_limited.get_or_create_owned(&l),
-        }
-    }
-
-    /// How every prober's connection fares, and what the annex can no
-    /// longer measure because of it ("probe responder unreachable",
-    /// "refused by the hub: ..."), if anything.
-    pub fn probing(&self, connections: &[Connection], problem: Option<String>) {
-        let m = &self.metrics;
-        let mut s = self.status();
-        for (u, c) in s.uplinks.iter_mut().zip(connections) {
-            if u.probe == c.as_str() {
-                continue;
-            }
-            u.probe = c.as_str().into();
-            for st in PROBE_CONNECTION_STATES {
-                m.uplink_probe_connection
-                    .get_or_create(&UplinkStateLabels {
-                        uplink: u.name.clone(),
-                        state: st.into(),
-                    })
-                    .set((st == c.as_str()) as i64);
-            }
-        }
-        s.probing = problem;
-    }
-
-    pub fn responder_counters(&self) -> ResponderCounters {
-        let m = &self.metrics;
-        let r = |r: &str| {
-            m.responder_connections
-                .get_or_create_owned(&ResultLabels { result: r.into() })
-        };
-        let dropped = |cause: &str| {
-            m.responder_dropped_datagrams
-                .get_or_create_owned(&CauseLabels {
-                    cause: cause.into(),
-                })
-        };
-        ResponderCounters {
-            authenticated: r("authenticated"),
-            refused: r("refused"),
-            limited: r("limited"),
-            timed_out: r("timed_out"),
-            garbage: m.responder_garbage.clone(),
-            echoed: m.responder_echoes.clone(),
-            handshakes: m.responder_handshakes.clone(),
-            open: m.responder_open_connections.clone(),
-            guard: std::sync::Arc::new(crate::probe::guard::GuardCounters {
-                malformed: dropped("malformed"),
-                unsupported_version: dropped("unsupported_version"),
-                short_initial: dropped("short_initial"),
-                rate_limited: dropped("rate_limited"),
-                socket_buffer: dropped("socket_buffer"),
-                retries: m.responder_retries.clone(),
-            }),
-        }
-    }
-
-    /// The engine's view of every uplink, after each event.
-    pub fn uplinks(&self, qualities: &[Quality], active: usize) {
-        let m = &self.metrics;
-        let mut s = self.status();
-        for (i, (u, q)) in s.uplinks.iter_mut().zip(qualities).enumerate() {
-            let l = uplink(&u.name);
-            m.uplink_up
-                .get_or_create(&l)
-                .set((q.health == Health::Up) as i64);
-            m.uplink_active.get_or_create(&l).set((i == active) as i64);
-            for st in STATES {
-                m.uplink_state
-                    .get_or_create(&UplinkStateLabels {
-                        uplink: u.name.clone(),
-                        state: st.as_str().into(),
-                    })
-                    .set((st == q.health) as i64);
-            }
-            m.uplink_rtt
-                .get_or_create(&l)
-                .set(q.rtt.map_or(f64::NAN, seconds));
-            m.uplink_jitter.get_or_create(&l).set(seconds(q.jitter));
-            m.uplink_loss
-                .get_or_create(&l)
-                .set(q.loss.unwrap_or(f64::NAN));
-            m.uplink_late
-                .get_or_create(&l)
-                .set(q.late.unwrap_or(f64::NAN));
-            m.uplink_holddown.get_or_create(&l).set(seconds(q.holddown));
-            m.uplink_penalty.get_or_create(&l).set(q.penalty);
-            u.state = q.health.as_str().into();
-            u.active = i == active;
-            u.rtt_ms = q.rtt.map(ms);
-            u.jitter_ms = ms(q.jitter);
-            u.loss = q.loss;
-            u.late = q.late;
-            u.holddown_s = seconds(q.holddown);
-            u.penalty = q.penalty;
-        }
-        s.active = s.uplinks.get(active).map(|u| u.name.clone());
-    }
-
-    pub fn state_change(&self, c: &StateChange) {
-        let mut s = self.status();
-        if let Some(u) = s.uplinks.get_mut(c.path.uplink) {
-            u.reason = Some(c.reason.clone());
-            self.metrics
-                .uplink_state_changes
-                .get_or_create(&uplink(&u.name))
-                .inc();
-        }
-    }
-
-    /// A switch the kernel took.
-    pub fn failover(&self, d: &Decision) {
-        let at = now();
-        let mut s = self.status();
-        let name = |i: usize| s.uplinks.get(i).map(|u| u.name.clone()).unwrap_or_default();
-        let (from, to) = (name(d.from.uplink), name(d.to.uplink));
-        self.metrics
-            .failovers
-            .get_or_create(&FailoverLabels {
-                from: from.clone(),
-                to: to.clone(),
-                reason: d.class.as_str().into(),
-            })
-            .inc();
-        self.metrics.last_failover.set(at);
-        s.failovers += 1;
-        s.last_failover = Some(FailoverView {
-            at,
-            from,
-            to,
-            class: d.class.as_str().into(),
-            reason: d.reason.clone(),
-        });
-    }
-
-    /// What an annex sends the hub: its active uplink and their qualities.
-    pub fn report(&self) -> Report {
-        let s = self.status();
-        Report {
-            active: s.active.clone().unwrap_or_default(),
-            uplinks: s
-                .uplinks
-                .iter()
-                .map(|u| wire::Uplink {
-                    name: u.name.clone(),
-                    state: u.state.clone(),
-                    rtt_ms: u.rtt_ms,
-                    loss: u.loss,
-                })
-                .collect(),
-        }
-    }
-
-    /// The kernel counters of uplink `i`'s interface.
-    pub fn uplink_bytes(&self, name: &str, rx: u64, tx: u64) {
-        let l = uplink(name);
-        set_counter(&self.metrics.uplink_receive.get_or_create(&l), rx);
-        set_counter(&self.metrics.uplink_transmit.get_or_create(&l), tx);
     }
 
     /// The tunnel's view of a peer named `name` (the hub, or a site).
@@ -686,96 +427,6 @@ impl Telemetry {
                 Err(e) => c.error = Some(e),
             }
         }
-    }
-
-    /// A report from the annex of `site` (authenticated by its certificate).
-    /// Series of uplinks the site no longer reports are removed.
-    pub fn site_report(&self, site: &Name, report: Report) {
-        let m = &self.metrics;
-        let at = now();
-        let mut s = self.status();
-        let Some(view) = s.sites.iter_mut().find(|v| v.name == site.as_str()) else {
-            return;
-        };
-        let before = view.report.as_ref().map(|r| r.active.as_str());
-        if before != Some(report.active.as_str()) {
-            tracing::info!(
-                site = %site,
-                from = before.unwrap_or("-"),
-                to = %report.active,
-                "site reports its tunnel on another uplink"
-            );
-        }
-        if let Some(old) = &view.report {
-            for u in &old.uplinks {
-                if !report.uplinks.iter().any(|n| n.name == u.name) {
-                    Self::remove_site_uplink(m, site.as_str(), &u.name);
-                }
-            }
-        }
-        for u in &report.uplinks {
-            let l = SiteUplinkLabels {
-                site: site.to_string(),
-                uplink: u.name.clone(),
-            };
-            m.site_uplink_active
-                .get_or_create(&l)
-                .set((u.name == report.active) as i64);
-            m.site_uplink_up
-                .get_or_create(&l)
-                .set((u.state == Health::Up.as_str()) as i64);
-            m.site_uplink_rtt
-                .get_or_create(&l)
-                .set(u.rtt_ms.map_or(f64::NAN, |v| v / 1000.0));
-            m.site_uplink_loss
-                .get_or_create(&l)
-                .set(u.loss.unwrap_or(f64::NAN));
-        }
-        m.site_report
-            .get_or_create(&SiteLabels {
-                site: site.to_string(),
-            })
-            .set(at);
-        view.report = Some(SiteReportView {
-            at,
-            active: report.active,
-            uplinks: report
-                .uplinks
-                .into_iter()
-                .map(|u| ReportedUplink {
-                    name: u.name,
-                    state: u.state,
-                    rtt_ms: u.rtt_ms,
-                    loss: u.loss,
-                })
-                .collect(),
-        });
-    }
-
-    fn remove_site_uplink(m: &Metrics, site: &str, uplink: &str) {
-        let l = SiteUplinkLabels {
-            site: site.to_string(),
-            uplink: uplink.to_string(),
-        };
-        m.site_uplink_active.remove(&l);
-        m.site_uplink_up.remove(&l);
-        m.site_uplink_rtt.remove(&l);
-        m.site_uplink_loss.remove(&l);
-    }
-}
-
-/// The responder's reports and panics go to the metrics and the status view.
-impl responder::Events for Telemetry {
-    fn site_report(&self, site: &Name, report: Report) {
-        Telemetry::site_report(self, site, report)
-    }
-
-    fn connection_panicked(
-        &self,
-        remote: std::net::SocketAddr,
-        panic: &(dyn std::any::Any + Send),
-    ) {
-        Telemetry::connection_panicked(self, "responder", remote, panic)
     }
 }
 

@@ -8,11 +8,58 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Health;
+use crate::sites::{SiteSource, SiteState};
+
+/// What a router runs as (`role` of the status, of `townlink_build_info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterRole {
+    Hub,
+    #[default]
+    Annex,
+}
+
+impl RouterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterRole::Hub => "hub",
+            RouterRole::Annex => "annex",
+        }
+    }
+}
+
+impl fmt::Display for RouterRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// An uplink's [`Health`] as its word ("unknown", "up", "recovering",
+/// "down"), the same as the `state` label of the metrics.
+mod health_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::decision::Health;
+    use crate::telemetry::metrics::STATES;
+
+    pub fn serialize<S: Serializer>(h: &Health, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(h.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Health, D::Error> {
+        let text = String::deserialize(d)?;
+        STATES
+            .into_iter()
+            .find(|h| h.as_str() == text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown uplink state {text:?}")))
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub version: String,
-    /// "hub" or "annex".
-    pub role: String,
+    pub role: RouterRole,
     /// The annex's name; none on the hub.
     pub name: Option<String>,
     pub started_at: f64,
@@ -52,7 +99,7 @@ pub struct PeerView {
     pub tx_bytes: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UplinkView {
     pub name: String,
     pub interface: String,
@@ -60,7 +107,8 @@ pub struct UplinkView {
     /// The probe connection: connecting, connected, unreachable, refused.
     #[serde(default)]
     pub probe: String,
-    pub state: String,
+    #[serde(with = "health_text")]
+    pub state: Health,
     pub active: bool,
     pub rtt_ms: Option<f64>,
     pub jitter_ms: f64,
@@ -86,6 +134,33 @@ pub struct UplinkView {
     /// The probe budget, for an uplink that has one.
     #[serde(default)]
     pub budget: Option<BudgetView>,
+}
+
+/// An uplink nothing is known of yet (state unknown).
+impl Default for UplinkView {
+    fn default() -> UplinkView {
+        UplinkView {
+            name: String::new(),
+            interface: String::new(),
+            metered: false,
+            probe: String::new(),
+            state: Health::Unknown,
+            active: false,
+            rtt_ms: None,
+            jitter_ms: 0.0,
+            loss: None,
+            late: None,
+            holddown_s: 0.0,
+            penalty: 0.0,
+            state_changes: 0,
+            reason: None,
+            probe_sent_bytes: 0,
+            probe_received_bytes: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            budget: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -119,28 +194,12 @@ pub struct CheckView {
     pub at: Option<f64>,
 }
 
-/// A session younger than this makes a site "connected" (WireGuard
-/// rekeys every 2 minutes while traffic or keepalives flow).
-pub const CONNECTED_S: f64 = 180.0;
-
-/// A site's state from its last tunnel handshake: `never` (what it is
-/// before any handshake: "joined" when enrolled, "configured" when a
-/// `[[site]]` table), "connected" (a handshake within 3 minutes) or
-/// "silent" (an older one).
-pub fn site_state(never: &'static str, last_handshake: Option<f64>, now: f64) -> &'static str {
-    match last_handshake {
-        None => never,
-        Some(t) if now - t < CONNECTED_S => "connected",
-        Some(_) => "silent",
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SiteView {
     pub name: String,
-    /// "config" (a `[[site]]` table) or "enrolled".
+    /// A `[[site]]` table, or enrolled.
     #[serde(default)]
-    pub source: String,
+    pub source: SiteSource,
     pub address: String,
     pub peer: PeerView,
     /// What the annex last reported over its probe connection.
@@ -253,7 +312,7 @@ impl Status {
                     notes.push(format!("late {}", pct(u.late)));
                 }
                 // The damping, when it matters: out of service, or failed recently.
-                if u.state == "down" || u.state == "recovering" || u.penalty >= 0.05 {
+                if matches!(u.state, Health::Down | Health::Recovering) || u.penalty >= 0.05 {
                     notes.push(format!(
                         "hold-down {} s, penalty {:.1}",
                         u.holddown_s.round(),
@@ -289,14 +348,14 @@ impl Status {
                     if u.active { '*' } else { ' ' },
                     u.name,
                     u.interface,
-                    u.state,
+                    u.state.as_str(),
                     ms(u.rtt_ms),
                     ms(Some(u.jitter_ms)),
                     loss,
                     notes.join("; ")
                 )?;
                 // Why an uplink is out of service (and for how long).
-                if u.state != "up" {
+                if u.state != Health::Up {
                     if let Some(r) = &u.reason {
                         writeln!(o, "      {r}")?;
                     }
@@ -334,7 +393,7 @@ impl Status {
                 r.authenticated, r.refused, r.garbage, r.echoed
             )?;
         }
-        if self.role == "hub" {
+        if self.role == RouterRole::Hub {
             writeln!(o, "sites ({})", self.sites.len())?;
             for s in &self.sites {
                 let report = match &s.report {
@@ -349,16 +408,15 @@ impl Status {
                     }
                     None => "no report".into(),
                 };
-                let never = if s.source == "config" {
-                    "configured"
-                } else {
-                    "joined"
-                };
                 writeln!(
                     o,
                     "  {:<12} {:<10} {:<12} {:<22} handshake {}  {report}",
                     s.name,
-                    site_state(never, s.peer.last_handshake, now),
+                    SiteState::from_handshake(
+                        s.source.never_connected(),
+                        s.peer.last_handshake,
+                        now
+                    ),
                     s.address,
                     s.peer.endpoint.as_deref().unwrap_or("-"),
                     s.peer

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::tests::{dir_with_key, example, hub_example_with_sites};
-use crate::decision::{Decision, PathId, ReasonClass};
+use crate::decision::{Decision, PathId, ReasonClass, StateChange};
+use crate::probe::wire::Report;
+use crate::sites::Name;
 
 /// One metric family of the encoded text.
 #[derive(Debug, Default)]
@@ -366,6 +368,26 @@ fn status_renders_uplinks_checks_and_sites() {
     let json = serde_json::to_string(&s).unwrap();
     let back: Status = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
+}
+
+#[test]
+fn status_json_writes_roles_states_and_sources_as_words() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap()).snapshot();
+    let json = serde_json::to_value(&annex).unwrap();
+    assert_eq!(json["role"], "annex");
+    assert_eq!(json["uplinks"][0]["state"], "unknown");
+    let hub = Telemetry::new(&hub_example_with_sites(dir.path()).unwrap()).snapshot();
+    let json = serde_json::to_value(&hub).unwrap();
+    assert_eq!(json["role"], "hub");
+    assert_eq!(json["sites"][0]["source"], "config");
+    // A state this townlink does not know is refused, not taken as another.
+    let mut text = serde_json::to_value(&annex).unwrap();
+    text["uplinks"][0]["state"] = "sideways".into();
+    let e = serde_json::from_value::<Status>(text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown uplink state \"sideways\""), "{e}");
 }
 
 #[test]

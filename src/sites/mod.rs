@@ -4,6 +4,11 @@
 //! config today, the enrollment registry later. Every insertion is checked
 //! against the sites already present, so that no source can create two sites
 //! with the same name, key or tunnel address, or overlapping LAN prefixes.
+//! [`info`]: what the hub tells of a site (`site list`, status words).
+
+pub mod info;
+
+pub use info::{SiteInfo, SiteSource, SiteState};
 
 use std::collections::BTreeMap;
 use std::fmt;
