@@ -10,11 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::Running;
+use super::{budgets, Running};
 use crate::config::{AnnexConfig, Config, HubPeer};
 use crate::decision::{Engine, PathId};
 use crate::failover::{Failover, HANDSHAKE_FRESH};
-use crate::probe::budget::Budget;
 use crate::probe::prober::{self, Connection, ProberIo, ProberSpec, ReportForHub};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
@@ -189,6 +188,7 @@ fn start_failover(
     let mut intervals = Vec::new();
     let mut connections = Vec::new();
     let mut budgets = Vec::new();
+    let mut kept = Vec::new();
     let (reports, reports_rx) = watch::channel(ReportForHub::default());
     for (i, up) in annex.uplinks.iter().enumerate() {
         let (tx, rx) = watch::channel(config.probe.interval);
@@ -196,11 +196,20 @@ fn start_failover(
         let (connection, connection_rx) = watch::channel(Connection::Connecting);
         connections.push(connection_rx);
         let budget = up.probe_budget.map(|bytes| {
-            Arc::new(Budget::new(
+            Arc::new(budgets::load(
+                &config.state_directory,
+                up.name.as_str(),
                 bytes,
                 running.telemetry.probe_budget(up.name.as_str()),
             ))
         });
+        if let Some(b) = &budget {
+            kept.push(budgets::Kept::new(
+                &config.state_directory,
+                up.name.as_str(),
+                b.clone(),
+            ));
+        }
         budgets.push(budget.clone());
         let spec = ProberSpec {
             uplink: i,
@@ -227,6 +236,11 @@ fn start_failover(
             prober::run(spec, io, clock, running.stop.clone()),
         );
     }
+    running.supervisor.service(
+        "probe budget keeper",
+        &running.stop,
+        budgets::keep(kept, running.stop.clone()),
+    );
     let names: Vec<(String, u32)> = annex
         .uplinks
         .iter()

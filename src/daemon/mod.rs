@@ -9,6 +9,7 @@
 //! kernel settings. Nothing is left half-done.
 
 mod annex;
+mod budgets;
 mod hub;
 mod reload;
 mod sites;

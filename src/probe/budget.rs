@@ -14,14 +14,18 @@
 //! probing (10 exchanges a second) empties the bucket in about 20 minutes,
 //! after which the 4G is probed only as fast as the budget refills.
 //!
-//! The bucket starts full at every start of the daemon (it is not kept on
-//! disk): a daemon restarting in a loop could spend more (systemd's start
-//! limit stops such a loop).
+//! The bucket's level outlives the daemon ([`Saved`], kept in the state
+//! directory by `daemon::budgets`): a restart resumes it, refilled for
+//! the time the daemon was down, so that a daemon restarting in a loop
+//! cannot start each run with a full bucket. Only the first start of an
+//! uplink (nothing saved) gets a full one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -47,6 +51,33 @@ pub struct BudgetGauges {
     pub limited: Gauge,
 }
 
+/// Unix times before this (2025-01-01) come from a clock that was never
+/// set (routers without a real-time clock): no refill is counted from or
+/// to them.
+const CLOCK_SANITY: u64 = 1_735_689_600;
+
+/// What is kept of a budget between two runs of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// The budget the level was counted against (bytes per [`PERIOD`]).
+    pub budget: u64,
+    /// Bytes in the bucket when it was saved (below zero after an
+    /// overdraft).
+    pub level: f64,
+    /// When it was saved, in Unix seconds.
+    pub at: u64,
+    /// Saved at a clean stop. A run saves its level when it starts and
+    /// whenever it spent [`UNSAVED_SHARE`] of its bucket since the last
+    /// save: a run that ended otherwise (a crash, a power cut) may have
+    /// spent that much unseen, and the next run is charged for it.
+    pub clean: bool,
+}
+
+/// The share of a bucket a run may spend before it saves its level: what
+/// a crash can leave unsaved, charged to the run after a crash, so that a
+/// daemon in a crash loop drains its bucket as if it had saved every byte.
+pub const UNSAVED_SHARE: f64 = 0.05;
+
 /// The token bucket itself, on an explicit clock (tested without sleeping).
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -68,6 +99,31 @@ impl Bucket {
             level: capacity,
             at: now,
         }
+    }
+
+    /// The bucket as a previous run left it, less [`UNSAVED_SHARE`] if
+    /// that run did not stop cleanly, refilled for the time in between
+    /// (`unix_now - saved.at`; none when either time is before 2025 or the
+    /// clock went back). A level that is not a number counts as empty; a
+    /// smaller budget than the saved one cuts the level to the new bucket.
+    pub fn resume(budget: u64, saved: &Saved, now: Instant, unix_now: u64) -> Bucket {
+        let mut bucket = Bucket::new(budget, now);
+        let mut level = if saved.level.is_finite() {
+            saved.level.min(bucket.capacity)
+        } else {
+            0.0
+        };
+        if !saved.clean {
+            level -= bucket.capacity * UNSAVED_SHARE;
+        }
+        let level = level.max(-bucket.capacity);
+        let down = if saved.at < CLOCK_SANITY || unix_now < CLOCK_SANITY {
+            0
+        } else {
+            unix_now.saturating_sub(saved.at)
+        };
+        bucket.level = (level + down as f64 * bucket.rate).min(bucket.capacity);
+        bucket
     }
 
     fn refill(&mut self, now: Instant) {
@@ -115,20 +171,68 @@ impl Bucket {
 /// task (which reads whether it limits).
 #[derive(Debug)]
 pub struct Budget {
+    bytes: u64,
     bucket: Mutex<Bucket>,
     gauges: BudgetGauges,
+    /// Bytes spent since the level was last taken to be saved.
+    unsaved: AtomicU64,
 }
 
 impl Budget {
+    /// A full budget of `bytes` per [`PERIOD`] (an uplink's first start).
     pub fn new(bytes: u64, gauges: BudgetGauges) -> Budget {
-        let bucket = Bucket::new(bytes, Instant::now());
+        Budget::with_bucket(bytes, Bucket::new(bytes, Instant::now()), gauges)
+    }
+
+    /// The budget as a previous run saved it ([`Bucket::resume`]).
+    pub fn resume(bytes: u64, saved: &Saved, unix_now: u64, gauges: BudgetGauges) -> Budget {
+        let bucket = Bucket::resume(bytes, saved, Instant::now(), unix_now);
+        Budget::with_bucket(bytes, bucket, gauges)
+    }
+
+    fn with_bucket(bytes: u64, bucket: Bucket, gauges: BudgetGauges) -> Budget {
         gauges.budget.set(bytes as f64);
-        gauges.available.set(bucket.capacity);
+        gauges.available.set(bucket.level.max(0.0));
         gauges.limited.set(0);
         Budget {
+            bytes,
             bucket: Mutex::new(bucket),
             gauges,
+            unsaved: AtomicU64::new(0),
         }
+    }
+
+    /// The largest burst: the bucket's size in bytes.
+    pub fn capacity(&self) -> f64 {
+        self.bucket().capacity
+    }
+
+    /// Bytes spent since the last [`Budget::take_saved`].
+    pub fn unsaved(&self) -> u64 {
+        self.unsaved.load(Ordering::Relaxed)
+    }
+
+    /// The level to save now (`clean`: at a clean stop); the bytes it
+    /// covers are no longer unsaved. Give them back
+    /// ([`Budget::save_failed`]) if the save fails.
+    pub fn take_saved(&self, unix_now: u64, clean: bool) -> (Saved, u64) {
+        let mut b = self.bucket();
+        let covered = self.unsaved.swap(0, Ordering::Relaxed);
+        let level = b.level(Instant::now());
+        (
+            Saved {
+                budget: self.bytes,
+                level,
+                at: unix_now,
+                clean,
+            },
+            covered,
+        )
+    }
+
+    /// A save of [`Budget::take_saved`] did not reach the disk.
+    pub fn save_failed(&self, covered: u64) {
+        self.unsaved.fetch_add(covered, Ordering::Relaxed);
     }
 
     fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
@@ -140,6 +244,7 @@ impl Budget {
     pub fn spend(&self, bytes: u64) {
         let mut b = self.bucket();
         b.spend(bytes, Instant::now());
+        self.unsaved.fetch_add(bytes, Ordering::Relaxed);
         self.gauges.available.set(b.level.max(0.0));
     }
 
@@ -214,6 +319,134 @@ mod tests {
             b.spend(PROBE_COST, now);
             now += Duration::from_secs(30);
         }
+    }
+
+    /// 2026-12-01, a sane clock.
+    const DAY_1: u64 = 1_796_083_200;
+
+    #[test]
+    fn a_resumed_bucket_is_refilled_only_for_the_time_it_was_down() {
+        let t0 = Instant::now();
+        let budget = 30 * MB;
+        let saved = Saved {
+            budget,
+            level: 1_000.0,
+            at: DAY_1,
+            clean: true,
+        };
+        // Restarted at once: what was left, not a full bucket.
+        let mut b = Bucket::resume(budget, &saved, t0, DAY_1);
+        assert_eq!(b.level(t0), 1_000.0);
+        // Down for an hour: an hour of refill (27 MB / 30 days = 37.5 kB/h).
+        let mut b = Bucket::resume(budget, &saved, t0, DAY_1 + 3600);
+        let refill = b.level(t0) - 1_000.0;
+        assert!((refill - 37_500.0).abs() < 1.0, "{refill}");
+        // Down for a year: full, never more.
+        let mut b = Bucket::resume(budget, &saved, t0, DAY_1 + 365 * 86_400);
+        assert_eq!(b.level(t0), 3.0 * MB as f64);
+    }
+
+    #[test]
+    fn a_clock_gone_back_or_never_set_refills_nothing() {
+        let t0 = Instant::now();
+        let budget = 30 * MB;
+        let saved = Saved {
+            budget,
+            level: 500.0,
+            at: DAY_1,
+            clean: true,
+        };
+        assert_eq!(
+            Bucket::resume(budget, &saved, t0, DAY_1 - 86_400).level(t0),
+            500.0
+        );
+        // A router that booted in 1970 and saved then, now with a set clock.
+        let early = Saved {
+            at: 86_400,
+            ..saved
+        };
+        assert_eq!(Bucket::resume(budget, &early, t0, DAY_1).level(t0), 500.0);
+        // A set clock then, 1970 now.
+        assert_eq!(Bucket::resume(budget, &saved, t0, 3_600).level(t0), 500.0);
+    }
+
+    #[test]
+    fn a_saved_level_never_exceeds_the_bucket_it_comes_back_to() {
+        let t0 = Instant::now();
+        let at = DAY_1;
+        // The budget was cut from 300 MB to 30 MB: a 3 MB bucket at most.
+        let big = Saved {
+            budget: 300 * MB,
+            level: 30.0 * MB as f64,
+            at,
+            clean: true,
+        };
+        assert_eq!(
+            Bucket::resume(30 * MB, &big, t0, at).level(t0),
+            3.0 * MB as f64
+        );
+        // A level written by hand or damaged: not a number is empty, an
+        // overdraft is at most one bucket.
+        let nan = Saved {
+            budget: 30 * MB,
+            level: f64::NAN,
+            ..big
+        };
+        assert_eq!(Bucket::resume(30 * MB, &nan, t0, at).level(t0), 0.0);
+        let deep = Saved {
+            budget: 30 * MB,
+            level: -1e18,
+            ..big
+        };
+        assert_eq!(
+            Bucket::resume(30 * MB, &deep, t0, at).level(t0),
+            -3.0 * MB as f64
+        );
+    }
+
+    #[test]
+    fn spending_is_unsaved_until_taken_and_given_back_on_a_failed_save() {
+        let budget = Budget::new(30 * MB, BudgetGauges::default());
+        budget.spend(240);
+        budget.spend(5_000);
+        assert_eq!(budget.unsaved(), 5_240);
+        let (saved, covered) = budget.take_saved(DAY_1, true);
+        assert_eq!(covered, 5_240);
+        assert_eq!(budget.unsaved(), 0);
+        assert_eq!(saved.budget, 30 * MB);
+        assert_eq!(saved.at, DAY_1);
+        assert!(
+            (saved.level - (3.0 * MB as f64 - 5_240.0)).abs() < 1.0,
+            "{}",
+            saved.level
+        );
+        budget.save_failed(covered);
+        assert_eq!(budget.unsaved(), 5_240);
+        // And a budget resumed from it starts where this one was.
+        let again = Budget::resume(30 * MB, &saved, DAY_1, BudgetGauges::default());
+        assert!((again.available() - saved.level).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_run_that_did_not_stop_cleanly_is_charged_what_it_may_not_have_saved() {
+        let t0 = Instant::now();
+        let crashed = Saved {
+            budget: 30 * MB,
+            level: 3.0 * MB as f64,
+            at: DAY_1,
+            clean: false,
+        };
+        // 5 % of the 3 MB bucket.
+        assert_eq!(
+            Bucket::resume(30 * MB, &crashed, t0, DAY_1).level(t0),
+            2_850_000.0
+        );
+        // Twenty crashes in a row drain a full bucket (the refill aside).
+        let mut saved = crashed;
+        for _ in 0..20 {
+            saved.level = Bucket::resume(30 * MB, &saved, t0, DAY_1).level(t0);
+        }
+        assert!(saved.level.abs() < 1.0, "{}", saved.level);
     }
 
     #[test]
