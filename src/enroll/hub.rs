@@ -28,8 +28,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod error;
+mod follow;
 
 pub use error::{JoinRefusal, SiteError, NOT_A_TOKEN};
+pub use follow::{FollowConflict, FollowPlan};
 
 use super::registry::{allocate, Entry, EntryState, Registry};
 use super::token::{Secret, Token, SECRET_LEN};
@@ -90,6 +92,8 @@ pub struct Roster {
     /// What a join for a name the hub does not enroll is compared with,
     /// so that it costs what a known site's does.
     dummy_hash: String,
+    /// A following hub: the main hub's registry as last applied here.
+    followed: Option<super::sync::Snapshot>,
 }
 
 /// The site a joined entry stands for.
@@ -177,6 +181,7 @@ impl Roster {
             registry,
             active: SiteSet::new(),
             dummy_hash: Secret::generate().hash(),
+            followed: None,
         };
         Ok((roster, to_install))
     }
