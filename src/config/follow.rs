@@ -163,19 +163,34 @@ mod tests {
     }
 
     #[test]
-    fn until_the_sync_channel_lands_both_sections_are_refused_whole() {
+    fn a_follower_and_a_main_hub_are_valid() {
         let dir = dir_with_key();
-        let got = listed(hub(
-            &format!("[follow]\nendpoint = \"hub-main.example.net:51821\"\nfingerprint = \"{FP_MAIN}\"\n"),
+        let follower = hub(
+            &format!(
+                "[follow]\nendpoint = \"hub-main.example.net:51821\"\nfingerprint = \"{FP_MAIN}\"\n"
+            ),
             dir.path(),
-        ));
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].starts_with("follow: is not supported"), "{got:?}");
-        let got = listed(hub(
+        )
+        .unwrap();
+        let super::super::Role::Hub(h) = follower.role else {
+            panic!("hub expected")
+        };
+        let f = h.follow.unwrap();
+        assert_eq!(f.main.as_str(), "main");
+        assert_eq!(f.endpoint.to_string(), "hub-main.example.net:51821");
+        assert_eq!(f.fingerprint.to_string(), FP_MAIN);
+        assert!(h.followers.is_empty());
+        let main = hub(
             &format!("[[follower]]\nname = \"backup\"\ncertificate = \"{FP_B}\"\n"),
             dir.path(),
-        ));
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].starts_with("follower: is not supported"), "{got:?}");
+        )
+        .unwrap();
+        let super::super::Role::Hub(h) = main.role else {
+            panic!("hub expected")
+        };
+        assert!(h.follow.is_none());
+        assert_eq!(h.followers.len(), 1);
+        assert_eq!(h.followers[0].name.as_str(), "backup");
+        assert_eq!(h.followers[0].certificate.to_string(), FP_B);
     }
 }

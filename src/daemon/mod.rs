@@ -9,6 +9,7 @@
 //! kernel settings. Nothing is left half-done.
 
 mod annex;
+mod follow;
 mod hub;
 mod reload;
 mod sites;

@@ -555,6 +555,12 @@ impl Roster {
             };
             info_of(e, handshake, now)
         }));
+        out.extend(
+            self.followed
+                .iter()
+                .flat_map(|f| &f.sites)
+                .map(|s| follow::info_of_synced(s, handshakes, now)),
+        );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

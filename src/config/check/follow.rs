@@ -3,10 +3,6 @@
 use super::*;
 use crate::config::raw::{RawFollow, RawFollower};
 
-/// Whether the sync channel is in this version. Until it is, both
-/// sections are refused whole, so nothing half-done can be configured.
-pub(super) const SYNC_CHANNEL: bool = false;
-
 /// `[follow]` and `[[follower]]`; `site_certificates`: the `[[site]]`
 /// tables' certificates (a follower's may be none of them). `None` when
 /// a problem was found.
@@ -40,21 +36,6 @@ pub(super) fn follow(
                 ),
                 Some("remove [enrollment]; run `townlink site add` on the main hub"),
             );
-        }
-    }
-    if !SYNC_CHANNEL {
-        for (key, present) in [
-            ("follow", raw.follow.is_some()),
-            ("follower", raw.follower.is_some()),
-        ] {
-            if present {
-                c.push(
-                    key,
-                    "is not supported by this version of townlink yet (issue 18: the sync \
-                     channel between hubs)",
-                    Some("remove it"),
-                );
-            }
         }
     }
     (c.problems.len() == before).then_some((follow, followers?))

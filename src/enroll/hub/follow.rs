@@ -4,7 +4,7 @@
 //! installs what comes (joins), then commits ([`Roster::finish_follow`]).
 
 use super::*;
-use crate::enroll::sync::{Snapshot, SyncedState};
+use crate::enroll::sync::{Snapshot, SyncedSite, SyncedState};
 
 /// What a received snapshot changes on this hub. Removals and
 /// revocations are carried out before joins (a removed site may free the
@@ -120,6 +120,51 @@ impl Roster {
     pub fn followed(&self) -> Option<&Snapshot> {
         self.followed.as_ref()
     }
+}
+
+/// A site of the main hub's registry as `site list` shows it here.
+pub(super) fn info_of_synced(
+    s: &SyncedSite,
+    handshakes: &HashMap<PublicKey, u64>,
+    now: u64,
+) -> SiteInfo {
+    let mut info = SiteInfo {
+        name: s.name.to_string(),
+        state: SiteState::Pending,
+        source: SiteSource::Followed,
+        address: s.address,
+        lan: s.lan.clone(),
+        expires: None,
+        joined_at: None,
+        revoked_at: None,
+        last_handshake: None,
+        public_key: None,
+        certificate: None,
+    };
+    match &s.state {
+        SyncedState::Pending { expires } => info.expires = Some(*expires),
+        SyncedState::Joined {
+            public_key,
+            certificate,
+            joined_at,
+        } => {
+            let handshake = handshakes.get(public_key).copied();
+            info.last_handshake = handshake;
+            info.joined_at = Some(*joined_at);
+            info.state = SiteState::from_handshake(
+                SiteState::Joined,
+                handshake.map(|t| t as f64),
+                now as f64,
+            );
+            info.public_key = Some(public_key.to_string());
+            info.certificate = Some(certificate.to_string());
+        }
+        SyncedState::Revoked { revoked_at } => {
+            info.state = SiteState::Revoked;
+            info.revoked_at = Some(*revoked_at);
+        }
+    }
+    info
 }
 
 #[cfg(test)]
