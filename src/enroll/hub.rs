@@ -559,6 +559,8 @@ impl Roster {
             self.followed
                 .iter()
                 .flat_map(|f| &f.sites)
+                // A [[site]] table of this hub's config wins (its line is above).
+                .filter(|s| self.config_sites.get(&s.name).is_none())
                 .map(|s| follow::info_of_synced(s, handshakes, now)),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -25,3 +25,41 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::dir_with_key;
+
+    #[test]
+    fn a_followers_status_says_where_its_sites_come_from() {
+        let dir = dir_with_key();
+        let text = format!(
+            "role = \"hub\"\n[tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"k.key\"\n\
+             address = \"10.99.0.254/24\"\nlisten_port = 51820\n[probe]\n\
+             certificate_file = \"p.crt\"\nkey_file = \"p.key\"\n[follow]\n\
+             endpoint = \"hub-main.example.net:51821\"\nfingerprint = \"{}\"\n",
+            crate::fingerprint::Fingerprint::from_bytes([7; 32])
+        );
+        let t = Telemetry::new(&crate::config::parse(&text, dir.path()).unwrap());
+        let shown = t.snapshot().render(now());
+        assert!(
+            shown.contains("sites from main at hub-main.example.net:51821: NOT CONNECTED, no snapshot since start"),
+            "{shown}"
+        );
+        t.sync_applied(12, 3);
+        t.sync_connected(true);
+        let shown = t.snapshot().render(now());
+        assert!(
+            shown.contains(
+                "sites from main at hub-main.example.net:51821: connected, last snapshot v12"
+            ),
+            "{shown}"
+        );
+        let m = t.encode();
+        assert!(m.contains("townlink_sync_connected 1"), "{m}");
+        assert!(m.contains("townlink_sync_applied_changes_total 3"), "{m}");
+        t.sync_connected(false);
+        assert!(!t.snapshot().follow.unwrap().connected);
+    }
+}

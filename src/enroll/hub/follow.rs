@@ -359,8 +359,18 @@ mod tests {
             "{:?}",
             plan.conflicts
         );
-        // The config's site is untouched, and never removed by a snapshot.
+        // The config's site is untouched, and never removed by a snapshot;
+        // `site list` shows it once, as the config's.
         assert_eq!(r.active().get(&own.name), Some(&own));
+        let list = r.list(&HashMap::new(), 1);
+        let own_lines: Vec<_> = list.iter().filter(|i| i.name == "own").collect();
+        assert_eq!(own_lines.len(), 1);
+        assert_eq!(own_lines[0].source, SiteSource::Config);
+        let good_line = list.iter().find(|i| i.name == "good").unwrap();
+        assert_eq!(
+            (good_line.source, good_line.state),
+            (SiteSource::Followed, SiteState::Joined)
+        );
         let plan = apply(&mut r, snapshot(2, vec![]));
         assert_eq!(names(&plan.removals), ["good"]);
         assert_eq!(r.active().get(&own.name), Some(&own));
