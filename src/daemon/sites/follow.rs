@@ -111,7 +111,7 @@ impl HubSites {
             .deps
             .reserved(self.hub.address, roster.settings())
             .await?;
-        let mut plan = roster.follow_plan(&snapshot, &reserved);
+        let mut plan = roster.follow_plan(&snapshot, &reserved, self.hub.address.addr());
         // 1. Persist first: a crash from here on is repaired by the next
         //    start, which applies the copy.
         if from_main && roster.followed().map(|f| &f.sites) != Some(&snapshot.sites) {

@@ -46,9 +46,16 @@ pub struct FollowConflict {
 
 impl Roster {
     /// What `snapshot` (the main hub's registry) changes here, against the
-    /// installed sites and this hub's networks now (`reserved`). This
-    /// hub's own `[[site]]` tables are kept whatever the snapshot says.
-    pub fn follow_plan(&self, snapshot: &Snapshot, reserved: &[Reserved]) -> FollowPlan {
+    /// installed sites, this hub's networks now (`reserved`) and its own
+    /// tunnel address (`hub_address`: a site there would take this hub's
+    /// own traffic). This hub's own `[[site]]` tables are kept whatever
+    /// the snapshot says.
+    pub fn follow_plan(
+        &self,
+        snapshot: &Snapshot,
+        reserved: &[Reserved],
+        hub_address: IpAddr,
+    ) -> FollowPlan {
         let mut next = SiteSet::new();
         for s in self
             .active
@@ -65,6 +72,11 @@ impl Roster {
             };
             let refused = if self.config_sites.get(&site.name).is_some() {
                 Some("a [[site]] table of this hub's config has that name (it wins)".to_string())
+            } else if site.address == hub_address {
+                Some(format!(
+                    "its tunnel address {hub_address} is this hub's own: give this hub an \
+                     address the main hub's enrollment.pool does not hand out"
+                ))
             } else if let Err(e) = lan_allowed(&site, reserved) {
                 Some(e.to_string())
             } else {
@@ -181,6 +193,9 @@ mod tests {
         Name::new(n).unwrap()
     }
 
+    /// This hub's own tunnel address.
+    const HUB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 0, 254));
+
     fn reserved() -> Vec<Reserved> {
         vec![Reserved {
             prefix: "10.99.0.0/24".parse().unwrap(),
@@ -251,7 +266,7 @@ mod tests {
 
     /// Carries a plan out as the daemon does when every install works.
     fn apply(roster: &mut Roster, snap: Snapshot) -> FollowPlan {
-        let plan = roster.follow_plan(&snap, &reserved());
+        let plan = roster.follow_plan(&snap, &reserved(), HUB);
         roster.finish_follow(snap, plan.active.clone());
         plan
     }
@@ -283,7 +298,7 @@ mod tests {
         assert_eq!(r.active().len(), 1);
         assert_eq!(r.followed().unwrap().version, 1);
         // The same snapshot again changes nothing.
-        let again = r.follow_plan(r.followed().unwrap(), &reserved());
+        let again = r.follow_plan(r.followed().unwrap(), &reserved(), HUB);
         assert_eq!(again.changes(), 0);
     }
 
@@ -329,6 +344,7 @@ mod tests {
         let mut over_tunnel = site("wide", 6);
         over_tunnel.lan = vec!["10.99.0.0/16".parse().unwrap()];
         let good = site("good", 7);
+        let on_hub = site("onhub", 254);
         let plan = apply(
             &mut r,
             snapshot(
@@ -338,12 +354,18 @@ mod tests {
                     synced(&good, "joined"),
                     synced(&same_name, "joined"),
                     synced(&over_tunnel, "joined"),
+                    synced(&on_hub, "joined"),
                 ],
             ),
         );
         assert_eq!(names(&plan.joins), ["good"]);
         let refused: Vec<&str> = plan.conflicts.iter().map(|c| c.site.as_str()).collect();
-        assert_eq!(refused, ["clash", "own", "wide"]);
+        assert_eq!(refused, ["clash", "own", "wide", "onhub"]);
+        assert!(
+            plan.conflicts[3].reason.contains("this hub's own"),
+            "{:?}",
+            plan.conflicts
+        );
         assert!(
             plan.conflicts[1].reason.contains("[[site]]"),
             "{:?}",
