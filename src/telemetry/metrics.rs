@@ -165,6 +165,7 @@ pub struct Metrics {
     // Hub: enrollment.
     pub enrollments: Family<ResultLabels, Counter>,
     // Hub: a backup hub following the main hub's registry.
+    pub sync_following: Gauge,
     pub sync_connected: Gauge,
     pub sync_last_snapshot: FloatGauge,
     pub sync_applied_changes: Counter,
@@ -468,6 +469,12 @@ impl Metrics {
                 "enrollments",
                 "Enrollment attempts (townlink join), by result (joined, refused)",
                 m.enrollments,
+            );
+            register(
+                r_,
+                "sync_following",
+                "1 on a hub that follows the main hub's registry ([follow]), 0 on a main hub",
+                m.sync_following,
             );
             register(
                 r_,

@@ -198,6 +198,7 @@ impl Telemetry {
                     });
                 }
                 status.responder = Some(ResponderView::default());
+                m.sync_following.set(hub.follow.is_some() as i64);
                 m.sync_connected.set(0);
                 m.sync_last_snapshot.set(0.0);
                 status.follow = hub.follow.as_ref().map(|f| FollowView {

@@ -57,6 +57,7 @@ mod tests {
             "{shown}"
         );
         let m = t.encode();
+        assert!(m.contains("townlink_sync_following 1"), "{m}");
         assert!(m.contains("townlink_sync_connected 1"), "{m}");
         assert!(m.contains("townlink_sync_applied_changes_total 3"), "{m}");
         t.sync_connected(false);
