@@ -219,6 +219,16 @@ fn the_backup_hub_follows_joins_and_removals_and_keeps_them_while_the_main_hub_i
         assert_eq!(view[key], main_view[key], "{key}");
     }
     assert_eq!(view["source"], "followed");
+    let (code, text, err) = backup.site(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("$ townlink site list   # on the backup hub\n{text}");
+    assert!(
+        text.starts_with(
+            "sites from main at 198.18.0.2:51821 (connected): add and remove sites there\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("followed"), "{text}");
     // The peer is in the backup hub's tunnel (status shows what the
     // tunnel has), and the status says where the sites come from.
     let status = backup.status();
