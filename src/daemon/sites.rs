@@ -348,6 +348,14 @@ impl HubSites {
         }
         let reserved = self.deps.reserved(self.hub.address, &enrollment).await?;
         let mut plan = roster.plan_reload(&config_sites, &reserved)?;
+        for s in &plan.displaced {
+            self.deps.sessions.close_site(&s.name);
+            if let Err(e) = self.deps.uninstall(s).await {
+                tracing::error!(site = %s.name, error = %e, "not every trace of the main hub's site could be removed");
+            }
+            tracing::warn!(site = %s.name, "the main hub's site is removed here: a new [[site]] table clashes with it (this hub's own tables win)");
+            changes.push(format!("site {} of the main hub removed", s.name));
+        }
         for s in &plan.gone {
             self.deps.sessions.close_site(&s.name);
             if let Err(e) = self.deps.uninstall(s).await {

@@ -73,6 +73,10 @@ pub enum Admission {
 pub struct ReloadPlan {
     pub gone: Vec<Site>,
     pub new: Vec<Site>,
+    /// A following hub: the main hub's sites a new `[[site]]` table
+    /// clashes with (name, key, address or LAN), removed for it (this
+    /// hub's own tables win, as at a snapshot).
+    pub displaced: Vec<Site>,
     /// The installed sites with the new ones in (an install that fails
     /// takes its site out again).
     pub active: SiteSet,
@@ -592,6 +596,7 @@ impl Roster {
             active.remove(&s.name);
         }
         let refused = |e: SiteError| SiteError::ReloadRefused(Box::new(e));
+        let displaced = self.displaced_by(&new, &mut active);
         for s in &new {
             lan_allowed(s, reserved).map_err(refused)?;
             active.insert(s.clone()).map_err(|conflict| {
@@ -608,7 +613,12 @@ impl Roster {
                 return Err(refused(SiteError::EnrolledToo(s.name.clone())));
             }
         }
-        Ok(ReloadPlan { gone, new, active })
+        Ok(ReloadPlan {
+            gone,
+            new,
+            displaced,
+            active,
+        })
     }
 
     /// The reload is applied: `active` installed, the new tables and

@@ -976,3 +976,38 @@ fn the_main_hub_sends_a_snapshot_without_secrets_at_every_registry_change() {
         assert_eq!(revoked.sites[0].state.as_str(), "revoked");
     });
 }
+
+#[test]
+fn a_followers_new_site_table_displaces_the_main_hubs_site_at_a_reload() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let (sites, device) = hub.start().await;
+        let followed = PrivateKey::generate().public_key();
+        sites.follow(snapshot(1, followed, "joined")).await.unwrap();
+        assert_eq!(device.peers(), vec![followed.to_hex()]);
+        // A [[site]] of the follower's own, with the same LAN.
+        let own = Site {
+            name: Name::new("own").unwrap(),
+            public_key: PrivateKey::generate().public_key(),
+            address: "10.99.0.9".parse().unwrap(),
+            lan: vec![LAN.parse().unwrap()],
+            certificate: None,
+        };
+        let mut tables = SiteSet::new();
+        tables.insert(own.clone()).unwrap();
+        let crate::config::Role::Hub(h) = &hub.config.role else {
+            unreachable!()
+        };
+        let changes = sites.reload(tables, h.enrollment.clone()).await.unwrap();
+        assert!(
+            changes.contains(&"site annex-7 of the main hub removed".to_string()),
+            "{changes:?}"
+        );
+        assert_eq!(device.peers(), vec![own.public_key.to_hex()]);
+        assert_eq!(hub.routes(), vec![LAN.to_string()]);
+        // The main hub's next snapshot leaves it out.
+        let plan = sites.follow(snapshot(2, followed, "joined")).await.unwrap();
+        assert_eq!((plan.changes(), plan.conflicts.len()), (0, 1));
+        assert_eq!(device.peers(), vec![own.public_key.to_hex()]);
+    });
+}

@@ -128,6 +128,33 @@ impl Roster {
         self.followed = Some(snapshot);
     }
 
+    /// A following hub's reload: the main hub's installed sites that a
+    /// new `[[site]]` table clashes with are taken out of `active` and
+    /// returned (this hub's own tables win, as at a snapshot; the next
+    /// snapshot reports them as conflicts). Nothing on a main hub.
+    pub(super) fn displaced_by(&self, new: &[Site], active: &mut SiteSet) -> Vec<Site> {
+        if self.followed.is_none() {
+            return Vec::new();
+        }
+        let followed: Vec<Site> = active
+            .iter()
+            .filter(|s| self.config_sites.get(&s.name).is_none())
+            .cloned()
+            .collect();
+        let mut displaced = Vec::new();
+        for f in followed {
+            let clashes = new.iter().any(|n| {
+                let mut pair = SiteSet::new();
+                pair.insert(n.clone()).is_ok() && pair.insert(f.clone()).is_err()
+            });
+            if clashes {
+                active.remove(&f.name);
+                displaced.push(f);
+            }
+        }
+        displaced
+    }
+
     /// The main hub's registry as last applied here (a following hub).
     pub fn followed(&self) -> Option<&Snapshot> {
         self.followed.as_ref()
@@ -397,5 +424,42 @@ mod tests {
         assert_eq!(names(&plan.removals), ["good"]);
         assert_eq!(r.active().get(&own.name), Some(&own));
         assert_eq!(r.active().len(), 1);
+    }
+
+    #[test]
+    fn a_new_site_table_at_a_reload_displaces_the_main_hubs_site_it_clashes_with() {
+        let mut r = follower(&[]);
+        let (a, b) = (site("a", 2), site("b", 3));
+        apply(
+            &mut r,
+            snapshot(1, vec![synced(&a, "joined"), synced(&b, "joined")]),
+        );
+        // A [[site]] of this hub's own with a's LAN.
+        let mut own = site("own", 9);
+        own.lan = a.lan.clone();
+        let mut tables = SiteSet::new();
+        tables.insert(own.clone()).unwrap();
+        let plan = r.plan_reload(&tables, &reserved()).unwrap();
+        assert_eq!(plan.displaced, vec![a.clone()]);
+        assert_eq!(names(&plan.new), ["own"]);
+        assert!(plan.active.get(&a.name).is_none());
+        assert!(plan.active.get(&b.name).is_some() && plan.active.get(&own.name).is_some());
+        r.finish_reload(
+            tables,
+            r.settings().clone(),
+            plan.active,
+            Path::new("/nonexistent"),
+        );
+        // The next snapshot keeps it out, and says why.
+        let again = r.follow_plan(r.followed().unwrap(), &reserved(), HUB);
+        assert_eq!(again.changes(), 0);
+        assert_eq!(again.conflicts.len(), 1);
+        assert_eq!(again.conflicts[0].site, a.name);
+        // On a main hub the same reload is refused whole instead.
+        let mut main = follower(&[]);
+        main.activate(a.clone()).unwrap();
+        let mut tables = SiteSet::new();
+        tables.insert(own).unwrap();
+        assert!(main.plan_reload(&tables, &reserved()).is_err());
     }
 }
