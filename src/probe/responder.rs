@@ -12,7 +12,10 @@
 //! connections at once (beyond: refused, counted as `limited`); a
 //! handshake gets [`HANDSHAKE_TIMEOUT`]; an enrollment connection gets
 //! [`ENROLL_REQUEST_TIMEOUT`] to send its request and [`ENROLL_TIMEOUT`]
-//! in all, and at most [`MAX_ENROLLMENTS`] run at once. Refusals are
+//! in all, and at most [`MAX_ENROLLMENTS`] run at once. A backup hub's
+//! sync connection (ALPN `townlink-sync/1`) is served only to a
+//! certificate the [`SyncSource`] names, at most [`MAX_FOLLOWERS`] at
+//! once; it gets the registry's snapshot frames. Refusals are
 //! logged, at most [`LOG_BURST`] lines per [`LOG_WINDOW`]; the others are
 //! counted in the next line. A panic while serving one connection closes
 //! it and is logged and counted (`townlink_connection_panics_total`).
