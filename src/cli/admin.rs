@@ -192,10 +192,32 @@ pub(super) fn site(
         }
         SiteCommand::List { json } => match ask(&socket, &Request::SiteList)? {
             Ok(Response::Sites { sites }) => {
+                // A backup hub: where its sites come from, first.
+                let follow = match json {
+                    true => None,
+                    false => match ask(&socket, &Request::Status) {
+                        Ok(Ok(Response::Status(status))) => status.follow,
+                        _ => None,
+                    },
+                };
+                if let Some(f) = &follow {
+                    println!(
+                        "sites from {} at {} ({}): add and remove sites there",
+                        f.main,
+                        f.endpoint,
+                        if f.connected {
+                            "connected"
+                        } else {
+                            "NOT CONNECTED, its last registry in force"
+                        }
+                    );
+                }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&sites)?);
-                } else if sites.is_empty() {
+                } else if sites.is_empty() && follow.is_none() {
                     println!("no sites (add one with `townlink site add NAME`)");
+                } else if sites.is_empty() {
+                    println!("no sites");
                 } else {
                     println!(
                         "{:<16} {:<10} {:<9} {:<15} {:<20} DETAIL",

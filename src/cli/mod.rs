@@ -200,10 +200,17 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok((c, identity)) => {
             let summary = match &c.role {
                 Role::Hub(h) => format!(
-                    "hub on {} port {}, {} site(s)",
+                    "hub on {} port {}, {} site(s){}",
                     c.tunnel.interface,
                     c.tunnel.listen_port.unwrap_or_default(),
-                    h.sites.len()
+                    h.sites.len(),
+                    match &h.follow {
+                        Some(f) => format!(", follows {} at {}", f.main, f.endpoint),
+                        None if !h.followers.is_empty() => {
+                            format!(", {} follower(s)", h.followers.len())
+                        }
+                        None => String::new(),
+                    }
                 ),
                 Role::Annex(a) => format!(
                     "annex {} on {}, hub {}, uplinks {}",

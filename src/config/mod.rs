@@ -6,6 +6,7 @@
 //! are in `config/`.
 
 mod check;
+mod follow;
 mod raw;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::sites::{Name, SiteSet};
 
 pub use check::validate;
+pub use follow::{FollowConfig, FollowerConfig};
 
 /// The reference of every key, where the package installs it (a router
 /// has no source tree: hints name this path, not `docs/`).
@@ -172,6 +174,10 @@ pub struct HubConfig {
     /// The `[[site]]` tables of the file; enrolled sites are in the registry.
     pub sites: SiteSet,
     pub enrollment: EnrollmentConfig,
+    /// `[follow]`: the main hub whose registry this hub follows.
+    pub follow: Option<FollowConfig>,
+    /// `[[follower]]`: the hubs that may follow this one's registry.
+    pub followers: Vec<FollowerConfig>,
 }
 
 /// Default path of the hub's site registry.

@@ -4,6 +4,10 @@
 
 use serde::Deserialize;
 
+mod follow;
+
+pub use follow::{RawFollow, RawFollower};
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RawConfig {
     pub role: Option<String>,
@@ -21,6 +25,8 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub check: Option<Vec<RawCheck>>,
     pub enrollment: Option<RawEnrollment>,
+    pub follow: Option<RawFollow>,
+    pub follower: Option<Vec<RawFollower>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

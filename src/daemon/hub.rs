@@ -15,7 +15,7 @@ use super::Running;
 use crate::config::{Config, HubConfig};
 use crate::enroll::{JoinRequest, JoinResponse};
 use crate::keys::PublicKey;
-use crate::probe::responder::{self, Context, Sessions};
+use crate::probe::responder::{self, Context, Sessions, SyncSource};
 use crate::probe::tls::AllowedSites;
 use crate::telemetry::collector::CollectorTargets;
 use crate::tunnel::Tunnel;
@@ -56,6 +56,8 @@ pub(super) async fn start(
                 address: config.tunnel.address,
             },
             supervisor: running.supervisor.clone(),
+            follow: hub.follow.clone(),
+            state_directory: config.state_directory.clone(),
         },
     )
     .await?;
@@ -105,8 +107,24 @@ pub(super) async fn start(
                 serde_json::to_vec(&response).map_err(|e| e.to_string())
             })
         })),
+        sync: registry_for_followers(hub, &sites),
         instance,
     };
+    if let Some(follow) = &hub.follow {
+        let client = super::follow::client(identity, follow)?;
+        tracing::info!(main = %follow.main, endpoint = %follow.endpoint, "following the main hub's registry");
+        running.supervisor.service(
+            "follow main hub",
+            &running.stop,
+            super::follow::run(
+                sites.clone(),
+                follow.clone(),
+                client,
+                running.telemetry.clone(),
+                running.stop.clone(),
+            ),
+        );
+    }
     running.supervisor.service(
         "probe responder",
         &running.stop,
@@ -118,6 +136,20 @@ pub(super) async fn start(
         monitor_peers(tunnel, monitor, running.stop.clone()),
     );
     Ok(sites)
+}
+
+/// The registry for the `[[follower]]` certificates (ALPN
+/// `townlink-sync/1`); none when the hub has no follower.
+fn registry_for_followers(hub: &HubConfig, sites: &Arc<HubSites>) -> Option<SyncSource> {
+    if hub.followers.is_empty() {
+        return None;
+    }
+    let followers = hub.followers.clone();
+    let sites = sites.clone();
+    Some(Arc::new(move |fingerprint| {
+        let f = followers.iter().find(|f| &f.certificate == fingerprint)?;
+        Some((f.name.clone(), sites.registry_frames()))
+    }))
 }
 
 /// Logs every change of a site's tunnel endpoint (e.g. the annex moved to

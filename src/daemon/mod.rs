@@ -10,6 +10,7 @@
 
 mod annex;
 mod budgets;
+mod follow;
 mod hub;
 mod reload;
 mod sites;

@@ -61,7 +61,10 @@ fn needs_restart(
             check(a.hubs != b.hubs, "hub");
             check(a.uplinks != b.uplinks, "uplink");
         }
-        (Role::Hub(_), Role::Hub(_)) => {}
+        (Role::Hub(a), Role::Hub(b)) => {
+            check(a.follow != b.follow, "follow");
+            check(a.followers != b.followers, "follower");
+        }
         _ => check(true, "role"),
     }
     keys
@@ -154,6 +157,10 @@ pub(super) async fn reload(path: &Path, current: &mut Config, running: &mut Runn
         kept.probe.key_file = current.probe.key_file.clone();
         kept.probe.listen_port = current.probe.listen_port;
         kept.probe.timeout = current.probe.timeout;
+        if let (Role::Hub(old), Role::Hub(h)) = (&current.role, &mut kept.role) {
+            h.follow = old.follow.clone();
+            h.followers = old.followers.clone();
+        }
         if let (Role::Annex(old), Role::Annex(a)) = (&current.role, &mut kept.role) {
             a.name = old.name.clone();
             a.lan = old.lan.clone();

@@ -37,7 +37,7 @@ use tokio::sync::{watch, Mutex};
 use futures::future::BoxFuture;
 
 use super::supervisor::Supervisor;
-use crate::config::EnrollmentConfig;
+use crate::config::{EnrollmentConfig, FollowConfig};
 use crate::control::server::SiteAdmin;
 pub use crate::enroll::hub::HubIdentity;
 pub use crate::enroll::hub::SiteError;
@@ -69,6 +69,15 @@ pub struct HubSites {
     hub: HubIdentity,
     /// Runs each change as a job of its own.
     supervisor: Supervisor,
+    /// `[follow]`: the main hub this hub follows (its `site add` and
+    /// `site remove` are refused there); `None` on a main hub.
+    follow: Option<FollowConfig>,
+    /// A follower's copy of the main hub's registry (`follow.rs`).
+    followed_path: PathBuf,
+    /// The registry as followers receive it: the latest snapshot frame.
+    frames: watch::Sender<Arc<Vec<u8>>>,
+    /// The registry's version in `frames`.
+    version: std::sync::atomic::AtomicU64,
     /// Tests: the step at which the next change stops dead, as in a crash.
     #[cfg(test)]
     crash_at: std::sync::Mutex<Option<Step>>,
@@ -212,6 +221,10 @@ pub struct HubSitesSetup {
     pub enrollment: EnrollmentConfig,
     pub hub: HubIdentity,
     pub supervisor: Supervisor,
+    /// `[follow]`: the sites come from the main hub (the registry file
+    /// is not read; the followed copy is, under `state_directory`).
+    pub follow: Option<FollowConfig>,
+    pub state_directory: PathBuf,
 }
 
 impl HubSites {
@@ -226,8 +239,14 @@ impl HubSites {
             enrollment,
             hub,
             supervisor,
+            follow,
+            state_directory,
         } = setup;
-        let registry = Registry::load(&enrollment.registry)?;
+        // A follower's sites come from the main hub, never its own file.
+        let registry = match follow {
+            Some(_) => Registry::default(),
+            None => Registry::load(&enrollment.registry)?,
+        };
         let reserved = deps.reserved(hub.address, &enrollment).await?;
         let registry_path = enrollment.registry.clone();
         let (mut roster, to_install) =
@@ -248,15 +267,21 @@ impl HubSites {
             registry = %registry_path.display(),
             "sites installed"
         );
-        Ok(Arc::new(HubSites {
+        let sites = Arc::new(HubSites {
             roster: Mutex::new(roster),
             deps,
             registry_path,
             hub,
             supervisor,
+            follow,
+            followed_path: state_directory.join(follow::FOLLOWED_FILE),
+            frames: watch::channel(Arc::new(Vec::new())).0,
+            version: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             crash_at: std::sync::Mutex::new(None),
-        }))
+        });
+        sites.start_following().await?;
+        Ok(sites)
     }
 
     /// Runs a change as a job of its own: the caller may stop waiting
@@ -323,6 +348,14 @@ impl HubSites {
         }
         let reserved = self.deps.reserved(self.hub.address, &enrollment).await?;
         let mut plan = roster.plan_reload(&config_sites, &reserved)?;
+        for s in &plan.displaced {
+            self.deps.sessions.close_site(&s.name);
+            if let Err(e) = self.deps.uninstall(s).await {
+                tracing::error!(site = %s.name, error = %e, "not every trace of the main hub's site could be removed");
+            }
+            tracing::warn!(site = %s.name, "the main hub's site is removed here: a new [[site]] table clashes with it (this hub's own tables win)");
+            changes.push(format!("site {} of the main hub removed", s.name));
+        }
         for s in &plan.gone {
             self.deps.sessions.close_site(&s.name);
             if let Err(e) = self.deps.uninstall(s).await {
@@ -352,6 +385,7 @@ impl HubSites {
         lan: &[IpNet],
         ttl: Option<Duration>,
     ) -> Result<(String, SiteInfo), SiteError> {
+        self.not_following()?;
         let name = site_name(name)?;
         let (this, lan) = (self.clone(), lan.to_vec());
         self.change(format!("site add {name}"), async move {
@@ -374,7 +408,7 @@ impl HubSites {
         let now = unix_now();
         let (registry, entry, token) = roster.add(name, lan, ttl, now, &reserved, &self.hub)?;
         self.persist(&registry).await?;
-        roster.commit(registry);
+        self.commit(&mut roster, registry);
         tracing::info!(site = %entry.name, address = %entry.address, expires = %stamp(token.expires), "site added: token issued");
         Ok((token.encode_secret(), info_of(&entry, None, now)))
     }
@@ -388,6 +422,7 @@ impl HubSites {
 
     /// `site remove`: revokes a site live.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<SiteInfo, SiteError> {
+        self.not_following()?;
         let name = site_name(name)?;
         let this = self.clone();
         self.change(format!("site remove {name}"), async move {
@@ -402,7 +437,7 @@ impl HubSites {
         let (registry, revoked) = roster.revoke(&name, now)?;
         // 1. Persist first: from here on, no start brings the site back.
         self.persist(&registry).await?;
-        roster.commit(registry);
+        self.commit(&mut roster, registry);
         self.checkpoint(Step::Persisted)?;
         // 2. Then the live state follows: probes, peer, routes.
         if let Some(site) = roster.deactivate(&name) {
@@ -511,7 +546,7 @@ impl HubSites {
         self.persist(&registry)
             .await
             .map_err(JoinRefusal::NotRecorded)?;
-        roster.commit(registry);
+        self.commit(&mut roster, registry);
         self.checkpoint(Step::Persisted)?;
         // 2. Peer and routes.
         if let Err(e) = self.deps.install(&site, SiteSource::Enrolled).await {
@@ -519,7 +554,7 @@ impl HubSites {
             // fail too, the registry keeps "joined": a restart installs
             // the site, and the annex's retry gets its settings.
             match self.persist(&before).await {
-                Ok(()) => roster.commit(before),
+                Ok(()) => self.commit(&mut roster, before),
                 Err(e2) => {
                     tracing::error!(site = %site.name, error = %e2, "cannot undo the join in the registry")
                 }
@@ -571,6 +606,8 @@ impl SiteAdmin for HubSites {
         Box::pin(async move { HubSites::remove(&self, &name).await })
     }
 }
+
+mod follow;
 
 #[cfg(test)]
 mod tests;

@@ -28,8 +28,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod error;
+mod follow;
 
 pub use error::{JoinRefusal, SiteError, NOT_A_TOKEN};
+pub use follow::{FollowConflict, FollowPlan};
 
 use super::registry::{allocate, Entry, EntryState, Registry};
 use super::token::{Secret, Token, SECRET_LEN};
@@ -71,6 +73,10 @@ pub enum Admission {
 pub struct ReloadPlan {
     pub gone: Vec<Site>,
     pub new: Vec<Site>,
+    /// A following hub: the main hub's sites a new `[[site]]` table
+    /// clashes with (name, key, address or LAN), removed for it (this
+    /// hub's own tables win, as at a snapshot).
+    pub displaced: Vec<Site>,
     /// The installed sites with the new ones in (an install that fails
     /// takes its site out again).
     pub active: SiteSet,
@@ -90,6 +96,8 @@ pub struct Roster {
     /// What a join for a name the hub does not enroll is compared with,
     /// so that it costs what a known site's does.
     dummy_hash: String,
+    /// A following hub: the main hub's registry as last applied here.
+    followed: Option<super::sync::Snapshot>,
 }
 
 /// The site a joined entry stands for.
@@ -177,6 +185,7 @@ impl Roster {
             registry,
             active: SiteSet::new(),
             dummy_hash: Secret::generate().hash(),
+            followed: None,
         };
         Ok((roster, to_install))
     }
@@ -550,6 +559,14 @@ impl Roster {
             };
             info_of(e, handshake, now)
         }));
+        out.extend(
+            self.followed
+                .iter()
+                .flat_map(|f| &f.sites)
+                // A [[site]] table of this hub's config wins (its line is above).
+                .filter(|s| self.config_sites.get(&s.name).is_none())
+                .map(|s| follow::info_of_synced(s, handshakes, now)),
+        );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -579,6 +596,7 @@ impl Roster {
             active.remove(&s.name);
         }
         let refused = |e: SiteError| SiteError::ReloadRefused(Box::new(e));
+        let displaced = self.displaced_by(&new, &mut active);
         for s in &new {
             lan_allowed(s, reserved).map_err(refused)?;
             active.insert(s.clone()).map_err(|conflict| {
@@ -595,7 +613,12 @@ impl Roster {
                 return Err(refused(SiteError::EnrolledToo(s.name.clone())));
             }
         }
-        Ok(ReloadPlan { gone, new, active })
+        Ok(ReloadPlan {
+            gone,
+            new,
+            displaced,
+            active,
+        })
     }
 
     /// The reload is applied: `active` installed, the new tables and

@@ -12,6 +12,7 @@
 pub mod hub;
 pub mod join;
 pub mod registry;
+pub mod sync;
 pub mod token;
 
 use std::net::IpAddr;

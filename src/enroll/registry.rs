@@ -193,7 +193,7 @@ pub fn allocate(pool: IpNet, taken: &[IpAddr]) -> Option<IpAddr> {
     pool.hosts().find(|a| !taken.contains(a))
 }
 
-mod key_text {
+pub(crate) mod key_text {
     use super::PublicKey;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -208,7 +208,7 @@ mod key_text {
     }
 }
 
-mod fingerprint_text {
+pub(crate) mod fingerprint_text {
     use super::Fingerprint;
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -12,7 +12,10 @@
 //! connections at once (beyond: refused, counted as `limited`); a
 //! handshake gets [`HANDSHAKE_TIMEOUT`]; an enrollment connection gets
 //! [`ENROLL_REQUEST_TIMEOUT`] to send its request and [`ENROLL_TIMEOUT`]
-//! in all, and at most [`MAX_ENROLLMENTS`] run at once. Refusals are
+//! in all, and at most [`MAX_ENROLLMENTS`] run at once. A backup hub's
+//! sync connection (ALPN `townlink-sync/1`) is served only to a
+//! certificate the [`SyncSource`] names, at most [`MAX_FOLLOWERS`] at
+//! once; it gets the registry's snapshot frames. Refusals are
 //! logged, at most [`LOG_BURST`] lines per [`LOG_WINDOW`]; the others are
 //! counted in the next line. A panic while serving one connection closes
 //! it and is logged and counted (`townlink_connection_panics_total`).
@@ -89,6 +92,9 @@ pub const CLOSE_REVOKED: u64 = 2;
 pub const CLOSE_NO_ENROLLMENT: u64 = 3;
 /// Too many enrollments at once: the client may try again.
 pub const CLOSE_BUSY: u64 = 4;
+/// Followers' sync connections at once (one per `[[follower]]`, and one
+/// more each while a reconnection replaces a dead one).
+pub const MAX_FOLLOWERS: i64 = 16;
 
 /// Idle timeout of a probe connection; longer than the slowest probe interval.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -202,6 +208,17 @@ impl Sessions {
     }
 }
 
+/// The main hub's registry for a follower: given a client's certificate,
+/// its follower's name and the latest snapshot frame (a watch: a new frame
+/// at every change of the registry), or `None` for any other certificate.
+/// The responder carries the bytes; what they mean is enrollment's
+/// business (`enroll::sync`).
+pub type SyncSource = Arc<
+    dyn Fn(&Fingerprint) -> Option<(Name, tokio::sync::watch::Receiver<Arc<Vec<u8>>>)>
+        + Send
+        + Sync,
+>;
+
 /// What the responder tells the rest of the hub (the daemon passes its
 /// telemetry, which implements this: the probe layer does not know it).
 pub trait Events: Send + Sync {
@@ -221,6 +238,8 @@ pub struct Context {
     pub events: Arc<dyn Events>,
     /// Enrollment, when the hub offers it.
     pub enroll: Option<Enroller>,
+    /// The registry for the hub's followers (ALPN `townlink-sync/1`).
+    pub sync: Option<SyncSource>,
     /// Drawn at each start; told to annexes that ask (hello), so that they
     /// know the hub restarted and start a new WireGuard handshake.
     pub instance: u64,
@@ -282,6 +301,7 @@ struct Shared {
     context: Context,
     refusals: Mutex<LogLimit>,
     enrolling: AtomicI64,
+    following: AtomicI64,
 }
 
 impl Shared {
@@ -329,6 +349,7 @@ pub async fn serve(endpoint: quinn::Endpoint, context: Context, stop: Cancellati
         context,
         refusals: Mutex::new(LogLimit::new()),
         enrolling: AtomicI64::new(0),
+        following: AtomicI64::new(0),
     });
     let counters = shared.context.counters.clone();
     loop {
@@ -455,6 +476,37 @@ async fn connection(
         shared.enrolling.fetch_sub(1, Ordering::SeqCst);
         return;
     }
+    if alpn(&conn).as_deref() == Some(tls::SYNC_ALPN) {
+        // Only a [[follower]]'s certificate; any other is refused as an
+        // unknown probe certificate is.
+        let Some((follower, frames)) = context.sync.as_ref().and_then(|s| s(&fingerprint)) else {
+            context.counters.refused.inc();
+            conn.close(code(CLOSE_UNKNOWN), b"unknown follower");
+            shared.refusal(
+                remote,
+                "unknown certificate (sync)",
+                &fingerprint.to_string(),
+            );
+            return;
+        };
+        if shared.following.fetch_add(1, Ordering::SeqCst) >= MAX_FOLLOWERS {
+            shared.following.fetch_sub(1, Ordering::SeqCst);
+            context.counters.limited.inc();
+            conn.close(code(CLOSE_BUSY), b"too many followers");
+            shared.refusal(
+                remote,
+                "too many followers at once",
+                &format!("at most {MAX_FOLLOWERS}"),
+            );
+            return;
+        }
+        context.counters.authenticated.inc();
+        tracing::info!(follower = %follower, %remote, "follower connected");
+        let result = send_registry(&conn, frames, stop).await;
+        shared.following.fetch_sub(1, Ordering::SeqCst);
+        tracing::info!(follower = %follower, %remote, ended = %result.err().unwrap_or_else(|| "hub stopping".into()), "follower disconnected");
+        return;
+    }
     let Some(site) = context.allowed.site(&fingerprint) else {
         context.counters.refused.inc();
         conn.close(code(CLOSE_UNKNOWN), b"unknown site");
@@ -516,6 +568,30 @@ async fn enroll(
         }
     }
     conn.close(0u8.into(), b"done");
+}
+
+/// A follower's connection: the latest frame at once, then each new one,
+/// on one unidirectional stream, until the connection or the hub ends.
+async fn send_registry(
+    conn: &quinn::Connection,
+    mut frames: tokio::sync::watch::Receiver<Arc<Vec<u8>>>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+    loop {
+        let frame = frames.borrow_and_update().clone();
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = send.write_all(&frame) => r.map_err(|e| e.to_string())?,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            e = conn.closed() => return Err(e.to_string()),
+            r = frames.changed() => if r.is_err() {
+                return Err("the registry is gone".into());
+            },
+        }
+    }
 }
 
 async fn echo(
@@ -595,6 +671,7 @@ mod tests {
             enroll: Some(Arc::new(|_, _, _| {
                 Box::pin(async { Ok(b"refused: test".to_vec()) })
             })),
+            sync: None,
             instance: 7,
         };
         let stop = CancellationToken::new();
@@ -662,6 +739,62 @@ mod tests {
         send.finish().unwrap();
         let answer = recv.read_to_end(4096).await.unwrap();
         assert!(String::from_utf8_lossy(&answer).contains("refused"));
+        stop.cancel();
+    }
+
+    /// The registry goes to a follower's certificate only: at connect,
+    /// then at each change; any other certificate is refused.
+    #[tokio::test]
+    async fn only_a_followers_certificate_gets_the_registry() {
+        let hub = Identity::generate("hub").unwrap();
+        let follower = Identity::generate("backup").unwrap();
+        let counters = Arc::new(ResponderCounters::default());
+        let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &hub, &counters).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (frames, _) = tokio::sync::watch::channel(Arc::new(b"first".to_vec()));
+        let allowed = follower.fingerprint();
+        let source = frames.clone();
+        let context = Context {
+            allowed: Arc::default(),
+            sessions: Arc::default(),
+            counters: counters.clone(),
+            events: Arc::new(NoEvents),
+            enroll: None,
+            sync: Some(Arc::new(move |fp: &Fingerprint| {
+                (*fp == allowed).then(|| (Name::new("backup").unwrap(), source.subscribe()))
+            })),
+            instance: 7,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(endpoint, context, stop.clone()));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connect = |id: &Identity| {
+            let rustls = tls::sync_client_config(id, hub.fingerprint()).unwrap();
+            let config = quinn::ClientConfig::new(Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap(),
+            ));
+            client.connect_with(config, addr, tls::SERVER_NAME).unwrap()
+        };
+        let conn = connect(&follower).await.unwrap();
+        let mut recv = conn.accept_uni().await.unwrap();
+        let mut buf = [0u8; 5];
+        recv.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"first");
+        frames.send_replace(Arc::new(b"again".to_vec()));
+        tokio::time::timeout(Duration::from_secs(2), recv.read_exact(&mut buf))
+            .await
+            .expect("the next frame comes at once")
+            .unwrap();
+        assert_eq!(&buf, b"again");
+        assert_eq!(counters.authenticated.get(), 1);
+        // A certificate that is no follower's (an annex's, say).
+        let stranger = Identity::generate("annex").unwrap();
+        let conn = connect(&stranger).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(2), conn.closed())
+            .await
+            .expect("refused at once");
+        assert!(format!("{reason}").contains("unknown follower"), "{reason}");
+        assert_eq!(counters.refused.get(), 1);
         stop.cancel();
     }
 }

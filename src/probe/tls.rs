@@ -30,6 +30,9 @@ use crate::sites::Name;
 pub const ALPN: &[u8] = b"townlink-probe/1";
 /// The ALPN protocol of enrollment (`townlink join`), on the same responder.
 pub const ENROLL_ALPN: &[u8] = b"townlink-enroll/1";
+/// The ALPN protocol of a backup hub following the main hub's registry,
+/// on the same responder; only a `[[follower]]`'s certificate gets it.
+pub const SYNC_ALPN: &[u8] = b"townlink-sync/1";
 /// The server name the annex asks for (not checked: the certificate is pinned).
 pub const SERVER_NAME: &str = "townlink-hub";
 
@@ -285,7 +288,7 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec(), SYNC_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -303,6 +306,15 @@ pub fn enroll_client_config(
     hub: Fingerprint,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     client_config_for(identity, hub, ENROLL_ALPN)
+}
+
+/// TLS 1.3 client config of a backup hub following the main hub (its
+/// certificate pinned).
+pub fn sync_client_config(
+    identity: &Identity,
+    main: Fingerprint,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    client_config_for(identity, main, SYNC_ALPN)
 }
 
 fn client_config_for(

@@ -74,6 +74,8 @@ pub enum SiteSource {
     /// without the field (an older daemon) was shown as.
     #[default]
     Enrolled,
+    /// Enrolled on the main hub, learnt from it (a hub with `[follow]`).
+    Followed,
 }
 
 impl SiteSource {
@@ -81,6 +83,7 @@ impl SiteSource {
         match self {
             SiteSource::Config => "config",
             SiteSource::Enrolled => "enrolled",
+            SiteSource::Followed => "followed",
         }
     }
 
@@ -88,7 +91,7 @@ impl SiteSource {
     pub fn never_connected(self) -> SiteState {
         match self {
             SiteSource::Config => SiteState::Configured,
-            SiteSource::Enrolled => SiteState::Joined,
+            SiteSource::Enrolled | SiteSource::Followed => SiteState::Joined,
         }
     }
 }

@@ -164,6 +164,11 @@ pub struct Metrics {
     pub responder_open_connections: Gauge,
     // Hub: enrollment.
     pub enrollments: Family<ResultLabels, Counter>,
+    // Hub: a backup hub following the main hub's registry.
+    pub sync_following: Gauge,
+    pub sync_connected: Gauge,
+    pub sync_last_snapshot: FloatGauge,
+    pub sync_applied_changes: Counter,
 }
 
 /// Registers a metric whose name ends in a base unit with that unit, so
@@ -464,6 +469,30 @@ impl Metrics {
                 "enrollments",
                 "Enrollment attempts (townlink join), by result (joined, refused)",
                 m.enrollments,
+            );
+            register(
+                r_,
+                "sync_following",
+                "1 on a hub that follows the main hub's registry ([follow]), 0 on a main hub",
+                m.sync_following,
+            );
+            register(
+                r_,
+                "sync_connected",
+                "1 while this hub (with [follow]) has the main hub's registry channel open; 0 on a main hub",
+                m.sync_connected,
+            );
+            register(
+                r_,
+                "sync_last_snapshot_timestamp_seconds",
+                "Unix time this hub last applied a snapshot of the main hub's registry (0: none since start)",
+                m.sync_last_snapshot,
+            );
+            register(
+                r_,
+                "sync_applied_changes",
+                "Site changes (joins, revocations, removals) applied from the main hub's registry",
+                m.sync_applied_changes,
             );
         }
         r

@@ -13,6 +13,7 @@ pub mod http;
 mod hub;
 pub mod metrics;
 pub mod status;
+mod sync;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -197,6 +198,14 @@ impl Telemetry {
                     });
                 }
                 status.responder = Some(ResponderView::default());
+                m.sync_following.set(hub.follow.is_some() as i64);
+                m.sync_connected.set(0);
+                m.sync_last_snapshot.set(0.0);
+                status.follow = hub.follow.as_ref().map(|f| FollowView {
+                    main: f.main.to_string(),
+                    endpoint: f.endpoint.to_string(),
+                    ..FollowView::default()
+                });
                 for r in ["joined", "refused"] {
                     let _ = m
                         .enrollments

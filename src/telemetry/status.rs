@@ -79,6 +79,22 @@ pub struct Status {
     pub sites: Vec<SiteView>,
     /// Hub only.
     pub responder: Option<ResponderView>,
+    /// A hub with `[follow]`: where its sites come from.
+    #[serde(default)]
+    pub follow: Option<FollowView>,
+}
+
+/// A following hub's view of the main hub's registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FollowView {
+    /// The main hub's name and probe endpoint.
+    pub main: String,
+    pub endpoint: String,
+    pub connected: bool,
+    /// Unix time of the last snapshot applied (none since start: the
+    /// persisted copy, if any, is in force).
+    pub last_snapshot: Option<f64>,
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -391,6 +407,23 @@ impl Status {
                 o,
                 "probe responder: {} authenticated, {} refused, {} garbage, {} echoed",
                 r.authenticated, r.refused, r.garbage, r.echoed
+            )?;
+        }
+        if let Some(f) = &self.follow {
+            let snapshot = match (f.last_snapshot, f.version) {
+                (Some(t), Some(v)) => format!("last snapshot v{v} {}", when(t, now)),
+                _ => "no snapshot since start (the persisted copy is in force)".into(),
+            };
+            writeln!(
+                o,
+                "sites from {} at {}: {}, {snapshot}",
+                f.main,
+                f.endpoint,
+                if f.connected {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                }
             )?;
         }
         if self.role == RouterRole::Hub {

@@ -23,6 +23,12 @@ pub(super) fn hub(
         tunnel,
         base,
     );
+    let site_certificates: Vec<(usize, Fingerprint)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.certificate?)))
+        .collect();
+    let follow = follow(c, raw, &site_certificates);
     let mut sites = SiteSet::new();
     // Conflicts between sites were reported field by field above.
     if complete && c.problems.len() == before {
@@ -32,8 +38,13 @@ pub(super) fn hub(
             }
         }
     }
-    match (complete, enrollment) {
-        (true, Some(enrollment)) => Some(HubConfig { sites, enrollment }),
+    match (complete, enrollment, follow) {
+        (true, Some(enrollment), Some((follow, followers))) => Some(HubConfig {
+            sites,
+            enrollment,
+            follow,
+            followers,
+        }),
         _ => None,
     }
 }

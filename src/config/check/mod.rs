@@ -9,6 +9,7 @@ mod checks;
 mod control;
 mod enrollment;
 mod failover;
+mod follow;
 mod hub;
 mod probe;
 mod routing;
@@ -37,6 +38,7 @@ use checks::*;
 use control::*;
 use enrollment::*;
 use failover::*;
+use follow::*;
 use hub::*;
 use probe::*;
 use routing::*;
@@ -146,6 +148,8 @@ pub(super) fn validate_with(
             for (key, present) in [
                 ("site", raw.site.is_some()),
                 ("enrollment", raw.enrollment.is_some()),
+                ("follow", raw.follow.is_some()),
+                ("follower", raw.follower.is_some()),
             ] {
                 if !present {
                     continue;

@@ -47,6 +47,23 @@ struct Hub {
 
 impl Hub {
     async fn new() -> Hub {
+        Hub::with(
+            "[enrollment]\nregistry = \"sites.json\"\nendpoints = [\"198.18.0.2:51820\"]\n\
+             routes = [\"10.50.0.0/24\"]\n",
+        )
+        .await
+    }
+
+    /// A hub that follows the main hub at 198.18.0.2:51821.
+    async fn follower() -> Hub {
+        Hub::with(&format!(
+            "[follow]\nendpoint = \"198.18.0.2:51821\"\nfingerprint = \"{}\"\n",
+            Fingerprint::from_bytes([0x77; 32])
+        ))
+        .await
+    }
+
+    async fn with(section: &str) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate();
         let key_path = dir.path().join("hub.key");
@@ -60,12 +77,12 @@ impl Hub {
             0o600,
         )
         .unwrap();
-        let text = "role = \"hub\"\n[tunnel]\ninterface = \"lo\"\nprivate_key_file = \"hub.key\"\n\
-                    address = \"10.99.0.1/24\"\nlisten_port = 51820\n[probe]\n\
-                    certificate_file = \"hub.crt\"\nkey_file = \"hub.pem\"\n[enrollment]\n\
-                    registry = \"sites.json\"\nendpoints = [\"198.18.0.2:51820\"]\n\
-                    routes = [\"10.50.0.0/24\"]\n";
-        let config = crate::config::parse(text, dir.path()).unwrap();
+        let text = format!(
+            "role = \"hub\"\n[tunnel]\ninterface = \"lo\"\nprivate_key_file = \"hub.key\"\n\
+             address = \"10.99.0.1/24\"\nlisten_port = 51820\n[probe]\n\
+             certificate_file = \"hub.crt\"\nkey_file = \"hub.pem\"\n{section}"
+        );
+        let config = crate::config::parse(&text, dir.path()).unwrap();
         let net = Netlink::connect().unwrap();
         let lo = net.require_link("lo").await.unwrap();
         net.set_up(lo, "lo", 65535).await.unwrap();
@@ -115,6 +132,8 @@ impl Hub {
                     address: self.config.tunnel.address,
                 },
                 supervisor,
+                follow: hub.follow.clone(),
+                state_directory: self.dir.path().join("state"),
             },
         )
         .await;
@@ -793,5 +812,202 @@ fn a_config_site_is_configured_with_its_keys_and_removed_by_a_reload() {
             e.contains("remove its [[site]] table, then `systemctl reload townlink`"),
             "{e}"
         );
+    });
+}
+
+/// A snapshot of a main hub's registry with annex-7 in `state`.
+fn snapshot(version: u64, key: PublicKey, state: &str) -> crate::enroll::sync::Snapshot {
+    use crate::enroll::sync::{Snapshot, SyncedSite, SyncedState, FORMAT};
+    Snapshot {
+        format: FORMAT,
+        version,
+        sites: vec![SyncedSite {
+            name: Name::new("annex-7").unwrap(),
+            address: "10.99.0.2".parse().unwrap(),
+            lan: vec![LAN.parse().unwrap()],
+            created_at: CLOCK_SANITY,
+            state: match state {
+                "joined" => SyncedState::Joined {
+                    public_key: key,
+                    certificate: Fingerprint::from_bytes([9; 32]),
+                    joined_at: CLOCK_SANITY + 1,
+                },
+                _ => SyncedState::Revoked {
+                    revoked_at: CLOCK_SANITY + 2,
+                },
+            },
+        }],
+    }
+}
+
+fn listed(list: &[SiteInfo]) -> Vec<String> {
+    list.iter()
+        .map(|s| format!("{} {} {}", s.name, s.state, s.source.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_follower_installs_the_main_hubs_sites_after_persisting_its_copy() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let (sites, device) = hub.start().await;
+        let key = PrivateKey::generate().public_key();
+        let plan = sites.follow(snapshot(1, key, "joined")).await.unwrap();
+        assert_eq!(plan.joins.len(), 1);
+        assert_eq!(device.peers(), vec![key.to_hex()]);
+        assert_eq!(hub.routes(), vec![LAN.to_string()]);
+        assert_eq!(
+            sites
+                .deps
+                .allowed
+                .site(&Fingerprint::from_bytes([9; 32]))
+                .map(|n| n.to_string()),
+            Some("annex-7".to_string())
+        );
+        assert!(shown(&sites));
+        assert_eq!(listed(&sites.list().await), ["annex-7 joined followed"]);
+        let copy = hub.dir.path().join("state").join(follow::FOLLOWED_FILE);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            crate::enroll::sync::Snapshot::decode(&std::fs::read(&copy).unwrap()).unwrap(),
+            snapshot(1, key, "joined")
+        );
+        // Revoked on the main hub: removed here, live.
+        let plan = sites.follow(snapshot(2, key, "revoked")).await.unwrap();
+        assert_eq!(plan.revocations.len(), 1);
+        assert_eq!(device.peers(), Vec::<String>::new());
+        assert_eq!(hub.routes(), Vec::<String>::new());
+        assert!(!shown(&sites));
+        assert_eq!(listed(&sites.list().await), ["annex-7 revoked followed"]);
+        let status = sites.deps.telemetry.snapshot();
+        let f = status.follow.unwrap();
+        assert_eq!(
+            (f.main.as_str(), f.endpoint.as_str(), f.version),
+            ("main", "198.18.0.2:51821", Some(2))
+        );
+        assert_eq!(sites.deps.telemetry.metrics().sync_applied_changes.get(), 2);
+    });
+}
+
+#[test]
+fn a_follower_restarted_without_its_main_hub_serves_its_copy() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let key = PrivateKey::generate().public_key();
+        {
+            let (sites, _device) = hub.start().await;
+            sites.follow(snapshot(1, key, "joined")).await.unwrap();
+        }
+        let (sites, device) = hub.start().await;
+        assert_eq!(device.peers(), vec![key.to_hex()]);
+        assert_eq!(hub.routes(), vec![LAN.to_string()]);
+        assert_eq!(listed(&sites.list().await), ["annex-7 joined followed"]);
+        // No snapshot from the main hub since this start.
+        let f = sites.deps.telemetry.snapshot().follow.unwrap();
+        assert_eq!((f.connected, f.version), (false, None));
+    });
+}
+
+#[test]
+fn a_crash_after_the_copy_is_persisted_is_repaired_by_the_next_start() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let key = PrivateKey::generate().public_key();
+        {
+            let (sites, device) = hub.start().await;
+            *sites.crash_at.lock().unwrap() = Some(Step::Persisted);
+            assert!(sites.follow(snapshot(1, key, "joined")).await.is_err());
+            assert_eq!(device.peers(), Vec::<String>::new());
+        }
+        let (_sites, device) = hub.start().await;
+        assert_eq!(device.peers(), vec![key.to_hex()]);
+    });
+}
+
+#[test]
+fn site_add_and_remove_on_a_follower_name_the_main_hub() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let (sites, _device) = hub.start().await;
+        let expected = "this hub follows main at 198.18.0.2:51821: run the command there";
+        let e = sites.add("annex-8", &[], None).await.unwrap_err();
+        assert_eq!(e.to_string(), expected);
+        let e = sites.remove("annex-8").await.unwrap_err();
+        assert_eq!(e.to_string(), expected);
+        // Nothing of the main hub's registry file is read or written.
+        assert!(!hub.dir.path().join("sites.json").exists());
+    });
+}
+
+#[test]
+fn the_main_hub_sends_a_snapshot_without_secrets_at_every_registry_change() {
+    in_netns(|| async {
+        let hub = Hub::new().await;
+        let (sites, _device) = hub.start().await;
+        let mut frames = sites.registry_frames();
+        let read = |frames: &mut watch::Receiver<Arc<Vec<u8>>>| {
+            let frame = frames.borrow_and_update().clone();
+            let len = crate::enroll::sync::frame_len(frame[..4].try_into().unwrap()).unwrap();
+            assert_eq!(len, frame.len() - 4);
+            let text = String::from_utf8(frame[4..].to_vec()).unwrap();
+            (
+                crate::enroll::sync::Snapshot::decode(text.as_bytes()).unwrap(),
+                text,
+            )
+        };
+        let (first, _) = read(&mut frames);
+        assert!(first.sites.is_empty());
+        let annex = Annex::added(&sites, 1).await;
+        assert!(frames.has_changed().unwrap());
+        let (pending, text) = read(&mut frames);
+        assert!(pending.version > first.version);
+        assert_eq!(pending.sites[0].state.as_str(), "pending");
+        let hash = annex.token.secret.hash();
+        assert!(!text.contains(&hash), "{text}");
+        assert!(matches!(annex.join(&sites).await, JoinResponse::Joined(_)));
+        let (joined, text) = read(&mut frames);
+        assert!(joined.version > pending.version);
+        assert_eq!(joined.sites[0].site().unwrap().public_key, annex.key);
+        assert!(!text.contains(&hash), "{text}");
+        sites.remove("annex-7").await.unwrap();
+        let (revoked, _) = read(&mut frames);
+        assert_eq!(revoked.sites[0].state.as_str(), "revoked");
+    });
+}
+
+#[test]
+fn a_followers_new_site_table_displaces_the_main_hubs_site_at_a_reload() {
+    in_netns(|| async {
+        let hub = Hub::follower().await;
+        let (sites, device) = hub.start().await;
+        let followed = PrivateKey::generate().public_key();
+        sites.follow(snapshot(1, followed, "joined")).await.unwrap();
+        assert_eq!(device.peers(), vec![followed.to_hex()]);
+        // A [[site]] of the follower's own, with the same LAN.
+        let own = Site {
+            name: Name::new("own").unwrap(),
+            public_key: PrivateKey::generate().public_key(),
+            address: "10.99.0.9".parse().unwrap(),
+            lan: vec![LAN.parse().unwrap()],
+            certificate: None,
+        };
+        let mut tables = SiteSet::new();
+        tables.insert(own.clone()).unwrap();
+        let crate::config::Role::Hub(h) = &hub.config.role else {
+            unreachable!()
+        };
+        let changes = sites.reload(tables, h.enrollment.clone()).await.unwrap();
+        assert!(
+            changes.contains(&"site annex-7 of the main hub removed".to_string()),
+            "{changes:?}"
+        );
+        assert_eq!(device.peers(), vec![own.public_key.to_hex()]);
+        assert_eq!(hub.routes(), vec![LAN.to_string()]);
+        // The main hub's next snapshot leaves it out.
+        let plan = sites.follow(snapshot(2, followed, "joined")).await.unwrap();
+        assert_eq!((plan.changes(), plan.conflicts.len()), (0, 1));
+        assert_eq!(device.peers(), vec![own.public_key.to_hex()]);
     });
 }

@@ -46,6 +46,14 @@ pub enum SiteError {
          `systemctl reload townlink` (applied live)"
     )]
     RemoveFromConfig(Name),
+    /// `site add` or `site remove` on a hub that follows another.
+    #[error("this hub follows {main} at {endpoint}: run the command there")]
+    Follows { main: Name, endpoint: String },
+    #[error("cannot write the followed registry {path}: {source}")]
+    FollowedWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("there is no site {0} (see `townlink site list`)")]
     NotFound(Name),
     #[error("site {0} is already revoked")]
