@@ -247,6 +247,8 @@ mod tests {
                 keepalive: 25,
                 probe_port: 51821,
                 fingerprint: crate::fingerprint::Fingerprint::from_bytes([7; 32]),
+                priority: 0,
+                interface: crate::config::InterfaceName::new("tl0").unwrap(),
             }],
             uplinks: ["fiber", "lte"]
                 .iter()
