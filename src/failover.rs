@@ -321,7 +321,7 @@ impl Failover {
 
     /// Points the tunnel's table at uplink `to`; true when the kernel took it.
     async fn route_to(&self, to: usize) -> bool {
-        let route = routing::tunnel_uplink_route(&self.routing, &self.hops[to], self.ipv6);
+        let route = routing::tunnel_uplink_route(&self.routing, 0, &self.hops[to], self.ipv6);
         match self.net.replace_route(&route).await {
             Ok(()) => true,
             Err(e) => {

@@ -108,9 +108,10 @@ pub(super) async fn start(
     let (routes, rules) = routing::annex_plan(
         annex,
         &config.routing,
-        config.tunnel.interface.as_str(),
+        config.tunnel.address,
         &hops,
-        active,
+        0,
+        &[active],
         ipv6,
     );
     for rule in &rules {
