@@ -65,6 +65,9 @@ pub fn load(path: &std::path::Path) -> Result<(Config, Identity), ConfigError> {
 struct Installed {
     net: Netlink,
     tunnel: Option<Arc<Tunnel>>,
+    /// An annex with several hubs: the tunnel devices of hubs 1.. (hub 0's
+    /// is `tunnel`).
+    hub_tunnels: Vec<Arc<Tunnel>>,
     /// Kernel settings changed, recorded in the state directory.
     sysctls: sysctl::Record,
     /// Every task of the daemon (see [`supervisor`]).
@@ -101,7 +104,12 @@ impl Installed {
             }
             Err(e) => tracing::error!(error = %e, "could not remove every townlink route and rule"),
         }
-        if let Some(tunnel) = self.tunnel.take() {
+        let tunnels = self
+            .tunnel
+            .take()
+            .into_iter()
+            .chain(self.hub_tunnels.drain(..));
+        for tunnel in tunnels {
             let name = tunnel.name().to_string();
             let holders = Arc::strong_count(&tunnel) - 1;
             if holders > 0 {
@@ -178,6 +186,17 @@ pub async fn run(
              this name (stop it, or set tunnel.interface to a free name)"
         );
     }
+    if let Role::Annex(annex) = &config.role {
+        for (h, hub) in annex.hubs.iter().enumerate().skip(1) {
+            let other = hub.interface.as_str();
+            if net.link_index(other).await?.is_some() {
+                bail!(
+                    "interface {other} already exists: another townlink is running, or another \
+                     program uses this name (stop it, or set hub[{h}].interface to a free name)"
+                );
+            }
+        }
+    }
     // The state directory is this instance's alone (its records, the
     // hub's registry by default): held locked while it runs.
     let _state_lock = lock_state_directory(&config.state_directory)?;
@@ -204,6 +223,7 @@ pub async fn run(
     let mut installed = Installed {
         net: net.clone(),
         tunnel: None,
+        hub_tunnels: Vec::new(),
         sysctls,
         supervisor,
         stop: shutdown.child_token(),
@@ -316,16 +336,7 @@ async fn start(
     let t = &config.tunnel;
     let name = t.interface.as_str();
     let annex = matches!(config.role, Role::Annex(_));
-    let tunnel = Tunnel::create(
-        name,
-        Tuning {
-            threads: t.threads,
-            // Per-peer connected sockets would not get the larger buffers,
-            // and annexes must not use them anyway (trap 6).
-            connected_socket: false,
-            socket_buffer: TUNNEL_SOCKET_BUFFER,
-        },
-    )?;
+    let tunnel = Tunnel::create(name, tuning(config))?;
     let tunnel = &**installed.tunnel.insert(Arc::new(tunnel));
     // Only the annex steers its tunnel socket by mark.
     let fwmark = annex.then_some(config.routing.fwmark);
@@ -335,7 +346,13 @@ async fn start(
 
     let net = &installed.net;
     let index = net.require_link(name).await?;
-    net.add_address(index, name, t.address).await?;
+    // With several hubs, each hub's device has the address as a /32.
+    let hubs = match &config.role {
+        Role::Annex(a) => a.hubs.len(),
+        Role::Hub(_) => 1,
+    };
+    net.add_address(index, name, crate::routing::device_address(t.address, hubs))
+        .await?;
     net.set_up(index, name, t.mtu).await?;
 
     if config.routing.forwarding {
@@ -382,6 +399,17 @@ async fn start(
     );
     start_checks(config, installed);
     Ok(())
+}
+
+/// How the tunnel devices are made.
+fn tuning(config: &Config) -> Tuning {
+    Tuning {
+        threads: config.tunnel.threads,
+        // Per-peer connected sockets would not get the larger buffers,
+        // and annexes must not use them anyway (trap 6).
+        connected_socket: false,
+        socket_buffer: TUNNEL_SOCKET_BUFFER,
+    }
 }
 
 /// One task per end-to-end check, under `installed.checks`.
