@@ -282,17 +282,22 @@ pub async fn run(
     let mut current = config;
     let failed = loop {
         // Only for this beat: teardown must find the tunnel held by `installed` alone.
-        let tunnel = installed.tunnel.clone();
+        let tunnels: Vec<Arc<Tunnel>> = installed
+            .tunnel
+            .iter()
+            .chain(&installed.hub_tunnels)
+            .cloned()
+            .collect();
         let event = heart
             .run(
                 &installed.supervisor,
                 &mut failures,
                 &shutdown,
                 &mut reload,
-                || liveness(tunnel.clone()),
+                || liveness(tunnels.clone()),
             )
             .await;
-        drop(tunnel);
+        drop(tunnels);
         match event {
             Event::Stop => break None,
             Event::Failed(e) => break Some(e),
@@ -316,16 +321,19 @@ pub async fn run(
     }
 }
 
-/// One heartbeat: does the tunnel's device answer?
-async fn liveness(tunnel: Option<Arc<Tunnel>>) -> Liveness {
-    let Some(tunnel) = tunnel else {
-        return Liveness::Alive;
-    };
-    match tunnel.status().await {
-        Ok(_) => Liveness::Alive,
-        Err(e) if e.is_broken() => Liveness::Dead(e.to_string()),
-        Err(e) => Liveness::Unsure(e.to_string()),
+/// One heartbeat: does every tunnel device (one per hub on an annex) answer?
+async fn liveness(tunnels: Vec<Arc<Tunnel>>) -> Liveness {
+    let mut unsure = None;
+    for tunnel in tunnels {
+        match tunnel.status().await {
+            Ok(_) => {}
+            Err(e) if e.is_broken() => {
+                return Liveness::Dead(e.to_string());
+            }
+            Err(e) => unsure = unsure.or(Some(e.to_string())),
+        }
     }
+    unsure.map_or(Liveness::Alive, Liveness::Unsure)
 }
 
 async fn start(
