@@ -5,7 +5,7 @@ mod testbed;
 
 use std::time::{Duration, Instant};
 
-use testbed::{udp_echo_server, Impairment, Options, UdpStream, Wan, RECORDS};
+use testbed::{udp_echo_server, Daemon, Impairment, Options, UdpStream, Wan, RECORDS};
 
 /// Fiber and 4G both probed and up, a 50 packets/s stream flowing.
 fn running(options: &Options) -> (Wan, UdpStream) {
@@ -434,4 +434,154 @@ fn fiber_saturated_by_the_lan_upload_is_not_followed() {
     // does the users' stream.
     assert!(uploaded > 30_000_000, "uploaded {uploaded} B");
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+/// A backup hub next to the test bed's hub (issue 18): its own namespace
+/// on the core (198.18.3.2), its own link to the records server, every
+/// annex of the bed as a `[[site]]` (the main hub's, copied), and the
+/// records server's replies to the annexes' LANs routed through it. That
+/// return path is static (the data centre's BGP is the hubs' side,
+/// `backup_site.rs`): the test watches the annex's side of a switch.
+/// Field order is drop order: the daemon before its namespace.
+struct BackupHub {
+    _daemon: Daemon,
+    _ns: testbed::Netns,
+}
+
+impl BackupHub {
+    fn start(wan: &Wan) -> BackupHub {
+        use testbed::{link, write_identity, write_key};
+        let name = wan.hub.name.replace("-hub", "-backup");
+        let ns = testbed::Netns::new(name);
+        link(
+            &wan.core,
+            "hub1",
+            "198.18.3.1/24",
+            &ns,
+            "core0",
+            "198.18.3.2/24",
+        );
+        ns.ip(&["route", "add", "default", "via", "198.18.3.1"]);
+        link(
+            &ns,
+            "rec0",
+            "10.52.0.1/24",
+            &wan.records,
+            "eth1",
+            "10.52.0.10/24",
+        );
+        ns.ip(&["route", "add", "10.50.0.0/24", "via", "10.52.0.10"]);
+        wan.records
+            .ip(&["route", "add", "192.168.0.0/16", "via", "10.52.0.1"]);
+        let dir = wan.dir.path();
+        let public = write_key(&dir.join("backup.key")).public_key();
+        let fingerprint = write_identity(dir, "backup-probe");
+        let config = dir.join("backup.toml");
+        let text = std::fs::read_to_string(&wan.hub_config)
+            .unwrap()
+            .replace("\"hub.key\"", "\"backup.key\"")
+            .replace("\"hub-probe.", "\"backup-probe.")
+            .replace("\"hub.sock\"", "\"backup.sock\"")
+            .replace("\"hub-sites.json\"", "\"backup-sites.json\"")
+            .replace("\"hub-state\"", "\"backup-state\"")
+            .replace("198.18.0.2:", "198.18.3.2:")
+            .replace("\"10.99.0.1/24\"", "\"10.99.0.254/24\"");
+        std::fs::write(&config, text).unwrap();
+        for annex in &wan.annexes {
+            let mut text = std::fs::read_to_string(&annex.config).unwrap();
+            text.push_str(&format!(
+                "\n[[hub]]\nname = \"backup\"\ninterface = \"tl1\"\npublic_key = \"{public}\"\n\
+                 endpoint = \"198.18.3.2:{}\"\naddress = \"10.99.0.254\"\n\
+                 routes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\nfingerprint = \"{fingerprint}\"\n",
+                testbed::HUB_PORT
+            ));
+            std::fs::write(&annex.config, text).unwrap();
+        }
+        let daemon = Daemon::start(&ns, &config, dir.join("backup.log"));
+        BackupHub {
+            _daemon: daemon,
+            _ns: ns,
+        }
+    }
+}
+
+/// The device of annex 1's main-table route to the records network.
+fn records_device(wan: &Wan) -> String {
+    let routes = wan.annex(1).ns.ip_json(&["route", "show", "10.50.0.0/24"]);
+    routes[0]["dev"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
+    let mut wan = Wan::build(1);
+    let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
+    let main = wan.start_hub();
+    let backup = BackupHub::start(&wan);
+    let annex = wan.start_annex(1);
+    for path in ["main/fiber", "backup/fiber"] {
+        wan.daemons[annex]
+            .wait_for_log(
+                &["uplink state", &format!("uplink={path}"), "to=\"up\""],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+    }
+    let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
+    stream.wait_for_echoes(50, Duration::from_secs(20)).unwrap();
+    // One device per hub; the records network on the main hub's; both
+    // hubs' tunnels over the fiber.
+    assert_eq!(records_device(&wan), "tl0");
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
+
+    // The main hub dies (its tunnel and its probe responder).
+    let cut = Instant::now();
+    wan.daemons[main].kill();
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("main hub killed: gap seen by the LAN stream {gap:?}");
+    assert!(gap < Duration::from_secs(2), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    // Both sessions still over the fiber: the dead main hub's is not
+    // moved to the 4G by the 4G's answer from before.
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0", "main's session");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=backup/fiber"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    assert!(line.contains("class=\"hub_down\""), "{line}");
+
+    // The main hub back: one return, after its hold-down (10 s by default).
+    let restarted = Instant::now();
+    wan.start_hub();
+    let deadline = restarted + Duration::from_secs(60);
+    while records_device(&wan) != "tl0" {
+        assert!(Instant::now() < deadline, "not back on the main hub");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = restarted.elapsed();
+    eprintln!("back on the main hub {after:?} after its restart");
+    assert!(after >= Duration::from_secs(10), "{after:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(records_device(&wan), "tl0");
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(
+        switches[1].contains("from=backup/fiber") && switches[1].contains("to=main/fiber"),
+        "{}",
+        switches[1]
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+    drop(backup);
 }

@@ -18,15 +18,6 @@ pub(super) fn annex(
             "missing: an annex needs one [[hub]]",
             Some("add [[hub]] with name, public_key, endpoint, address, routes"),
         );
-    } else if raw_hubs.len() > 1 {
-        c.push(
-            "hub",
-            format!(
-                "{} hubs configured; this version supports one",
-                raw_hubs.len()
-            ),
-            Some("keep only the main hub for now"),
-        );
     }
     let hubs: Vec<Option<HubPeer>> = raw_hubs
         .iter()
