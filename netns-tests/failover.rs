@@ -561,6 +561,17 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
         )
         .unwrap();
     assert!(line.contains("class=\"hub_down\""), "{line}");
+    // What the technician sees (per-path status is the next step): the
+    // switch and its reason.
+    let (code, out, err) = testbed::status(&wan.dir.path().join("annex1.sock"), true);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["active"], "fiber", "{s}");
+    let reason = s["last_failover"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("hub main silent over") && reason.contains("hub backup answering"),
+        "{s}"
+    );
 
     // The main hub back: one return, after its hold-down (10 s by default).
     let restarted = Instant::now();
@@ -583,5 +594,28 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
         switches[1]
     );
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        wan.daemons[annex].log_lines(&[" ERROR "]),
+        Vec::<String>::new()
+    );
+
+    // A clean stop takes both devices, every rule and route with them.
+    assert!(wan.daemons[annex].stop(Duration::from_secs(10)).success());
+    let ns = &wan.annex(1).ns;
+    for device in ["tl0", "tl1"] {
+        let out = ns.run_output(&["ip", "link", "show", device]);
+        assert!(!out.status.success(), "{device} left behind");
+    }
+    let rules = ns.ip_json(&["rule", "show"]);
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["table"] != "7416" && r["table"] != 7416),
+        "{rules}"
+    );
+    let routes = ns.ip_json(&["route", "show", "table", "all", "proto", "116"]);
+    assert_eq!(routes, serde_json::json!([]), "{routes}");
     drop(backup);
 }
