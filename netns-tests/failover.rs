@@ -511,8 +511,10 @@ fn records_device(wan: &Wan) -> String {
     routes[0]["dev"].as_str().unwrap_or_default().to_string()
 }
 
-#[test]
-fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
+/// The bed with a backup hub, both hubs up over the fiber, a 50 packets/s
+/// stream to the records server flowing on the main hub: (bed, backup
+/// hub, stream, index of the main hub's and of the annex's daemon).
+fn two_hubs_running() -> (Wan, BackupHub, UdpStream, usize, usize) {
     let mut wan = Wan::build(1);
     let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
     let main = wan.start_hub();
@@ -538,6 +540,72 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
         wan.daemons[annex].log_lines(&["failover from="]),
         Vec::<String>::new()
     );
+    (wan, backup, stream, main, annex)
+}
+
+/// Polls annex 1's route to the records network until it is on `device`.
+fn wait_for_records_device(wan: &Wan, device: &str, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    while records_device(wan) != device {
+        assert!(Instant::now() < deadline, "records network not on {device}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Instant::now()
+}
+
+/// Issue 18, test 5: the fiber to the main hub blocked, the fiber to the
+/// backup hub fine. With `prefer = "uplink"` (the default) the annex uses
+/// (backup, fiber) rather than (main, 4G), and returns to the main hub
+/// once the fiber reaches it again, after the hold-down.
+#[test]
+fn the_main_hub_cut_from_the_fiber_only_is_left_for_the_backup_hub_over_the_fiber() {
+    let (wan, _backup, stream, _main, annex) = two_hubs_running();
+    let cut = Instant::now();
+    // Drops what the annex's fiber sends to the main hub (the core's link
+    // to it): the main hub still answers over the 4G.
+    let blocked = Impairment::new(&wan.core, "hub0", &["-s", "198.18.11.0/24", "-j", "DROP"]);
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber to the main hub blocked: gap {gap:?}");
+    assert!(gap < Duration::from_secs(2), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=backup/fiber"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    // Stays there while the fiber to the main hub is blocked.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(records_device(&wan), "tl1");
+    drop(blocked);
+    let unblocked = Instant::now();
+    let back = wait_for_records_device(&wan, "tl0", Duration::from_secs(60));
+    eprintln!(
+        "back on the main hub {:?} after the unblock",
+        back - unblocked
+    );
+    assert!(back - unblocked >= Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(
+        switches[1].contains("from=backup/fiber") && switches[1].contains("to=main/fiber"),
+        "{}",
+        switches[1]
+    );
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
+    let (mut wan, backup, stream, main, annex) = two_hubs_running();
 
     // The main hub dies (its tunnel and its probe responder).
     let cut = Instant::now();
@@ -576,12 +644,7 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
     // The main hub back: one return, after its hold-down (10 s by default).
     let restarted = Instant::now();
     wan.start_hub();
-    let deadline = restarted + Duration::from_secs(60);
-    while records_device(&wan) != "tl0" {
-        assert!(Instant::now() < deadline, "not back on the main hub");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let after = restarted.elapsed();
+    let after = wait_for_records_device(&wan, "tl0", Duration::from_secs(60)) - restarted;
     eprintln!("back on the main hub {after:?} after its restart");
     assert!(after >= Duration::from_secs(10), "{after:?}");
     std::thread::sleep(Duration::from_secs(5));
