@@ -682,3 +682,37 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
     assert_eq!(routes, serde_json::json!([]), "{routes}");
     drop(backup);
 }
+
+/// Issue 18, test 4: on the backup hub (the main one dead), the fiber
+/// dies too: the tunnel goes to the backup hub over the 4G (behind the
+/// carrier's NAT), not to the dead main hub's 4G path, which is up only
+/// by an answer from before (rule 16).
+#[test]
+fn on_the_backup_hub_a_dead_fiber_is_left_for_the_4g() {
+    let (mut wan, _backup, stream, main, annex) = two_hubs_running();
+    wan.daemons[main].kill();
+    wait_for_records_device(&wan, "tl1", Duration::from_secs(10));
+    stream.wait_for_echoes(50, Duration::from_secs(10)).unwrap();
+    let cut = Instant::now();
+    let _fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber dead on the backup hub: gap {gap:?}");
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "lte0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=backup/fiber", "to=backup/lte"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    // The dead main hub's session stays where it was.
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+}
