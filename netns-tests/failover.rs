@@ -444,8 +444,9 @@ fn fiber_saturated_by_the_lan_upload_is_not_followed() {
 /// `backup_site.rs`): the test watches the annex's side of a switch.
 /// Field order is drop order: the daemon before its namespace.
 struct BackupHub {
-    _daemon: Daemon,
-    _ns: testbed::Netns,
+    daemon: Daemon,
+    ns: testbed::Netns,
+    config: std::path::PathBuf,
 }
 
 impl BackupHub {
@@ -498,10 +499,14 @@ impl BackupHub {
             std::fs::write(&annex.config, text).unwrap();
         }
         let daemon = Daemon::start(&ns, &config, dir.join("backup.log"));
-        BackupHub {
-            _daemon: daemon,
-            _ns: ns,
-        }
+        BackupHub { daemon, ns, config }
+    }
+
+    /// Stops the backup hub's townlink cleanly and starts it again.
+    fn restart(&mut self) {
+        assert!(self.daemon.stop(Duration::from_secs(10)).success());
+        let log = self.config.with_extension("restarted.log");
+        self.daemon = Daemon::start(&self.ns, &self.config, log);
     }
 }
 
@@ -715,4 +720,35 @@ fn on_the_backup_hub_a_dead_fiber_is_left_for_the_4g() {
     assert_eq!(switches.len(), 2, "{switches:#?}");
     // The dead main hub's session stays where it was.
     assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+}
+
+/// Issue 18, test 8: a restart of the backup hub moves no annex; the
+/// annex starts a new session with it at once (its own hub-restart
+/// detection, per hub), so that it is ready for a switch again.
+#[test]
+fn a_restart_of_the_backup_hub_moves_nothing() {
+    let (wan, mut backup, stream, _main, annex) = two_hubs_running();
+    let before = Instant::now();
+    backup.restart();
+    wan.daemons[annex]
+        .wait_for_log(
+            &["hub peer re-added, traffic pushed", "hub=backup"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
+    assert_eq!(records_device(&wan), "tl0");
+    // The records server's replies come back through the backup hub in
+    // this bed (static return path): they stopped during its restart
+    // and flow again over the new session.
+    eprintln!(
+        "backup hub restarted: gap {:?} (the return path)",
+        stream.longest_gap_since(before)
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+    assert!(backup.daemon.log_text().contains("annex-1"));
 }
