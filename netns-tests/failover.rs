@@ -545,6 +545,23 @@ fn two_hubs_running() -> (Wan, BackupHub, UdpStream, usize, usize) {
         wan.daemons[annex].log_lines(&["failover from="]),
         Vec::<String>::new()
     );
+    // A WireGuard session with each hub, as the annex's metrics show
+    // (each device's collector): no handshake waits for a switch.
+    let metrics: std::net::SocketAddr = "127.0.0.1:9475".parse().unwrap();
+    for hub in ["main", "backup"] {
+        let series = format!("townlink_peer_last_handshake_timestamp_seconds{{peer=\"{hub}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = testbed::http_get(&wan.annex(1).ns, metrics, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            if testbed::metric_value(&body, &series).is_some_and(|t| t > 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no handshake with {hub}: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     (wan, backup, stream, main, annex)
 }
 

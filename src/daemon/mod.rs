@@ -405,6 +405,27 @@ async fn start(
             installed.stop.clone(),
         ),
     );
+    // An annex with several hubs: each other hub's device has its own
+    // collector for its one peer (the session kept with a standby hub).
+    if let Role::Annex(annex) = &config.role {
+        for (hub, tunnel) in annex.hubs.iter().skip(1).zip(&installed.hub_tunnels) {
+            let (_keep, peers) = tokio::sync::watch::channel(collector::Sources {
+                peers: [(hub.public_key, hub.name.to_string())].into(),
+                interfaces: Vec::new(),
+            });
+            installed.supervisor.service(
+                format!("collector {}", hub.interface),
+                &installed.stop,
+                collector::run(
+                    installed.telemetry.clone(),
+                    tunnel.clone(),
+                    installed.net.clone(),
+                    peers,
+                    installed.stop.clone(),
+                ),
+            );
+        }
+    }
     start_checks(config, installed);
     Ok(())
 }
