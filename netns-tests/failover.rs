@@ -520,7 +520,12 @@ fn records_device(wan: &Wan) -> String {
 /// stream to the records server flowing on the main hub: (bed, backup
 /// hub, stream, index of the main hub's and of the annex's daemon).
 fn two_hubs_running() -> (Wan, BackupHub, UdpStream, usize, usize) {
-    let mut wan = Wan::build(1);
+    two_hubs_running_with(&Options::default())
+}
+
+/// [`two_hubs_running`] with the annex's `options`.
+fn two_hubs_running_with(options: &Options) -> (Wan, BackupHub, UdpStream, usize, usize) {
+    let mut wan = Wan::build_with(1, options);
     let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
     let main = wan.start_hub();
     let backup = BackupHub::start(&wan);
@@ -623,6 +628,37 @@ fn the_main_hub_cut_from_the_fiber_only_is_left_for_the_backup_hub_over_the_fibe
     );
     assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+/// The same cut with `prefer = "hub"`: the main hub at any cost, over
+/// the 4G.
+#[test]
+fn with_prefer_hub_the_main_hub_cut_from_the_fiber_is_kept_over_the_4g() {
+    let options = Options {
+        annex_failover: "prefer = \"hub\"".into(),
+        ..Options::default()
+    };
+    let (wan, _backup, stream, _main, annex) = two_hubs_running_with(&options);
+    let cut = Instant::now();
+    let _blocked = Impairment::new(&wan.core, "hub0", &["-s", "198.18.11.0/24", "-j", "DROP"]);
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber to the main hub blocked, prefer = hub: gap {gap:?}");
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=main/lte"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    assert_eq!(records_device(&wan), "tl0");
+    assert_eq!(wan.annex(1).tunnel_uplink(), "lte0");
+    std::thread::sleep(Duration::from_secs(3));
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 1, "{switches:#?}");
 }
 
 #[test]
