@@ -526,6 +526,11 @@ fn two_hubs_running() -> (Wan, BackupHub, UdpStream, usize, usize) {
 /// [`two_hubs_running`] with the annex's `options`.
 fn two_hubs_running_with(options: &Options) -> (Wan, BackupHub, UdpStream, usize, usize) {
     let mut wan = Wan::build_with(1, options);
+    // A router with strict reverse-path filtering: the replies come back
+    // through the backup hub (tl1) while the records network is routed
+    // to the main hub's device (tl0); the annex loosens it on its
+    // devices.
+    wan.annex(1).ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
     let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
     let main = wan.start_hub();
     let backup = BackupHub::start(&wan);

@@ -147,6 +147,14 @@ pub(super) async fn start(
         tunnels.push(tunnel);
     }
 
+    if several {
+        for hub in &annex.hubs {
+            let name = hub.interface.as_str();
+            crate::sysctl::loosen_own_interface(name).with_context(|| {
+                format!("setting loose reverse-path filtering on the tunnel device {name}")
+            })?;
+        }
+    }
     let (active, active_uplink) = annex.preferred_uplink();
     let (active_hub, _) = annex.preferred_hub();
     let (routes, rules) = routing::annex_plan(
