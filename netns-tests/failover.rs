@@ -5,7 +5,7 @@ mod testbed;
 
 use std::time::{Duration, Instant};
 
-use testbed::{udp_echo_server, Impairment, Options, UdpStream, Wan, RECORDS};
+use testbed::{udp_echo_server, Daemon, Impairment, Options, UdpStream, Wan, RECORDS};
 
 /// Fiber and 4G both probed and up, a 50 packets/s stream flowing.
 fn running(options: &Options) -> (Wan, UdpStream) {
@@ -434,4 +434,379 @@ fn fiber_saturated_by_the_lan_upload_is_not_followed() {
     // does the users' stream.
     assert!(uploaded > 30_000_000, "uploaded {uploaded} B");
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+/// A backup hub next to the test bed's hub (issue 18): its own namespace
+/// on the core (198.18.3.2), its own link to the records server, every
+/// annex of the bed as a `[[site]]` (the main hub's, copied), and the
+/// records server's replies to the annexes' LANs routed through it. That
+/// return path is static (the data centre's BGP is the hubs' side,
+/// `backup_site.rs`): the test watches the annex's side of a switch.
+/// Field order is drop order: the daemon before its namespace.
+struct BackupHub {
+    daemon: Daemon,
+    ns: testbed::Netns,
+    config: std::path::PathBuf,
+}
+
+impl BackupHub {
+    fn start(wan: &Wan) -> BackupHub {
+        use testbed::{link, write_identity, write_key};
+        let name = wan.hub.name.replace("-hub", "-backup");
+        let ns = testbed::Netns::new(name);
+        link(
+            &wan.core,
+            "hub1",
+            "198.18.3.1/24",
+            &ns,
+            "core0",
+            "198.18.3.2/24",
+        );
+        ns.ip(&["route", "add", "default", "via", "198.18.3.1"]);
+        link(
+            &ns,
+            "rec0",
+            "10.52.0.1/24",
+            &wan.records,
+            "eth1",
+            "10.52.0.10/24",
+        );
+        ns.ip(&["route", "add", "10.50.0.0/24", "via", "10.52.0.10"]);
+        wan.records
+            .ip(&["route", "add", "192.168.0.0/16", "via", "10.52.0.1"]);
+        let dir = wan.dir.path();
+        let public = write_key(&dir.join("backup.key")).public_key();
+        let fingerprint = write_identity(dir, "backup-probe");
+        let config = dir.join("backup.toml");
+        let text = std::fs::read_to_string(&wan.hub_config)
+            .unwrap()
+            .replace("\"hub.key\"", "\"backup.key\"")
+            .replace("\"hub-probe.", "\"backup-probe.")
+            .replace("\"hub.sock\"", "\"backup.sock\"")
+            .replace("\"hub-sites.json\"", "\"backup-sites.json\"")
+            .replace("\"hub-state\"", "\"backup-state\"")
+            .replace("198.18.0.2:", "198.18.3.2:")
+            .replace("\"10.99.0.1/24\"", "\"10.99.0.254/24\"");
+        std::fs::write(&config, text).unwrap();
+        for annex in &wan.annexes {
+            let mut text = std::fs::read_to_string(&annex.config).unwrap();
+            text.push_str(&format!(
+                "\n[[hub]]\nname = \"backup\"\ninterface = \"tl1\"\npublic_key = \"{public}\"\n\
+                 endpoint = \"198.18.3.2:{}\"\naddress = \"10.99.0.254\"\n\
+                 routes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\nfingerprint = \"{fingerprint}\"\n",
+                testbed::HUB_PORT
+            ));
+            std::fs::write(&annex.config, text).unwrap();
+        }
+        let daemon = Daemon::start(&ns, &config, dir.join("backup.log"));
+        BackupHub { daemon, ns, config }
+    }
+
+    /// Stops the backup hub's townlink cleanly and starts it again.
+    fn restart(&mut self) {
+        assert!(self.daemon.stop(Duration::from_secs(10)).success());
+        let log = self.config.with_extension("restarted.log");
+        self.daemon = Daemon::start(&self.ns, &self.config, log);
+    }
+}
+
+/// The device of annex 1's main-table route to the records network.
+fn records_device(wan: &Wan) -> String {
+    let routes = wan.annex(1).ns.ip_json(&["route", "show", "10.50.0.0/24"]);
+    routes[0]["dev"].as_str().unwrap_or_default().to_string()
+}
+
+/// The bed with a backup hub, both hubs up over the fiber, a 50 packets/s
+/// stream to the records server flowing on the main hub: (bed, backup
+/// hub, stream, index of the main hub's and of the annex's daemon).
+fn two_hubs_running() -> (Wan, BackupHub, UdpStream, usize, usize) {
+    two_hubs_running_with(&Options::default())
+}
+
+/// [`two_hubs_running`] with the annex's `options`.
+fn two_hubs_running_with(options: &Options) -> (Wan, BackupHub, UdpStream, usize, usize) {
+    let mut wan = Wan::build_with(1, options);
+    // A router with strict reverse-path filtering: the replies come back
+    // through the backup hub (tl1) while the records network is routed
+    // to the main hub's device (tl0); the annex loosens it on its
+    // devices.
+    wan.annex(1).ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
+    let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
+    let main = wan.start_hub();
+    let backup = BackupHub::start(&wan);
+    let annex = wan.start_annex(1);
+    for path in ["main/fiber", "backup/fiber"] {
+        wan.daemons[annex]
+            .wait_for_log(
+                &["uplink state", &format!("uplink={path}"), "to=\"up\""],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+    }
+    let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
+    stream.wait_for_echoes(50, Duration::from_secs(20)).unwrap();
+    // One device per hub; the records network on the main hub's; both
+    // hubs' tunnels over the fiber.
+    assert_eq!(records_device(&wan), "tl0");
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
+    // A WireGuard session with each hub, as the annex's metrics show
+    // (each device's collector): no handshake waits for a switch.
+    let metrics: std::net::SocketAddr = "127.0.0.1:9475".parse().unwrap();
+    for hub in ["main", "backup"] {
+        let series = format!("townlink_peer_last_handshake_timestamp_seconds{{peer=\"{hub}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = testbed::http_get(&wan.annex(1).ns, metrics, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            if testbed::metric_value(&body, &series).is_some_and(|t| t > 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no handshake with {hub}: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    (wan, backup, stream, main, annex)
+}
+
+/// Polls annex 1's route to the records network until it is on `device`.
+fn wait_for_records_device(wan: &Wan, device: &str, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    while records_device(wan) != device {
+        assert!(Instant::now() < deadline, "records network not on {device}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Instant::now()
+}
+
+/// Issue 18, test 5: the fiber to the main hub blocked, the fiber to the
+/// backup hub fine. With `prefer = "uplink"` (the default) the annex uses
+/// (backup, fiber) rather than (main, 4G), and returns to the main hub
+/// once the fiber reaches it again, after the hold-down.
+#[test]
+fn the_main_hub_cut_from_the_fiber_only_is_left_for_the_backup_hub_over_the_fiber() {
+    let (wan, _backup, stream, _main, annex) = two_hubs_running();
+    let cut = Instant::now();
+    // Drops what the annex's fiber sends to the main hub (the core's link
+    // to it): the main hub still answers over the 4G.
+    let blocked = Impairment::new(&wan.core, "hub0", &["-s", "198.18.11.0/24", "-j", "DROP"]);
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber to the main hub blocked: gap {gap:?}");
+    assert!(gap < Duration::from_secs(2), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=backup/fiber"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    // Stays there while the fiber to the main hub is blocked.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(records_device(&wan), "tl1");
+    drop(blocked);
+    let unblocked = Instant::now();
+    let back = wait_for_records_device(&wan, "tl0", Duration::from_secs(60));
+    eprintln!(
+        "back on the main hub {:?} after the unblock",
+        back - unblocked
+    );
+    assert!(back - unblocked >= Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(
+        switches[1].contains("from=backup/fiber") && switches[1].contains("to=main/fiber"),
+        "{}",
+        switches[1]
+    );
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+}
+
+/// The same cut with `prefer = "hub"`: the main hub at any cost, over
+/// the 4G.
+#[test]
+fn with_prefer_hub_the_main_hub_cut_from_the_fiber_is_kept_over_the_4g() {
+    let options = Options {
+        annex_failover: "prefer = \"hub\"".into(),
+        ..Options::default()
+    };
+    let (wan, _backup, stream, _main, annex) = two_hubs_running_with(&options);
+    let cut = Instant::now();
+    let _blocked = Impairment::new(&wan.core, "hub0", &["-s", "198.18.11.0/24", "-j", "DROP"]);
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber to the main hub blocked, prefer = hub: gap {gap:?}");
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=main/lte"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    assert_eq!(records_device(&wan), "tl0");
+    assert_eq!(wan.annex(1).tunnel_uplink(), "lte0");
+    std::thread::sleep(Duration::from_secs(3));
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 1, "{switches:#?}");
+}
+
+#[test]
+fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
+    let (mut wan, backup, stream, main, annex) = two_hubs_running();
+
+    // The main hub dies (its tunnel and its probe responder).
+    let cut = Instant::now();
+    wan.daemons[main].kill();
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("main hub killed: gap seen by the LAN stream {gap:?}");
+    assert!(gap < Duration::from_secs(2), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    // Both sessions still over the fiber: the dead main hub's is not
+    // moved to the 4G by the 4G's answer from before.
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0", "main's session");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "fiber0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=main/fiber", "to=backup/fiber"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    assert!(line.contains("class=\"hub_down\""), "{line}");
+    // What the technician sees (per-path status is the next step): the
+    // switch and its reason.
+    let (code, out, err) = testbed::status(&wan.dir.path().join("annex1.sock"), true);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["active"], "fiber", "{s}");
+    let reason = s["last_failover"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("hub main silent over") && reason.contains("hub backup answering"),
+        "{s}"
+    );
+
+    // The main hub back: one return, after its hold-down (10 s by default).
+    let restarted = Instant::now();
+    wan.start_hub();
+    let after = wait_for_records_device(&wan, "tl0", Duration::from_secs(60)) - restarted;
+    eprintln!("back on the main hub {after:?} after its restart");
+    assert!(after >= Duration::from_secs(10), "{after:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(records_device(&wan), "tl0");
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(
+        switches[1].contains("from=backup/fiber") && switches[1].contains("to=main/fiber"),
+        "{}",
+        switches[1]
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        wan.daemons[annex].log_lines(&[" ERROR "]),
+        Vec::<String>::new()
+    );
+
+    // A clean stop takes both devices, every rule and route with them.
+    assert!(wan.daemons[annex].stop(Duration::from_secs(10)).success());
+    let ns = &wan.annex(1).ns;
+    for device in ["tl0", "tl1"] {
+        let out = ns.run_output(&["ip", "link", "show", device]);
+        assert!(!out.status.success(), "{device} left behind");
+    }
+    let rules = ns.ip_json(&["rule", "show"]);
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["table"] != "7416" && r["table"] != 7416),
+        "{rules}"
+    );
+    let routes = ns.ip_json(&["route", "show", "table", "all", "proto", "116"]);
+    assert_eq!(routes, serde_json::json!([]), "{routes}");
+    drop(backup);
+}
+
+/// Issue 18, test 4: on the backup hub (the main one dead), the fiber
+/// dies too: the tunnel goes to the backup hub over the 4G (behind the
+/// carrier's NAT), not to the dead main hub's 4G path, which is up only
+/// by an answer from before (rule 16).
+#[test]
+fn on_the_backup_hub_a_dead_fiber_is_left_for_the_4g() {
+    let (mut wan, _backup, stream, main, annex) = two_hubs_running();
+    wan.daemons[main].kill();
+    wait_for_records_device(&wan, "tl1", Duration::from_secs(10));
+    stream.wait_for_echoes(50, Duration::from_secs(10)).unwrap();
+    let cut = Instant::now();
+    let _fiber_down = Impairment::blackhole(&wan.isp_fiber, "a1");
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    let gap = stream.longest_gap_since(cut);
+    eprintln!("fiber dead on the backup hub: gap {gap:?}");
+    assert!(gap < Duration::from_secs(3), "gap {gap:?}");
+    assert_eq!(records_device(&wan), "tl1");
+    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
+    assert_eq!(backup_table[0]["dev"], "lte0", "{backup_table}");
+    let line = wan.daemons[annex]
+        .wait_for_log(
+            &["failover from=backup/fiber", "to=backup/lte"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    eprintln!("{line}");
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    // The dead main hub's session stays where it was.
+    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+}
+
+/// Issue 18, test 8: a restart of the backup hub moves no annex; the
+/// annex starts a new session with it at once (its own hub-restart
+/// detection, per hub), so that it is ready for a switch again.
+#[test]
+fn a_restart_of_the_backup_hub_moves_nothing() {
+    let (wan, mut backup, stream, _main, annex) = two_hubs_running();
+    let before = Instant::now();
+    backup.restart();
+    wan.daemons[annex]
+        .wait_for_log(
+            &["hub peer re-added, traffic pushed", "hub=backup"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        wan.daemons[annex].log_lines(&["failover from="]),
+        Vec::<String>::new()
+    );
+    assert_eq!(records_device(&wan), "tl0");
+    // The records server's replies come back through the backup hub in
+    // this bed (static return path): they stopped during its restart
+    // and flow again over the new session.
+    eprintln!(
+        "backup hub restarted: gap {:?} (the return path)",
+        stream.longest_gap_since(before)
+    );
+    stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
+    assert!(backup.daemon.log_text().contains("annex-1"));
 }

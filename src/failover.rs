@@ -28,11 +28,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProbeConfig, RoutingConfig};
-use crate::decision::{Decision, Engine, Health, Outcome, PathId, Policy, Quality, Sample, Time};
+use crate::decision::{
+    Decision, Engine, Health, Outcome, PathId, Policy, Quality, Sample, Standby, Time,
+};
 use crate::netlink::Netlink;
 use crate::probe::budget::Budget;
 use crate::probe::prober::{Connection, Refusal, ReportForHub};
-use crate::routing::{self, NextHop};
+use crate::routing::{self, NextHop, RouteSpec};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
 
@@ -121,6 +123,9 @@ impl Probing {
 #[derive(Debug, Clone)]
 pub struct Silence {
     uplinks: Vec<Heard>,
+    /// The path of each watched prober (by default prober `i` is uplink
+    /// `i` of the only hub).
+    paths: Vec<PathId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,10 +149,19 @@ impl Silence {
                     silent: None,
                 })
                 .collect(),
+            paths: (0..intervals.len()).map(|i| PathId::new(0, i)).collect(),
         }
     }
 
-    /// A sample of uplink `i` came; returns how long it had been silent.
+    /// The same, prober `i` being the probe stream of `paths[i]`.
+    pub fn for_paths(paths: Vec<PathId>, intervals: &[Duration], now: Time) -> Silence {
+        Silence {
+            paths,
+            ..Silence::new(intervals, now)
+        }
+    }
+
+    /// A sample of prober `i` came; returns how long it had been silent.
     pub fn heard(&mut self, i: usize, now: Time, interval: Duration) -> Option<Duration> {
         let h = self.uplinks.get_mut(i)?;
         h.last = now;
@@ -173,9 +187,9 @@ impl Silence {
         for (i, (h, current)) in self.uplinks.iter_mut().zip(intervals).enumerate() {
             // A rate just lowered still has its old probe on the way.
             let every = h.interval.max(*current);
-            // One hub for now: the path of uplink i is (0, i).
+            let path = self.paths.get(i).copied().unwrap_or(PathId::new(0, i));
             let lost = |at: Time| Sample {
-                path: PathId::new(0, i),
+                path,
                 sent: at.saturating_sub(timeout),
                 outcome: Outcome::Lost,
             };
@@ -198,49 +212,63 @@ impl Silence {
     }
 }
 
-/// What the failover task needs besides the engine.
+/// What the failover task needs besides the engine. Probers are indexed
+/// by path, hub by hub as [`Engine::paths`] lists them: path (h, u) is
+/// `h * uplinks + u`.
 pub struct Failover {
     pub net: Netlink,
     pub routing: RoutingConfig,
+    /// One per uplink.
     pub hops: Vec<NextHop>,
+    /// One per uplink: its name.
     pub names: Vec<String>,
+    /// One per uplink.
     pub metered: Vec<bool>,
     pub ipv6: bool,
-    /// The hub's tunnel address: where traffic is pushed after a switch.
-    pub hub_address: IpAddr,
+    /// One per hub: its tunnel address, where traffic is pushed after a switch.
+    pub hub_addresses: Vec<IpAddr>,
+    /// One per hub: the main table's routes while that hub is active
+    /// (`routing::hub_routes_via`); replaced at a switch of hub.
+    pub hub_routes: Vec<Vec<RouteSpec>>,
     pub probe: ProbeConfig,
-    /// One per uplink: the interval its prober uses.
+    /// One per path: the interval its prober uses.
     pub intervals: Vec<watch::Sender<Duration>>,
     pub telemetry: std::sync::Arc<Telemetry>,
-    /// The report for the hub, and the prober that carries it.
-    pub reports: watch::Sender<ReportForHub>,
+    /// One per hub: the report for that hub, and the prober that carries
+    /// it (only the active hub's has one).
+    pub reports: Vec<watch::Sender<ReportForHub>>,
     /// Reloaded `[failover]` and `[probe]` settings.
     pub settings: watch::Receiver<(Policy, ProbeConfig)>,
-    /// One per uplink: how its prober's connection fares.
+    /// One per path: how its prober's connection fares.
     pub connections: Vec<watch::Receiver<Connection>>,
-    /// One per uplink: its probe budget, if it has one.
+    /// One per uplink: its probe budget, if it has one (shared by its paths).
     pub budgets: Vec<Option<Arc<Budget>>>,
-    /// The last WireGuard handshake with the hub (from the handshake keeper).
-    pub handshake: watch::Receiver<Option<SystemTime>>,
+    /// One per hub: the last WireGuard handshake with it (from its
+    /// handshake keeper).
+    pub handshake: Vec<watch::Receiver<Option<SystemTime>>>,
+}
+
+/// Where the kernel's routes point, as far as the kernel took them.
+struct Routed {
+    /// The hub whose device has the main table's routes.
+    hub: usize,
+    /// Per hub: the uplink its device's table routes through.
+    tables: Vec<usize>,
 }
 
 impl Failover {
+    fn index(&self, p: PathId) -> usize {
+        p.hub * self.names.len() + p.uplink
+    }
+
     fn set_rates(&self, engine: &Engine) {
-        let active = engine.active().uplink;
         // Not for trouble that faster probing cannot solve (see `Probing::calm`).
-        let calm = self.calm();
-        for (i, tx) in self.intervals.iter().enumerate() {
-            // Fast: the active uplink, all while it is not up, and a
-            // preferred uplink being judged for its return (the engine
-            // says); only the active one while probing cannot measure.
-            let interval = if engine.wants_fast_probes(PathId::new(0, i)) && (i == active || !calm)
-            {
-                self.probe.interval
-            } else if self.metered[i] {
-                self.probe.metered_interval
-            } else {
-                self.probe.standby_interval
+        let calm = self.calm(engine.active().hub);
+        for p in engine.paths() {
+            let Some(tx) = self.intervals.get(self.index(p)) else {
+                continue;
             };
+            let interval = interval(engine, p, calm, &self.probe);
             tx.send_if_modified(|current| {
                 let changed = *current != interval;
                 *current = interval;
@@ -253,29 +281,27 @@ impl Failover {
         self.connections.iter().map(|c| *c.borrow()).collect()
     }
 
-    fn probing(&self) -> Probing {
-        Probing::of(&self.connections())
-    }
-
-    fn handshake_fresh(&self) -> bool {
+    fn handshake_fresh(&self, hub: usize) -> bool {
         self.handshake
-            .borrow()
+            .get(hub)
+            .and_then(|h| *h.borrow())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < HANDSHAKE_FRESH)
     }
 
-    fn calm(&self) -> bool {
-        self.probing().calm(self.handshake_fresh())
+    fn calm(&self, hub: usize) -> bool {
+        Probing::of(&self.connections()).calm(self.handshake_fresh(hub))
     }
 
     /// The longest time each prober may now take between two samples.
     fn expected_intervals(&self) -> Vec<Duration> {
+        let n = self.names.len().max(1);
         self.intervals
             .iter()
-            .zip(&self.budgets)
-            .map(|(tx, budget)| {
+            .enumerate()
+            .map(|(i, tx)| {
                 let every = *tx.borrow();
-                match budget {
+                match self.budgets.get(i % n).and_then(|b| b.as_ref()) {
                     // A probe delayed by the budget may wait a few exchanges' refill.
                     Some(b) if b.limited() => every.max(b.pacing() * 4),
                     _ => every,
@@ -286,7 +312,8 @@ impl Failover {
 
     /// Publishes the engine's view: to the telemetry at a change, else at
     /// most every [`TELEMETRY_PERIOD`]; the hub's report at a change, else
-    /// every [`REPORT_PERIOD`].
+    /// every [`REPORT_PERIOD`]. The telemetry shows the uplinks as the
+    /// active hub sees them (per-path status and metrics: issue 18, 2c).
     fn publish(&self, engine: &Engine, now: bool, last: &mut Published) {
         if !now && last.telemetry.elapsed() < TELEMETRY_PERIOD {
             return;
@@ -294,17 +321,21 @@ impl Failover {
         last.telemetry = Instant::now();
         let connections = self.connections();
         let probing = Probing::of(&connections);
+        let active = engine.active();
+        let on_active_hub: Vec<Connection> = (0..self.names.len())
+            .map(|u| connections[self.index(PathId::new(active.hub, u))])
+            .collect();
         let qualities: Vec<Quality> = (0..self.names.len())
-            .map(|i| {
+            .map(|u| {
                 let q = shown(
-                    engine.quality(PathId::new(0, i)),
+                    engine.quality(PathId::new(active.hub, u)),
                     engine.policy().sla.min_samples,
                 );
-                unmeasured(q, probing, connections[i])
+                unmeasured(q, probing, on_active_hub[u])
             })
             .collect();
-        self.telemetry.uplinks(&qualities, engine.active().uplink);
-        self.telemetry.probing(&connections, probing.problem());
+        self.telemetry.uplinks(&qualities, active.uplink);
+        self.telemetry.probing(&on_active_hub, probing.problem());
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
@@ -312,41 +343,98 @@ impl Failover {
             if datagram.is_none() {
                 tracing::debug!("the report for the hub is too large: not sent");
             }
-            self.reports.send_replace(ReportForHub {
-                uplink: engine.active().uplink,
-                datagram,
-            });
+            for (h, reports) in self.reports.iter().enumerate() {
+                // Only the active hub hears from us (a hub's view of
+                // attached sites is step 4 of issue 18).
+                let datagram = if h == active.hub {
+                    datagram.clone()
+                } else {
+                    None
+                };
+                reports.send_replace(ReportForHub {
+                    uplink: active.uplink,
+                    datagram,
+                });
+            }
         }
     }
 
-    /// Points the tunnel's table at uplink `to`; true when the kernel took it.
-    async fn route_to(&self, to: usize) -> bool {
-        let route = routing::tunnel_uplink_route(&self.routing, &self.hops[to], self.ipv6);
+    /// Points hub `hub`'s table at uplink `to`; true when the kernel took it.
+    async fn route_to(&self, hub: usize, to: usize) -> bool {
+        let route = routing::tunnel_uplink_route(&self.routing, hub, &self.hops[to], self.ipv6);
         match self.net.replace_route(&route).await {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(uplink = %self.names[to], error = %e, "cannot switch the tunnel's route; will retry");
+                tracing::error!(uplink = %self.names[to], hub, error = %e, "cannot switch the tunnel's route; will retry");
                 false
             }
         }
     }
 
-    async fn apply(&self, d: &Decision) -> bool {
-        let started = Instant::now();
-        let ok = self.route_to(d.to.uplink).await;
-        if ok {
-            tunnel::push_traffic(self.hub_address);
+    /// Moves the main table's routes to hub `hub`'s device; true when the
+    /// kernel took every one.
+    async fn routes_to_hub(&self, hub: usize) -> bool {
+        let mut ok = true;
+        for route in self.hub_routes.get(hub).into_iter().flatten() {
+            if let Err(e) = self.net.replace_route(route).await {
+                tracing::error!(destination = %route.destination, interface = %route.interface, error = %e, "cannot move a route to the hub's tunnel device; will retry");
+                ok = false;
+            }
         }
+        ok
+    }
+
+    /// Brings the kernel's routes where the engine wants them: each hub's
+    /// table via its tunnel's uplink (the active path's for the active
+    /// hub, [`Engine::tunnel_uplink`] for the others), the main table's
+    /// routes on the active hub's device; traffic pushed to each hub whose
+    /// route moved (WireGuard roaming). Returns whether everything is in
+    /// place, and what moved.
+    async fn reconcile(&self, engine: &Engine, routed: &mut Routed) -> (bool, Vec<String>) {
+        let active = engine.active();
+        let mut ok = true;
+        let mut moved = Vec::new();
+        for h in 0..routed.tables.len() {
+            let want = if h == active.hub {
+                active.uplink
+            } else {
+                engine.tunnel_uplink(h)
+            };
+            if routed.tables[h] == want {
+                continue;
+            }
+            if self.route_to(h, want).await {
+                routed.tables[h] = want;
+                moved.push(format!("hub {h} over {}", self.names[want]));
+                if h != active.hub || routed.hub == active.hub {
+                    tunnel::push_traffic(self.hub_addresses[h]);
+                }
+            } else {
+                ok = false;
+            }
+        }
+        if routed.hub != active.hub {
+            if self.routes_to_hub(active.hub).await {
+                routed.hub = active.hub;
+                moved.push(format!("routes to hub {}", active.hub));
+                tunnel::push_traffic(self.hub_addresses[active.hub]);
+            } else {
+                ok = false;
+            }
+        }
+        (ok, moved)
+    }
+
+    fn log_switch(engine: &Engine, d: &Decision, started: Instant, ok: bool) {
         tracing::warn!(
-            from = %self.names[d.from.uplink],
-            to = %self.names[d.to.uplink],
+            from = %engine.name(d.from),
+            to = %engine.name(d.to),
             class = d.class.as_str(),
             reason = %d.reason,
             switch_ms = started.elapsed().as_secs_f64() * 1000.0,
             applied = ok,
             "failover"
         );
-        ok
     }
 
     /// Runs until `stop` (or until every prober is gone).
@@ -357,11 +445,22 @@ impl Failover {
         clock: Instant,
         stop: CancellationToken,
     ) {
-        let mut routed = engine.active().uplink;
+        let start = engine.active();
+        let mut routed = Routed {
+            hub: start.hub,
+            tables: (0..engine.hubs())
+                .map(|h| engine.tunnel_uplink(h))
+                .collect(),
+        };
+        let path_names: Vec<String> = engine.paths().map(|p| engine.name(p).to_string()).collect();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_rates(&engine);
-        let mut silence = Silence::new(&self.expected_intervals(), clock.elapsed());
+        let mut silence = Silence::for_paths(
+            engine.paths().collect(),
+            &self.expected_intervals(),
+            clock.elapsed(),
+        );
         let mut last = Published {
             telemetry: Instant::now(),
             report: Instant::now(),
@@ -382,10 +481,10 @@ impl Failover {
                 s = samples.recv() => match s {
                     Some(s) => {
                         let now = clock.elapsed();
-                        let u = s.path.uplink;
-                        let every = self.intervals.get(u).map_or(Duration::ZERO, |tx| *tx.borrow());
-                        if let Some(silent) = silence.heard(u, now, every) {
-                            tracing::info!(uplink = %self.names[u], silent_s = silent.as_secs_f64(), "the uplink's prober reports again");
+                        let i = self.index(s.path);
+                        let every = self.intervals.get(i).map_or(Duration::ZERO, |tx| *tx.borrow());
+                        if let Some(silent) = silence.heard(i, now, every) {
+                            tracing::info!(uplink = %path_names.get(i).map_or("?", |n| n.as_str()), silent_s = silent.as_secs_f64(), "the uplink's prober reports again");
                         }
                         decisions.extend(engine.observe(now, s));
                     }
@@ -396,7 +495,7 @@ impl Failover {
                     decisions.extend(engine.tick(now));
                     for (lost, new) in silence.due(now, &self.expected_intervals(), self.probe.timeout) {
                         if new {
-                            tracing::error!(uplink = %self.names[lost.path.uplink], "the uplink's prober sent no probe result for several intervals: its probes count as lost until it reports again");
+                            tracing::error!(uplink = %engine.name(lost.path), "the uplink's prober sent no probe result for several intervals: its probes count as lost until it reports again");
                         }
                         decisions.extend(engine.observe(now, lost));
                     }
@@ -408,16 +507,19 @@ impl Failover {
             for c in &mut changes {
                 c.reason = explain(
                     &c.reason,
-                    c.path.uplink,
+                    self.index(c.path),
                     c.to == Health::Down,
-                    &self.names,
+                    &path_names,
                     &silence,
                     &connections,
                     now,
                 );
-                self.telemetry.state_change(c);
+                // The status shows the active hub's paths (per path: 2c).
+                if c.path.hub == engine.active().hub {
+                    self.telemetry.state_change(c);
+                }
                 tracing::info!(
-                    uplink = %self.names[c.path.uplink],
+                    uplink = %engine.name(c.path),
                     from = c.from.as_str(),
                     to = c.to.as_str(),
                     reason = %c.reason,
@@ -427,7 +529,7 @@ impl Failover {
             let now_probing = Probing::of(&connections);
             let probing_changed = now_probing != probing;
             if probing_changed {
-                self.log_probing(probing, now_probing);
+                self.log_probing(probing, now_probing, engine.active().hub);
                 probing = now_probing;
             }
             let changed = !changes.is_empty() || !decisions.is_empty() || probing_changed;
@@ -435,35 +537,36 @@ impl Failover {
                 if d.class == crate::decision::ReasonClass::Dead {
                     d.reason = explain(
                         &d.reason,
-                        d.from.uplink,
+                        self.index(d.from),
                         true,
-                        &self.names,
+                        &path_names,
                         &silence,
                         &connections,
                         now,
                     );
                 }
-                if self.apply(d).await {
-                    routed = d.to.uplink;
+                let started = Instant::now();
+                let (ok, _) = self.reconcile(&engine, &mut routed).await;
+                Self::log_switch(&engine, d, started, ok);
+                if ok {
                     self.telemetry.failover(d);
                 }
             }
-            if decisions.is_empty()
-                && routed != engine.active().uplink
-                && self.route_to(engine.active().uplink).await
-            {
-                // An earlier switch failed in the kernel: retried on every event.
-                routed = engine.active().uplink;
-                tunnel::push_traffic(self.hub_address);
-                tracing::info!(uplink = %self.names[routed], "tunnel route switched on retry");
+            if decisions.is_empty() {
+                // An earlier switch the kernel refused, retried on every
+                // event; or a standby hub's tunnel following its best uplink.
+                let (_, moved) = self.reconcile(&engine, &mut routed).await;
+                if !moved.is_empty() {
+                    tracing::info!(moved = ?moved, "tunnel routes switched");
+                }
             }
             self.set_rates(&engine);
             self.publish(&engine, changed, &mut last);
         }
     }
 
-    fn log_probing(&self, before: Probing, now: Probing) {
-        let fresh = self.handshake_fresh();
+    fn log_probing(&self, before: Probing, now: Probing, hub: usize) {
+        let fresh = self.handshake_fresh(hub);
         match now {
             Probing::Measuring => {
                 tracing::info!(was = ?before.problem(), "probes measure the uplinks again");
@@ -483,6 +586,23 @@ impl Failover {
                 "refused by the hub: {}; the uplinks cannot be measured, and probes retry every few minutes",
                 r.as_str()
             ),
+        }
+    }
+}
+
+/// The probe interval of path `p`. Fast: the active path, all while it is
+/// not up, a preferred path being judged for its return, the other hubs
+/// over the active uplink while it loses probes (the engine says); only
+/// the active one while probing cannot measure (`calm`). Else its standby
+/// rate: a metered standby uplink's paths each every `metered_interval` ×
+/// the number of hubs, so that it costs what one hub cost.
+fn interval(engine: &Engine, p: PathId, calm: bool, probe: &ProbeConfig) -> Duration {
+    if engine.wants_fast_probes(p) && (p == engine.active() || !calm) {
+        probe.interval
+    } else {
+        match engine.standby(p) {
+            Standby::Regular => probe.standby_interval,
+            Standby::Metered { hubs } => probe.metered_interval * hubs.max(1),
         }
     }
 }
@@ -635,6 +755,69 @@ mod tests {
                 .any(|d| d.from.uplink == 0 && d.to.uplink == 1),
             "{decisions:?}"
         );
+    }
+
+    #[test]
+    fn each_path_gets_its_rate_and_a_metered_uplink_is_spread_over_the_hubs() {
+        let probe = ProbeConfig {
+            certificate_file: Default::default(),
+            key_file: Default::default(),
+            listen_port: 0,
+            interval: 100 * MS,
+            standby_interval: Duration::from_secs(1),
+            metered_interval: Duration::from_secs(30),
+            timeout: 300 * MS,
+        };
+        let uplinks = [("fiber".into(), 0, false), ("lte".into(), 1, true)];
+        let rates = |hubs: &[(String, u32)]| {
+            let mut engine = Engine::new(Policy::default(), hubs, &uplinks, PathId::new(0, 0));
+            // The active path answers until it is up.
+            let mut now = Duration::ZERO;
+            while engine.quality(PathId::new(0, 0)).health != Health::Up {
+                now += 100 * MS;
+                assert!(now < Duration::from_secs(60), "the fiber never came up");
+                let echo = Sample {
+                    path: PathId::new(0, 0),
+                    sent: now - 10 * MS,
+                    outcome: Outcome::Echo { rtt: 10 * MS },
+                };
+                engine.observe(now, echo);
+            }
+            engine
+                .paths()
+                .map(|p| {
+                    (
+                        engine.name(p).to_string(),
+                        interval(&engine, p, false, &probe),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let s = Duration::from_secs;
+        // One hub: as before.
+        assert_eq!(
+            rates(&[("main".into(), 0)]),
+            vec![("fiber".into(), 100 * MS), ("lte".into(), s(30))]
+        );
+        // Two hubs: the backup hub over the active fiber at the standby
+        // rate; each hub over the 4G every minute (the 4G costs what one
+        // hub cost).
+        assert_eq!(
+            rates(&[("main".into(), 0), ("backup".into(), 1)]),
+            vec![
+                ("main/fiber".into(), 100 * MS),
+                ("main/lte".into(), s(60)),
+                ("backup/fiber".into(), s(1)),
+                ("backup/lte".into(), s(60)),
+            ]
+        );
+        // Silence watches each path's prober.
+        let paths = vec![PathId::new(0, 0), PathId::new(1, 0)];
+        let mut silence = Silence::for_paths(paths, &[100 * MS, 100 * MS], Duration::ZERO);
+        silence.heard(0, Duration::from_secs(3), 100 * MS);
+        let due = silence.due(Duration::from_secs(3), &[100 * MS, 100 * MS], 300 * MS);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.path, PathId::new(1, 0));
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! What townlink installs in the kernel for a config: routes and rules,
 //! computed without I/O so that the plan can be tested and reviewed.
 //!
-//! Annex (uplinks in file order, index `i`):
-//! - main table: every prefix reached through the hub → tunnel interface;
-//! - table `T_WG`: default → the active uplink (failover replaces this route);
+//! Annex (uplinks in file order, index `i`; hubs in file order, index `h`,
+//! each with its own tunnel device `D_h`, the first one `tunnel.interface`):
+//! - main table: every prefix reached through a hub → the device of the
+//!   active hub (a prefix the active hub does not list: the device of the
+//!   preferred hub that lists it); with several hubs also each hub's
+//!   tunnel address /32 → its own device, and the tunnel network → the
+//!   active hub's device (with one hub, the tunnel address's prefix route
+//!   on `tunnel.interface` covers both);
+//! - table `T_WG + 16 h`: default → the uplink hub `h`'s tunnel uses
+//!   (failover replaces this route);
 //! - table `T_WG + 1 + i`: default → uplink `i` (its prober uses it);
-//! - rules: `fwmark M_WG → T_WG`, `fwmark M_WG + 1 + i → T_WG + 1 + i`.
+//! - rules: `fwmark M_WG + 16 h → T_WG + 16 h`, `fwmark M_WG + 1 + i →
+//!   T_WG + 1 + i` (priorities `P + 16 h`, `P + 1 + i`).
 //!
 //! Hub: main table: every site's LAN prefix → tunnel interface.
 //!
@@ -109,44 +117,92 @@ fn default_route(ipv6: bool) -> IpNet {
     }
 }
 
-/// The route that sends the tunnel's own packets out of an uplink.
-pub fn tunnel_uplink_route(routing: &RoutingConfig, hop: &NextHop, ipv6: bool) -> RouteSpec {
+/// The route that sends the packets of hub `hub`'s tunnel device out of
+/// an uplink.
+pub fn tunnel_uplink_route(
+    routing: &RoutingConfig,
+    hub: usize,
+    hop: &NextHop,
+    ipv6: bool,
+) -> RouteSpec {
     RouteSpec {
         destination: default_route(ipv6),
-        table: routing.table,
+        table: routing.hub_table(hub),
         interface: hop.interface.clone(),
         gateway: hop.gateway,
     }
 }
 
-/// Routes and rules of an annex; `hops[i]` is uplink `i`'s next hop and
-/// `active` the uplink whose route goes into the tunnel's table.
+/// The address each tunnel device gets: the configured one (its prefix
+/// routes the tunnel network) with one hub; with several, its /32 (/128)
+/// on every device, the tunnel network being routed by [`hub_routes_via`].
+pub fn device_address(tunnel_address: IpNet, hubs: usize) -> IpNet {
+    if hubs > 1 {
+        IpNet::from(tunnel_address.addr())
+    } else {
+        tunnel_address
+    }
+}
+
+/// The main table's routes of an annex whose tunnel is on hub `active`
+/// (index in `annex.hubs`): what a switch of hub replaces, one route
+/// each. `tunnel_address` is the annex's own (`tunnel.address`).
+pub fn hub_routes_via(annex: &AnnexConfig, tunnel_address: IpNet, active: usize) -> Vec<RouteSpec> {
+    let on = |h: usize, destination: IpNet| RouteSpec {
+        destination,
+        table: MAIN_TABLE,
+        interface: annex.hubs[h].interface.as_str().to_string(),
+        gateway: None,
+    };
+    let several = annex.hubs.len() > 1;
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    if several {
+        for (h, hub) in annex.hubs.iter().enumerate() {
+            routes.push(on(h, IpNet::from(hub.address)));
+        }
+        routes.push(on(active, tunnel_address.trunc()));
+    }
+    // The hubs, the active one first, then by preference.
+    let mut order: Vec<usize> = (0..annex.hubs.len()).collect();
+    order.sort_by_key(|h| (*h != active, annex.hubs[*h].priority, *h));
+    for h in order {
+        for prefix in &annex.hubs[h].routes {
+            if !routes.iter().any(|r| r.destination == *prefix) {
+                routes.push(on(h, *prefix));
+            }
+        }
+    }
+    routes
+}
+
+/// Routes and rules of an annex; `hops[i]` is uplink `i`'s next hop,
+/// `active_hub` the hub carrying the tunnel, `tunnels[h]` the uplink whose
+/// route goes into hub `h`'s table.
 pub fn annex_plan(
     annex: &AnnexConfig,
     routing: &RoutingConfig,
-    tunnel_interface: &str,
+    tunnel_address: IpNet,
     hops: &[NextHop],
-    active: usize,
+    active_hub: usize,
+    tunnels: &[usize],
     ipv6_endpoint: bool,
 ) -> (Vec<RouteSpec>, Vec<RuleSpec>) {
-    let mut routes = Vec::new();
-    for hub in &annex.hubs {
-        for prefix in &hub.routes {
-            routes.push(RouteSpec {
-                destination: *prefix,
-                table: MAIN_TABLE,
-                interface: tunnel_interface.to_string(),
-                gateway: None,
-            });
-        }
+    let mut routes = hub_routes_via(annex, tunnel_address, active_hub);
+    let mut rules = Vec::new();
+    for (h, uplink) in tunnels.iter().enumerate().take(annex.hubs.len()) {
+        routes.push(tunnel_uplink_route(
+            routing,
+            h,
+            &hops[*uplink],
+            ipv6_endpoint,
+        ));
+        rules.push(RuleSpec {
+            fwmark: routing.hub_fwmark(h),
+            table: routing.hub_table(h),
+            priority: routing.hub_rule_priority(h),
+            ipv6: ipv6_endpoint,
+        });
     }
-    routes.push(tunnel_uplink_route(routing, &hops[active], ipv6_endpoint));
-    let mut rules = vec![RuleSpec {
-        fwmark: routing.fwmark,
-        table: routing.table,
-        priority: routing.rule_priority,
-        ipv6: ipv6_endpoint,
-    }];
     for (i, hop) in hops.iter().enumerate() {
         routes.push(RouteSpec {
             destination: default_route(ipv6_endpoint),
@@ -161,6 +217,8 @@ pub fn annex_plan(
             ipv6: ipv6_endpoint,
         });
     }
+    // Ordered by priority, as `ip rule` lists them.
+    rules.sort_by_key(|r| r.priority);
     (routes, rules)
 }
 
@@ -247,6 +305,8 @@ mod tests {
                 keepalive: 25,
                 probe_port: 51821,
                 fingerprint: crate::fingerprint::Fingerprint::from_bytes([7; 32]),
+                priority: 0,
+                interface: crate::config::InterfaceName::new("tl0").unwrap(),
             }],
             uplinks: ["fiber", "lte"]
                 .iter()
@@ -277,7 +337,8 @@ mod tests {
                 gateway: None,
             },
         ];
-        let (routes, rules) = annex_plan(&annex(), &routing, "tl0", &hops, 1, false);
+        let address: IpNet = "10.99.0.2/24".parse().unwrap();
+        let (routes, rules) = annex_plan(&annex(), &routing, address, &hops, 0, &[1], false);
         let main: Vec<_> = routes.iter().filter(|r| r.table == MAIN_TABLE).collect();
         assert_eq!(main.len(), 2);
         assert!(main
@@ -308,5 +369,165 @@ mod tests {
                 (0x7402, 7402, 7402)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod two_hubs {
+    use super::*;
+    use crate::config::{Endpoint, HubPeer, InterfaceName, Uplink};
+    use crate::sites::Name;
+
+    fn hub(name: &str, address: &str, routes: &[&str], priority: u32, dev: &str) -> HubPeer {
+        HubPeer {
+            name: Name::new(name).unwrap(),
+            public_key: crate::keys::PrivateKey::generate().public_key(),
+            endpoint: Endpoint::parse("198.18.0.2:51820").unwrap(),
+            address: address.parse().unwrap(),
+            routes: routes.iter().map(|r| r.parse().unwrap()).collect(),
+            keepalive: 25,
+            probe_port: 51821,
+            fingerprint: crate::fingerprint::Fingerprint::from_bytes([7; 32]),
+            priority,
+            interface: InterfaceName::new(dev).unwrap(),
+        }
+    }
+
+    /// Main (tl0) and backup (tl1) both serve the records network; only
+    /// main lists 192.168.2.0/24, only backup 10.60.0.0/24.
+    fn annex() -> AnnexConfig {
+        AnnexConfig {
+            name: Name::new("annex-1").unwrap(),
+            lan: vec!["192.168.1.0/24".parse().unwrap()],
+            hubs: vec![
+                hub(
+                    "main",
+                    "10.99.0.1",
+                    &["10.50.0.0/24", "192.168.2.0/24"],
+                    0,
+                    "tl0",
+                ),
+                hub(
+                    "backup",
+                    "10.99.0.254",
+                    &["10.50.0.0/24", "10.60.0.0/24"],
+                    1,
+                    "tl1",
+                ),
+            ],
+            uplinks: ["fiber", "lte"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Uplink {
+                    name: Name::new(n).unwrap(),
+                    interface: InterfaceName::new(&format!("eth{i}")).unwrap(),
+                    gateway: None,
+                    priority: i as u32,
+                    metered: i == 1,
+                    probe_budget: None,
+                })
+                .collect(),
+            failover: crate::decision::Policy::default(),
+        }
+    }
+
+    fn main_table(routes: &[RouteSpec]) -> Vec<(String, String)> {
+        routes
+            .iter()
+            .filter(|r| r.table == MAIN_TABLE)
+            .map(|r| (r.destination.to_string(), r.interface.clone()))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn hops() -> Vec<NextHop> {
+        vec![
+            NextHop {
+                interface: "eth0".into(),
+                gateway: Some("198.18.11.1".parse().unwrap()),
+            },
+            NextHop {
+                interface: "eth1".into(),
+                gateway: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn each_hub_has_its_device_and_the_active_one_takes_the_shared_routes() {
+        let annex = annex();
+        let address: IpNet = "10.99.0.2/24".parse().unwrap();
+        assert_eq!(
+            device_address(address, 2),
+            "10.99.0.2/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(device_address(address, 1), address, "one hub: as today");
+        let routing = RoutingConfig::default();
+        // On main over the fiber; backup's tunnel over the fiber too.
+        let (routes, rules) = annex_plan(&annex, &routing, address, &hops(), 0, &[0, 0], false);
+        assert_eq!(
+            main_table(&routes),
+            pairs(&[
+                ("10.99.0.1/32", "tl0"),
+                ("10.99.0.254/32", "tl1"),
+                ("10.99.0.0/24", "tl0"),
+                ("10.50.0.0/24", "tl0"),
+                ("192.168.2.0/24", "tl0"),
+                ("10.60.0.0/24", "tl1"),
+            ])
+        );
+        let defaults: Vec<(u32, &str)> = routes
+            .iter()
+            .filter(|r| r.table != MAIN_TABLE)
+            .map(|r| (r.table, r.interface.as_str()))
+            .collect();
+        assert_eq!(
+            defaults,
+            vec![
+                (7400, "eth0"),
+                (7416, "eth0"),
+                (7401, "eth0"),
+                (7402, "eth1")
+            ]
+        );
+        assert_eq!(
+            rules
+                .iter()
+                .map(|r| (r.fwmark, r.table, r.priority))
+                .collect::<Vec<_>>(),
+            vec![
+                (0x7400, 7400, 7400),
+                (0x7401, 7401, 7401),
+                (0x7402, 7402, 7402),
+                (0x7410, 7416, 7416),
+            ]
+        );
+        // A switch to backup (on the 4G; main's tunnel stays on the fiber):
+        // the shared prefixes and the tunnel network move, a prefix only
+        // main serves stays on main's device, each hub's /32 on its own.
+        let (routes, _) = annex_plan(&annex, &routing, address, &hops(), 1, &[0, 1], false);
+        assert_eq!(
+            main_table(&routes),
+            pairs(&[
+                ("10.99.0.1/32", "tl0"),
+                ("10.99.0.254/32", "tl1"),
+                ("10.99.0.0/24", "tl1"),
+                ("10.50.0.0/24", "tl1"),
+                ("10.60.0.0/24", "tl1"),
+                ("192.168.2.0/24", "tl0"),
+            ])
+        );
+        assert_eq!(
+            main_table(&routes),
+            main_table(&hub_routes_via(&annex, address, 1))
+        );
+        let t = |hub| tunnel_uplink_route(&routing, hub, &hops()[1], false);
+        assert_eq!((t(0).table, t(1).table), (7400, 7416));
+        assert_eq!(t(1).interface, "eth1");
     }
 }

@@ -31,6 +31,17 @@ pub fn read(key: &str) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path(key))?.trim().to_string())
 }
 
+/// Loose reverse-path filtering (2) on an interface townlink itself made
+/// (an annex's tunnel device per hub): with strict filtering, a reply
+/// arriving on a hub's device while the route back to its source points
+/// at another hub's (in flight during a switch of hub, or while the data
+/// centre still routes through the old hub) would be dropped. Not
+/// recorded: the setting goes with the interface. The effective value is
+/// the larger of `all` and the interface's, so 2 is loose either way.
+pub fn loosen_own_interface(interface: &str) -> std::io::Result<()> {
+    std::fs::write(path(&format!("net/ipv4/conf/{interface}/rp_filter")), "2")
+}
+
 /// Puts a setting back; a failure is reported, not fatal.
 pub fn restore(changed: &Changed) {
     if let Err(e) = std::fs::write(&changed.path, &changed.previous) {

@@ -213,10 +213,19 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
                     }
                 ),
                 Role::Annex(a) => format!(
-                    "annex {} on {}, hub {}, uplinks {}",
+                    "annex {} on {}, {}, uplinks {}",
                     a.name,
                     c.tunnel.interface,
-                    a.hubs[0].endpoint,
+                    match a.hubs.as_slice() {
+                        [hub] => format!("hub {}", hub.endpoint),
+                        hubs => format!(
+                            "hubs {}",
+                            hubs.iter()
+                                .map(|h| format!("{} {} on {}", h.name, h.endpoint, h.interface))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    },
                     a.uplinks
                         .iter()
                         .map(|u| u.name.as_str())

@@ -34,6 +34,11 @@ pub const DEFAULT_MTU: u16 = 1420;
 pub const DEFAULT_TABLE: u32 = 7400;
 pub const DEFAULT_FWMARK: u32 = 0x7400;
 pub const DEFAULT_RULE_PRIORITY: u32 = 7400;
+/// Hub `h` (0-based, file order) has its own tunnel device, whose socket
+/// uses fwmark `fwmark + 16 h`, table `table + 16 h`, rule priority
+/// `rule_priority + 16 h`; the uplinks' tables stay at `table + 1 + i`, so
+/// with several hubs there are at most 15 uplinks.
+pub const HUB_STRIDE: u32 = 16;
 /// Default persistent keepalive towards the hub, seconds.
 pub const DEFAULT_KEEPALIVE: u16 = 25;
 /// Default number of boringtun worker threads (see `docs/performance.md`).
@@ -156,6 +161,18 @@ impl RoutingConfig {
     pub fn uplink_fwmark(&self, index: usize) -> u32 {
         self.fwmark + 1 + index as u32
     }
+    /// Table, fwmark and rule priority of the tunnel device of the hub at
+    /// `index` in the config: [`HUB_STRIDE`] apart, hub 0 at `table`,
+    /// `fwmark`, `rule_priority` (its uplinks' between them).
+    pub fn hub_table(&self, index: usize) -> u32 {
+        self.table + HUB_STRIDE * index as u32
+    }
+    pub fn hub_fwmark(&self, index: usize) -> u32 {
+        self.fwmark + HUB_STRIDE * index as u32
+    }
+    pub fn hub_rule_priority(&self, index: usize) -> u32 {
+        self.rule_priority + HUB_STRIDE * index as u32
+    }
 }
 
 impl Default for RoutingConfig {
@@ -244,7 +261,9 @@ impl EnrollmentConfig {
 pub struct AnnexConfig {
     pub name: Name,
     pub lan: Vec<IpNet>,
-    /// The hubs, main first. Only one is supported for now (design: backup site).
+    /// The hubs in file order (the index defines the hub's device mark and
+    /// table); the preferred one has the lowest `priority`. Only one is
+    /// accepted by the check until the daemon runs one device per hub.
     pub hubs: Vec<HubPeer>,
     /// Uplinks in file order; the index defines the uplink's table and mark.
     pub uplinks: Vec<Uplink>,
@@ -260,6 +279,16 @@ impl AnnexConfig {
             .enumerate()
             .min_by_key(|(i, u)| (u.priority, *i))
             .expect("validation guarantees at least one uplink")
+    }
+
+    /// The hub preferred when all are reachable: lowest priority value,
+    /// then first in the file.
+    pub fn preferred_hub(&self) -> (usize, &HubPeer) {
+        self.hubs
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, h)| (h.priority, *i))
+            .expect("validation guarantees at least one hub")
     }
 }
 
@@ -277,6 +306,11 @@ pub struct HubPeer {
     pub probe_port: u16,
     /// The hub's probe certificate, pinned.
     pub fingerprint: Fingerprint,
+    /// Lower is preferred (default: the position in the file).
+    pub priority: u32,
+    /// The tunnel device towards this hub (the first hub's is
+    /// `tunnel.interface`).
+    pub interface: InterfaceName,
 }
 
 impl HubPeer {

@@ -84,6 +84,8 @@ pub struct RawHub {
     pub keepalive: Option<i64>,
     pub probe_port: Option<i64>,
     pub fingerprint: Option<String>,
+    pub priority: Option<i64>,
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

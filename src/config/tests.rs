@@ -862,3 +862,112 @@ fn groups_are_looked_up_by_name() {
     // Not a name a group can have: no group, not an error.
     assert_eq!(group_id("ro\0ot").unwrap(), None);
 }
+
+/// The annex example with a second `[[hub]]` (the backup site) appended:
+/// `extra` goes into it.
+fn annex_with_backup_hub(extra: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/annex.toml"))
+            .unwrap();
+    let backup = PrivateKey::generate().public_key().to_base64();
+    format!(
+        "{}\n[[hub]]\nname = \"backup\"\npublic_key = \"{backup}\"\nendpoint = \
+         \"backup.example.net:51820\"\naddress = \"10.99.0.254\"\nroutes = [\"10.50.0.0/24\"]\n\
+         fingerprint = \"sha256:{}\"\n{extra}\n",
+        localize(&text),
+        "ab".repeat(32)
+    )
+}
+
+#[test]
+fn a_hub_gets_its_priority_and_interface_by_default() {
+    let dir = dir_with_key();
+    let Role::Annex(a) = example("annex.toml", dir.path()).unwrap().role else {
+        panic!("annex expected")
+    };
+    assert_eq!(a.hubs[0].priority, 0);
+    assert_eq!(a.hubs[0].interface.as_str(), "tl0", "tunnel.interface");
+    assert_eq!(a.preferred_hub().0, 0);
+    let routing = RoutingConfig::default();
+    assert_eq!(
+        (0..3)
+            .map(|h| (
+                routing.hub_table(h),
+                routing.hub_fwmark(h),
+                routing.hub_rule_priority(h)
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (7400, 0x7400, 7400),
+            (7416, 0x7410, 7416),
+            (7432, 0x7420, 7432)
+        ]
+    );
+}
+
+#[test]
+fn a_second_hub_names_its_own_device_and_is_checked() {
+    let dir = dir_with_key();
+    let text = annex_with_backup_hub("interface = \"tl1\"\npriority = 5");
+    let Role::Annex(a) = parse(&text, dir.path()).unwrap().role else {
+        panic!("annex expected")
+    };
+    let hubs: Vec<(&str, u32, &str)> = a
+        .hubs
+        .iter()
+        .map(|h| (h.name.as_str(), h.priority, h.interface.as_str()))
+        .collect();
+    assert_eq!(hubs, vec![("main", 0, "tl0"), ("backup", 5, "tl1")]);
+    // The backup hub preferred by its priority.
+    let text = annex_with_backup_hub("interface = \"tl1\"").replacen(
+        "name = \"main\"",
+        "name = \"main\"\npriority = 3",
+        1,
+    );
+    let Role::Annex(a) = parse(&text, dir.path()).unwrap().role else {
+        panic!("annex expected")
+    };
+    assert_eq!(a.preferred_hub().1.name.as_str(), "backup");
+    // Every mistake of a second hub, at once.
+    let text = annex_with_backup_hub("priority = 1001")
+        .replacen("name = \"backup\"", "name = \"main\"", 1)
+        .replace("10.99.0.254", "10.99.0.1");
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        vec![
+            "hub[1].priority: 1001 is out of range 0..=1000",
+            "hub[1].interface: missing: every hub but the first needs its own tunnel interface",
+            "hub[1].name: main is already the name of hub[0]",
+            "hub[1].address: 10.99.0.1 is already the address of hub[0]",
+        ]
+    );
+    let hint = problems[1].hint.as_deref().unwrap();
+    assert!(hint.contains("interface = \"tl1\""), "{hint}");
+    // The second hub's device is neither the first's nor an uplink.
+    for (name, expected) in [
+        (
+            "tl0",
+            "hub[1].interface: tl0 is tunnel.interface, the first hub's tunnel device",
+        ),
+        (
+            "eth1",
+            "uplink[0].interface: is the tunnel interface of hub[1]",
+        ),
+    ] {
+        let text = annex_with_backup_hub(&format!("interface = \"{name}\""));
+        let problems = parse(&text, dir.path()).unwrap_err();
+        assert_eq!(listed(&problems), [expected.to_string()], "{name}");
+    }
+    // The first hub's device is tunnel.interface.
+    let text = annex_with_backup_hub("interface = \"tl1\"").replacen(
+        "name = \"main\"",
+        "name = \"main\"\ninterface = \"tl9\"",
+        1,
+    );
+    let problems = parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        listed(&problems),
+        ["hub[0].interface: tl9 is not tunnel.interface (tl0)".to_string()]
+    );
+}

@@ -14,6 +14,7 @@ use super::{budgets, Running};
 use crate::config::{AnnexConfig, Config, HubPeer};
 use crate::decision::{Engine, PathId};
 use crate::failover::{Failover, HANDSHAKE_FRESH};
+use crate::probe::budget::Budget;
 use crate::probe::prober::{self, Connection, ProberIo, ProberSpec, ReportForHub};
 use crate::probe::{responder, tls};
 use crate::routing::{self, NextHop};
@@ -87,14 +88,26 @@ pub(super) async fn start(
     annex: &AnnexConfig,
     running: &mut Running,
 ) -> anyhow::Result<()> {
-    // Only one hub for now; the plan and the peers are per hub already.
-    let hub = &annex.hubs[0];
-    let endpoint = hub
-        .endpoint
-        .resolve()
-        .await
-        .with_context(|| format!("resolving hub[0].endpoint {}", hub.endpoint))?;
-    let ipv6 = endpoint.is_ipv6();
+    let several = annex.hubs.len() > 1;
+    let mut endpoints = Vec::with_capacity(annex.hubs.len());
+    for (h, hub) in annex.hubs.iter().enumerate() {
+        let endpoint = hub
+            .endpoint
+            .resolve()
+            .await
+            .with_context(|| format!("resolving hub[{h}].endpoint {}", hub.endpoint))?;
+        if let Some(first) = endpoints.first() {
+            if SocketAddr::is_ipv6(first) != endpoint.is_ipv6() {
+                anyhow::bail!(
+                    "hub[{h}].endpoint {} resolves to {endpoint}, hub[0]'s to {first}: give \
+                     every hub an endpoint of the same address family",
+                    hub.endpoint
+                );
+            }
+        }
+        endpoints.push(endpoint);
+    }
+    let ipv6 = endpoints[0].is_ipv6();
     let hops = next_hops(annex, running, ipv6).await?;
     for up in &annex.uplinks {
         running
@@ -103,13 +116,54 @@ pub(super) async fn start(
             .with_context(|| format!("setting loose reverse-path filtering on {}", up.interface))?;
     }
 
+    // One tunnel device per hub: the first one (tunnel.interface) is made
+    // by `super::start`, the others here, with the same key.
+    let mut tunnels = vec![running
+        .tunnel
+        .clone()
+        .expect("tunnel is created before the role starts")];
+    for (h, hub) in annex.hubs.iter().enumerate().skip(1) {
+        let name = hub.interface.as_str();
+        let tunnel = Arc::new(Tunnel::create(name, super::tuning(config))?);
+        running.hub_tunnels.push(tunnel.clone());
+        tunnel
+            .configure(
+                &config.tunnel.private_key,
+                None,
+                Some(config.routing.hub_fwmark(h)),
+            )
+            .await
+            .with_context(|| format!("configuring hub[{h}]'s tunnel device {name}"))?;
+        let index = running.net.require_link(name).await?;
+        running
+            .net
+            .add_address(
+                index,
+                name,
+                routing::device_address(config.tunnel.address, annex.hubs.len()),
+            )
+            .await?;
+        running.net.set_up(index, name, config.tunnel.mtu).await?;
+        tunnels.push(tunnel);
+    }
+
+    if several {
+        for hub in &annex.hubs {
+            let name = hub.interface.as_str();
+            crate::sysctl::loosen_own_interface(name).with_context(|| {
+                format!("setting loose reverse-path filtering on the tunnel device {name}")
+            })?;
+        }
+    }
     let (active, active_uplink) = annex.preferred_uplink();
+    let (active_hub, _) = annex.preferred_hub();
     let (routes, rules) = routing::annex_plan(
         annex,
         &config.routing,
-        config.tunnel.interface.as_str(),
+        config.tunnel.address,
         &hops,
-        active,
+        active_hub,
+        &vec![active; annex.hubs.len()],
         ipv6,
     );
     for rule in &rules {
@@ -120,155 +174,175 @@ pub(super) async fn start(
     }
     tracing::info!(uplink = %active_uplink.name, interface = %active_uplink.interface, "tunnel routed through uplink");
 
-    let tunnel = running
-        .tunnel
-        .as_ref()
-        .expect("tunnel is created before the role starts");
-    tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
-    tracing::info!(hub = %hub.name, endpoint = %endpoint, "hub peer added");
-    tunnel::push_traffic(hub.address);
-    let (instance_tx, instance) = watch::channel(None);
-    let (handshake_tx, handshake) = watch::channel(None);
-    running.supervisor.service(
-        "handshake keeper",
-        &running.stop,
-        keep_handshake(
-            tunnel.clone(),
-            hub_peer(hub, endpoint),
-            hub.clone(),
-            Keeper {
-                instance,
-                handshake: handshake_tx,
-            },
-            running.stop.clone(),
-        ),
-    );
+    let mut instances = Vec::new();
+    let mut handshakes = Vec::new();
+    for (h, hub) in annex.hubs.iter().enumerate() {
+        let tunnel = &tunnels[h];
+        let endpoint = endpoints[h];
+        tunnel.add_peer(&hub_peer(hub, endpoint)).await?;
+        tracing::info!(hub = %hub.name, endpoint = %endpoint, interface = %tunnel.name(), "hub peer added");
+        tunnel::push_traffic(hub.address);
+        let (instance_tx, instance) = watch::channel(None);
+        let (handshake_tx, handshake) = watch::channel(None);
+        instances.push(instance_tx);
+        handshakes.push(handshake);
+        let task = if several {
+            format!("handshake keeper {}", hub.name)
+        } else {
+            "handshake keeper".to_string()
+        };
+        running.supervisor.service(
+            task,
+            &running.stop,
+            keep_handshake(
+                tunnel.clone(),
+                hub_peer(hub, endpoint),
+                hub.clone(),
+                Keeper {
+                    instance,
+                    handshake: handshake_tx,
+                },
+                running.stop.clone(),
+            ),
+        );
+    }
     start_failover(
         config,
         annex,
         running,
-        endpoint,
+        &endpoints,
         hops,
-        active,
+        PathId::new(active_hub, active),
         ipv6,
-        instance_tx,
-        handshake,
+        instances,
+        handshakes,
     )?;
     Ok(())
 }
 
-/// One prober per uplink, and the failover task they report to.
+/// One prober per path (hub, uplink), and the failover task they report to.
 #[allow(clippy::too_many_arguments)]
 fn start_failover(
     config: &Config,
     annex: &AnnexConfig,
     running: &mut Running,
-    endpoint: SocketAddr,
+    endpoints: &[SocketAddr],
     hops: Vec<NextHop>,
-    active: usize,
+    active: PathId,
     ipv6: bool,
-    hub_instance: watch::Sender<Option<u64>>,
-    handshake: watch::Receiver<Option<SystemTime>>,
+    hub_instances: Vec<watch::Sender<Option<u64>>>,
+    handshake: Vec<watch::Receiver<Option<SystemTime>>>,
 ) -> anyhow::Result<()> {
-    let hub = &annex.hubs[0];
-    let crypto = tls::client_config(&running.identity, hub.fingerprint)?;
-    let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?);
-    let client = |metered: bool| {
-        let mut transport = responder::transport();
-        if !metered {
-            transport.initial_rtt(FAST_INITIAL_RTT);
-        }
-        let mut client = quinn::ClientConfig::new(quic.clone());
-        client.transport_config(Arc::new(transport));
-        client
-    };
-    let probe_addr = SocketAddr::new(endpoint.ip(), hub.probe_port);
-    let clock = Instant::now();
-    let (samples_tx, samples_rx) = mpsc::channel(1024);
-    let mut intervals = Vec::new();
-    let mut connections = Vec::new();
-    let mut budgets = Vec::new();
-    let mut kept = Vec::new();
-    let (reports, reports_rx) = watch::channel(ReportForHub::default());
-    for (i, up) in annex.uplinks.iter().enumerate() {
-        let (tx, rx) = watch::channel(config.probe.interval);
-        intervals.push(tx);
-        let (connection, connection_rx) = watch::channel(Connection::Connecting);
-        connections.push(connection_rx);
-        let budget = up.probe_budget.map(|bytes| {
-            Arc::new(budgets::load(
-                &config.state_directory,
-                up.name.as_str(),
-                bytes,
-                running.telemetry.probe_budget(up.name.as_str()),
-            ))
-        });
-        if let Some(b) = &budget {
-            kept.push(budgets::Kept::new(
-                &config.state_directory,
-                up.name.as_str(),
-                b.clone(),
-            ));
-        }
-        budgets.push(budget.clone());
-        let spec = ProberSpec {
-            uplink: i,
-            name: up.name.to_string(),
-            interface: up.interface.to_string(),
-            fwmark: config.routing.uplink_fwmark(i),
-            hub: probe_addr,
-            client: client(up.metered),
-            timeout: config.probe.timeout,
-            metered: up.metered,
-        };
-        let io = ProberIo {
-            interval: rx,
-            reports: reports_rx.clone(),
-            samples: samples_tx.clone(),
-            connection,
-            hub_instance: hub_instance.clone(),
-            counters: Arc::new(running.telemetry.probe_counters(up.name.as_str())),
-            budget,
-        };
-        running.supervisor.service(
-            format!("prober {}", up.name),
-            &running.stop,
-            prober::run(spec, io, clock, running.stop.clone()),
-        );
-    }
-    running.supervisor.service(
-        "probe budget keeper",
-        &running.stop,
-        budgets::keep(kept, running.stop.clone()),
-    );
-    let names: Vec<(String, u32)> = annex
-        .uplinks
-        .iter()
-        .map(|u| (u.name.to_string(), u.priority))
-        .collect();
-    // One hub for now (one tunnel device, one prober per uplink): its
-    // paths are the uplinks.
     let uplinks: Vec<(String, u32, bool)> = annex
         .uplinks
         .iter()
         .map(|u| (u.name.to_string(), u.priority, u.metered))
         .collect();
-    let engine = Engine::new(
-        annex.failover,
-        &[(hub.name.to_string(), 0)],
-        &uplinks,
-        PathId::new(0, active),
+    let hubs: Vec<(String, u32)> = annex
+        .hubs
+        .iter()
+        .map(|h| (h.name.to_string(), h.priority))
+        .collect();
+    let engine = Engine::new(annex.failover, &hubs, &uplinks, active);
+    let clock = Instant::now();
+    let (samples_tx, samples_rx) = mpsc::channel(1024);
+    // The budget of an uplink is shared by its paths, and kept in the
+    // state directory across restarts (`budgets`).
+    let budgets: Vec<Option<Arc<Budget>>> = annex
+        .uplinks
+        .iter()
+        .map(|up| {
+            up.probe_budget.map(|bytes| {
+                Arc::new(budgets::load(
+                    &config.state_directory,
+                    up.name.as_str(),
+                    bytes,
+                    running.telemetry.probe_budget(up.name.as_str()),
+                ))
+            })
+        })
+        .collect();
+    let kept = annex
+        .uplinks
+        .iter()
+        .zip(&budgets)
+        .filter_map(|(up, b)| {
+            b.as_ref()
+                .map(|b| budgets::Kept::new(&config.state_directory, up.name.as_str(), b.clone()))
+        })
+        .collect();
+    running.supervisor.service(
+        "probe budget keeper",
+        &running.stop,
+        budgets::keep(kept, running.stop.clone()),
     );
+    let mut intervals = Vec::new();
+    let mut connections = Vec::new();
+    let mut reports = Vec::new();
+    let mut probe_addrs = Vec::new();
+    for (h, hub) in annex.hubs.iter().enumerate() {
+        let crypto = tls::client_config(&running.identity, hub.fingerprint)?;
+        let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?);
+        let client = |metered: bool| {
+            let mut transport = responder::transport();
+            if !metered {
+                transport.initial_rtt(FAST_INITIAL_RTT);
+            }
+            let mut client = quinn::ClientConfig::new(quic.clone());
+            client.transport_config(Arc::new(transport));
+            client
+        };
+        let probe_addr = SocketAddr::new(endpoints[h].ip(), hub.probe_port);
+        probe_addrs.push(probe_addr);
+        let (report_tx, reports_rx) = watch::channel(ReportForHub::default());
+        reports.push(report_tx);
+        for (i, up) in annex.uplinks.iter().enumerate() {
+            let path = PathId::new(h, i);
+            let (tx, rx) = watch::channel(config.probe.interval);
+            intervals.push(tx);
+            let (connection, connection_rx) = watch::channel(Connection::Connecting);
+            connections.push(connection_rx);
+            let name = engine.name(path).to_string();
+            let spec = ProberSpec {
+                uplink: i,
+                hub_index: h,
+                name: name.clone(),
+                interface: up.interface.to_string(),
+                fwmark: config.routing.uplink_fwmark(i),
+                hub: probe_addr,
+                client: client(up.metered),
+                timeout: config.probe.timeout,
+                metered: up.metered,
+            };
+            let io = ProberIo {
+                interval: rx,
+                reports: reports_rx.clone(),
+                samples: samples_tx.clone(),
+                connection,
+                hub_instance: hub_instances[h].clone(),
+                counters: Arc::new(running.telemetry.probe_counters(up.name.as_str())),
+                budget: budgets[i].clone(),
+            };
+            running.supervisor.service(
+                format!("prober {name}"),
+                &running.stop,
+                prober::run(spec, io, clock, running.stop.clone()),
+            );
+        }
+    }
     let (settings_tx, settings) = watch::channel((annex.failover, config.probe.clone()));
     running.failover_settings = Some(settings_tx);
     let failover = Failover {
         net: running.net.clone(),
         routing: config.routing,
         hops,
-        names: names.into_iter().map(|(n, _)| n).collect(),
+        names: annex.uplinks.iter().map(|u| u.name.to_string()).collect(),
         metered: annex.uplinks.iter().map(|u| u.metered).collect(),
         ipv6,
-        hub_address: hub.address,
+        hub_addresses: annex.hubs.iter().map(|h| h.address).collect(),
+        hub_routes: (0..annex.hubs.len())
+            .map(|h| routing::hub_routes_via(annex, config.tunnel.address, h))
+            .collect(),
         probe: config.probe.clone(),
         intervals,
         telemetry: running.telemetry.clone(),
@@ -283,7 +357,7 @@ fn start_failover(
         &running.stop,
         failover.run(engine, samples_rx, clock, running.stop.clone()),
     );
-    tracing::info!(hub = %probe_addr, uplinks = annex.uplinks.len(), "probing the hub over every uplink");
+    tracing::info!(hubs = ?probe_addrs, uplinks = annex.uplinks.len(), "probing every hub over every uplink");
     Ok(())
 }
 

@@ -68,6 +68,9 @@ pub fn load(path: &std::path::Path) -> Result<(Config, Identity), ConfigError> {
 struct Running {
     net: Netlink,
     tunnel: Option<Arc<Tunnel>>,
+    /// An annex with several hubs: the tunnel devices of hubs 1.. (hub 0's
+    /// is `tunnel`).
+    hub_tunnels: Vec<Arc<Tunnel>>,
     /// Kernel settings changed, recorded in the state directory.
     sysctls: sysctl::Record,
     /// Every task of the daemon (see [`supervisor`]).
@@ -104,7 +107,12 @@ impl Running {
             }
             Err(e) => tracing::error!(error = %e, "could not remove every townlink route and rule"),
         }
-        if let Some(tunnel) = self.tunnel.take() {
+        let tunnels = self
+            .tunnel
+            .take()
+            .into_iter()
+            .chain(self.hub_tunnels.drain(..));
+        for tunnel in tunnels {
             let name = tunnel.name().to_string();
             let holders = Arc::strong_count(&tunnel) - 1;
             if holders > 0 {
@@ -181,6 +189,17 @@ pub async fn run(
              this name (stop it, or set tunnel.interface to a free name)"
         );
     }
+    if let Role::Annex(annex) = &config.role {
+        for (h, hub) in annex.hubs.iter().enumerate().skip(1) {
+            let other = hub.interface.as_str();
+            if net.link_index(other).await?.is_some() {
+                bail!(
+                    "interface {other} already exists: another townlink is running, or another \
+                     program uses this name (stop it, or set hub[{h}].interface to a free name)"
+                );
+            }
+        }
+    }
     // The state directory is this instance's alone (its records, the
     // hub's registry by default): held locked while it runs.
     let _state_lock = lock_state_directory(&config.state_directory)?;
@@ -207,6 +226,7 @@ pub async fn run(
     let mut running = Running {
         net: net.clone(),
         tunnel: None,
+        hub_tunnels: Vec::new(),
         sysctls,
         supervisor,
         stop: shutdown.child_token(),
@@ -261,17 +281,22 @@ pub async fn run(
     let mut current = config;
     let failed = loop {
         // Only for this beat: teardown must find the tunnel held by `running` alone.
-        let tunnel = running.tunnel.clone();
+        let tunnels: Vec<Arc<Tunnel>> = running
+            .tunnel
+            .iter()
+            .chain(&running.hub_tunnels)
+            .cloned()
+            .collect();
         let event = heart
             .run(
                 &running.supervisor,
                 &mut failures,
                 &shutdown,
                 &mut reload,
-                || liveness(tunnel.clone()),
+                || liveness(tunnels.clone()),
             )
             .await;
-        drop(tunnel);
+        drop(tunnels);
         match event {
             Event::Stop => break None,
             Event::Failed(e) => break Some(e),
@@ -295,16 +320,19 @@ pub async fn run(
     }
 }
 
-/// One heartbeat: does the tunnel's device answer?
-async fn liveness(tunnel: Option<Arc<Tunnel>>) -> Liveness {
-    let Some(tunnel) = tunnel else {
-        return Liveness::Alive;
-    };
-    match tunnel.status().await {
-        Ok(_) => Liveness::Alive,
-        Err(e) if e.is_broken() => Liveness::Dead(e.to_string()),
-        Err(e) => Liveness::Unsure(e.to_string()),
+/// One heartbeat: does every tunnel device (one per hub on an annex) answer?
+async fn liveness(tunnels: Vec<Arc<Tunnel>>) -> Liveness {
+    let mut unsure = None;
+    for tunnel in tunnels {
+        match tunnel.status().await {
+            Ok(_) => {}
+            Err(e) if e.is_broken() => {
+                return Liveness::Dead(e.to_string());
+            }
+            Err(e) => unsure = unsure.or(Some(e.to_string())),
+        }
     }
+    unsure.map_or(Liveness::Alive, Liveness::Unsure)
 }
 
 async fn start(
@@ -315,16 +343,7 @@ async fn start(
     let t = &config.tunnel;
     let name = t.interface.as_str();
     let annex = matches!(config.role, Role::Annex(_));
-    let tunnel = Tunnel::create(
-        name,
-        Tuning {
-            threads: t.threads,
-            // Per-peer connected sockets would not get the larger buffers,
-            // and annexes must not use them anyway (trap 6).
-            connected_socket: false,
-            socket_buffer: TUNNEL_SOCKET_BUFFER,
-        },
-    )?;
+    let tunnel = Tunnel::create(name, tuning(config))?;
     let tunnel = &**running.tunnel.insert(Arc::new(tunnel));
     // Only the annex steers its tunnel socket by mark.
     let fwmark = annex.then_some(config.routing.fwmark);
@@ -334,7 +353,13 @@ async fn start(
 
     let net = &running.net;
     let index = net.require_link(name).await?;
-    net.add_address(index, name, t.address).await?;
+    // With several hubs, each hub's device has the address as a /32.
+    let hubs = match &config.role {
+        Role::Annex(a) => a.hubs.len(),
+        Role::Hub(_) => 1,
+    };
+    net.add_address(index, name, crate::routing::device_address(t.address, hubs))
+        .await?;
     net.set_up(index, name, t.mtu).await?;
 
     if config.routing.forwarding {
@@ -379,8 +404,40 @@ async fn start(
             running.stop.clone(),
         ),
     );
+    // An annex with several hubs: each other hub's device has its own
+    // collector for its one peer (the session kept with a standby hub).
+    if let Role::Annex(annex) = &config.role {
+        for (hub, tunnel) in annex.hubs.iter().skip(1).zip(&running.hub_tunnels) {
+            let (_keep, peers) = tokio::sync::watch::channel(collector::CollectorTargets {
+                peers: [(hub.public_key, hub.name.to_string())].into(),
+                interfaces: Vec::new(),
+            });
+            running.supervisor.service(
+                format!("collector {}", hub.interface),
+                &running.stop,
+                collector::run(
+                    running.telemetry.clone(),
+                    tunnel.clone(),
+                    running.net.clone(),
+                    peers,
+                    running.stop.clone(),
+                ),
+            );
+        }
+    }
     start_checks(config, running);
     Ok(())
+}
+
+/// How the tunnel devices are made.
+fn tuning(config: &Config) -> Tuning {
+    Tuning {
+        threads: config.tunnel.threads,
+        // Per-peer connected sockets would not get the larger buffers,
+        // and annexes must not use them anyway (trap 6).
+        connected_socket: false,
+        socket_buffer: TUNNEL_SOCKET_BUFFER,
+    }
 }
 
 /// One task per end-to-end check, under `running.checks`.

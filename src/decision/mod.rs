@@ -515,6 +515,8 @@ impl Engine {
     /// the active hub; for another hub, the best uplink on which it is
     /// up, not metered first, then by uplink priority; if it is up on
     /// none, the one it used last (at start, the active path's uplink).
+    /// A hub left by a `hub_down` switch is up on a path only once that
+    /// path answered since (not by a metered standby's old answer).
     /// So the sessions with standby hubs stay established over the fiber
     /// and do not cost 4G.
     pub fn tunnel_uplink(&self, hub: usize) -> usize {
@@ -527,8 +529,17 @@ impl Engine {
                 self.tunnels[h] = self.active.uplink;
                 continue;
             }
+            // A hub left by a `hub_down` switch counts as up on a path
+            // only once that path answered since: a metered standby up
+            // by an answer from before the failure does not take the
+            // dead hub's session.
+            let failed = self.hub_failed_at[h];
             let best = (0..self.uplinks.len())
-                .filter(|u| self.health(PathId::new(h, *u)) == Health::Up)
+                .filter(|u| {
+                    let p = PathId::new(h, *u);
+                    self.health(p) == Health::Up
+                        && failed.is_none_or(|at| self.link(p).answered_since(at))
+                })
                 .min_by_key(|u| {
                     let up = &self.uplinks[*u];
                     (up.metered, up.priority, *u)

@@ -1412,3 +1412,33 @@ fn each_hubs_tunnel_takes_the_best_uplink_that_reaches_it() {
         "unknown hub: the active uplink"
     );
 }
+
+/// A dead hub's session is not moved onto the metered 4G because its 4G
+/// path, probed once a minute, is still up by an answer from before the
+/// failure: it stays on the uplink it used (found by the two-hub netns
+/// test: the dead main hub's session went to the 4G, where its keepalives
+/// and handshake attempts cost money for nothing).
+#[test]
+fn a_dead_hubs_tunnel_is_not_moved_by_an_old_answer() {
+    let hubs = [("main".to_string(), 0), ("backup".to_string(), 1)];
+    let uplinks = [
+        ("fiber".to_string(), 0, false),
+        ("lte".to_string(), 1, true),
+    ];
+    let mut sim = Sim::over(Policy::default(), &hubs, &uplinks, Duration::from_secs(60));
+    sim.run(t(5.0), |p, _, _| healthy(p));
+    assert_eq!(sim.engine.quality(MAIN_LTE).health, Health::Up);
+    sim.run(t(8.0), hub_dead(0, t(5.0), t(1e6)));
+    assert_eq!(sim.engine.active(), BACKUP_FIBER);
+    assert_eq!(
+        sim.engine.quality(MAIN_LTE).health,
+        Health::Up,
+        "up by an old answer"
+    );
+    assert_eq!(sim.engine.tunnel_uplink(0), MAIN_FIBER.uplink);
+    // The main hub back (it answers over the 4G first): its session
+    // follows its best uplink again.
+    sim.run(t(120.0), |p, _, _| healthy(p));
+    assert_eq!(sim.engine.tunnel_uplink(0), MAIN_FIBER.uplink);
+    assert_eq!(sim.engine.active(), MAIN_FIBER);
+}

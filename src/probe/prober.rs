@@ -57,6 +57,8 @@ pub struct ReportForHub {
 #[derive(Clone)]
 pub struct ProberSpec {
     pub uplink: usize,
+    /// The hub probed (its index in the config): the path is (hub, uplink).
+    pub hub_index: usize,
     pub name: String,
     pub interface: String,
     pub fwmark: u32,
@@ -408,7 +410,7 @@ pub struct ProberIo {
     pub samples: mpsc::Sender<Sample>,
     /// How the connection fares.
     pub connection: watch::Sender<Connection>,
-    /// The hub's instance, shared by every prober of the annex.
+    /// The hub's instance, shared by every prober of that hub.
     pub hub_instance: watch::Sender<Option<u64>>,
     pub counters: Arc<ProbeCounters>,
     /// The uplink's probe budget, if it has one.
@@ -527,7 +529,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
             _ = tokio::time::sleep_until(next_timeout.unwrap_or(far).into()), if next_timeout.is_some() => {
                 let now = Instant::now();
                 for sent in pending.expire(now, spec.timeout) {
-                    let sample = Sample { path: PathId::new(0, spec.uplink), sent: since(sent), outcome: Outcome::Lost };
+                    let sample = Sample { path: PathId::new(spec.hub_index, spec.uplink), sent: since(sent), outcome: Outcome::Lost };
                     if samples.send(sample).await.is_err() {
                         return;
                     }
@@ -557,7 +559,7 @@ pub async fn run(spec: ProberSpec, io: ProberIo, clock: Instant, stop: Cancellat
                                     tracing::debug!(uplink = %spec.name, seq = echo.seq, "ignored an echo of an unknown probe");
                                     continue;
                                 };
-                                let sample = Sample { path: PathId::new(0, spec.uplink), sent: since(sent), outcome };
+                                let sample = Sample { path: PathId::new(spec.hub_index, spec.uplink), sent: since(sent), outcome };
                                 if samples.send(sample).await.is_err() {
                                     return;
                                 }
@@ -802,6 +804,7 @@ mod tests {
         ));
         let spec = ProberSpec {
             uplink: 0,
+            hub_index: 0,
             name: "fiber".into(),
             interface: "lo".into(),
             fwmark: 0,

@@ -18,21 +18,13 @@ pub(super) fn annex(
             "missing: an annex needs one [[hub]]",
             Some("add [[hub]] with name, public_key, endpoint, address, routes"),
         );
-    } else if raw_hubs.len() > 1 {
-        c.push(
-            "hub",
-            format!(
-                "{} hubs configured; this version supports one",
-                raw_hubs.len()
-            ),
-            Some("keep only the main hub for now"),
-        );
     }
     let hubs: Vec<Option<HubPeer>> = raw_hubs
         .iter()
         .enumerate()
         .map(|(i, h)| hub_peer(c, i, h, tunnel, &lan))
         .collect();
+    distinct_hubs(c, raw_hubs);
 
     let raw_uplinks = raw.uplink.as_deref().unwrap_or_default();
     if raw_uplinks.is_empty() {
@@ -79,17 +71,41 @@ pub(super) fn annex(
                 );
             }
         }
+        if let Some(x) = &a.interface {
+            if let Some(j) = raw_hubs
+                .iter()
+                .position(|h| h.interface.as_ref() == Some(x))
+            {
+                c.push(
+                    format!("uplink[{i}].interface"),
+                    format!("is the tunnel interface of hub[{j}]"),
+                    Some("an uplink is the physical interface toward the ISP"),
+                );
+            }
+        }
     }
     let n = raw_uplinks.len() as u32;
-    if routing.table < 256 && routing.table + n >= 253 {
+    // The last table in use: the last uplink's, or the last hub's device's.
+    let hubs_n = raw_hubs.len().max(1) as u32;
+    let last = (routing.table + n).max(routing.table + HUB_STRIDE * (hubs_n - 1));
+    if routing.table < 256 && last >= 253 {
         c.push(
             "routing.table",
             format!(
-                "tables {}..={} would include the kernel's tables 253-255",
+                "tables {}..={last} would include the kernel's tables 253-255",
                 routing.table,
-                routing.table + n
             ),
             None,
+        );
+    }
+    if hubs_n > 1 && n >= HUB_STRIDE {
+        c.push(
+            "uplink",
+            format!("{n} uplinks with {hubs_n} hubs; at most 15 with several hubs"),
+            Some(&format!(
+                "hub h's tunnel device uses table routing.table + {HUB_STRIDE}*h, uplink i's \
+                 routing.table + 1 + i (docs/decisions.md)"
+            )),
         );
     }
 
@@ -160,6 +176,49 @@ pub(super) fn hub_peer(
     let keepalive = h.keepalive.map_or(Some(DEFAULT_KEEPALIVE), |k| {
         c.int(&p("keepalive"), k, 0, 3600)
     });
+    let priority = h
+        .priority
+        .map_or(Some(i as u32), |v| c.int(&p("priority"), v, 0, 1000));
+    // One tunnel device per hub: the first hub's is `tunnel.interface`,
+    // every other hub names its own.
+    let interface = match (&h.interface, i) {
+        (None, 0) => tunnel.interface.clone(),
+        (None, _) => {
+            c.push(
+                p("interface"),
+                "missing: every hub but the first needs its own tunnel interface",
+                Some(&format!(
+                    "add interface = \"tl{i}\" (a name no other interface has; the first hub \
+                     uses tunnel.interface)"
+                )),
+            );
+            None
+        }
+        (Some(name), _) => {
+            let given = c.interface(&p("interface"), Some(name));
+            match (&given, &tunnel.interface, i) {
+                (Some(g), Some(t), 0) if g != t => {
+                    c.push(
+                        p("interface"),
+                        format!("{g} is not tunnel.interface ({t})"),
+                        Some(
+                            "the first hub's tunnel device is tunnel.interface: leave this key out",
+                        ),
+                    );
+                    None
+                }
+                (Some(g), Some(t), _) if i > 0 && g == t => {
+                    c.push(
+                        p("interface"),
+                        format!("{g} is tunnel.interface, the first hub's tunnel device"),
+                        Some(&format!("give this hub its own device, e.g. \"tl{i}\"")),
+                    );
+                    None
+                }
+                _ => given,
+            }
+        }
+    };
     Some(HubPeer {
         name: name?,
         public_key: public_key?,
@@ -169,7 +228,35 @@ pub(super) fn hub_peer(
         keepalive: keepalive?,
         probe_port: probe_port?,
         fingerprint: fingerprint?,
+        priority: priority?,
+        interface: interface?,
     })
+}
+
+/// Hubs' names, tunnel interfaces, tunnel addresses and public keys are
+/// each the hub's own: checked on the values as written, so that a mistake
+/// in another field of the same hub does not hide them.
+fn distinct_hubs(c: &mut Checker, raw_hubs: &[RawHub]) {
+    for (i, a) in raw_hubs.iter().enumerate() {
+        for (j, b) in raw_hubs.iter().enumerate().skip(i + 1) {
+            for (key, x, y) in [
+                ("name", &a.name, &b.name),
+                ("interface", &a.interface, &b.interface),
+                ("address", &a.address, &b.address),
+                ("public_key", &a.public_key, &b.public_key),
+            ] {
+                if let (Some(x), Some(y)) = (x, y) {
+                    if x == y {
+                        c.push(
+                            format!("hub[{j}].{key}"),
+                            format!("{y} is already the {key} of hub[{i}]"),
+                            Some("each hub has its own name, tunnel interface, address and key"),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn uplink(c: &mut Checker, i: usize, u: &RawUplink) -> Option<Uplink> {
