@@ -314,13 +314,10 @@ fn the_probe_budget_outlives_a_crash_and_a_restart() {
 
     wan.daemons[annex].kill();
     let annex = wan.start_annex(1);
-    // The budget is loaded when probing starts (until then status shows
-    // the configured bucket).
+    // The budget is loaded when probing starts, before the daemon says it
+    // is up (until then status shows the configured bucket).
     wan.daemons[annex]
-        .wait_for_log(
-            &["probing the hub over every uplink"],
-            Duration::from_secs(30),
-        )
+        .wait_for_log(&["townlink is up"], Duration::from_secs(30))
         .unwrap();
     let (after_crash, _) = lte_budget(&wan);
     eprintln!("after a crash: {after_crash}");
@@ -336,10 +333,7 @@ fn the_probe_budget_outlives_a_crash_and_a_restart() {
     let level = saved["level"].as_f64().expect("level");
     let annex = wan.start_annex(1);
     wan.daemons[annex]
-        .wait_for_log(
-            &["probing the hub over every uplink"],
-            Duration::from_secs(30),
-        )
+        .wait_for_log(&["townlink is up"], Duration::from_secs(30))
         .unwrap();
     let (after_stop, _) = lte_budget(&wan);
     eprintln!("saved at the clean stop: {level:.0}; after the restart: {after_stop}");
