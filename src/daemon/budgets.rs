@@ -14,10 +14,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::unix_now;
 use crate::fsutil;
 use crate::probe::budget::{Budget, BudgetGauges, Saved, UNSAVED_SHARE};
 
@@ -25,13 +26,6 @@ use crate::probe::budget::{Budget, BudgetGauges, Saved, UNSAVED_SHARE};
 pub const SAVE_EVERY: Duration = Duration::from_secs(600);
 /// How often the keeper looks.
 const LOOK_EVERY: Duration = Duration::from_secs(10);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Where an uplink's budget is kept.
 pub fn path(state_directory: &Path, uplink: &str) -> PathBuf {

@@ -63,6 +63,13 @@ pub fn load(path: &std::path::Path) -> Result<(Config, Identity), ConfigError> {
     Ok((config, identity))
 }
 
+/// Now, in Unix seconds (0 for a clock before 1970).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The running daemon: what start-up changed, so that shutdown can undo
 /// exactly that.
 struct Running {

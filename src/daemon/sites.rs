@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use tokio::sync::{watch, Mutex};
@@ -37,6 +37,7 @@ use tokio::sync::{watch, Mutex};
 use futures::future::BoxFuture;
 
 use super::supervisor::Supervisor;
+use super::unix_now;
 use crate::config::{EnrollmentConfig, FollowConfig};
 use crate::control::server::SiteAdmin;
 pub use crate::enroll::hub::HubIdentity;
@@ -54,12 +55,6 @@ use crate::sites::{Name, Reserved, Site, SiteInfo, SiteSet, SiteSource};
 use crate::telemetry::collector::CollectorTargets;
 use crate::telemetry::{stamp, Telemetry};
 use crate::tunnel::{PeerConfig, Tunnel};
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 pub struct HubSites {
     roster: Mutex<Roster>,
