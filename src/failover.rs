@@ -312,8 +312,7 @@ impl Failover {
 
     /// Publishes the engine's view: to the telemetry at a change, else at
     /// most every [`TELEMETRY_PERIOD`]; the hub's report at a change, else
-    /// every [`REPORT_PERIOD`]. The telemetry shows the uplinks as the
-    /// active hub sees them (per-path status and metrics: issue 18, 2c).
+    /// every [`REPORT_PERIOD`].
     fn publish(&self, engine: &Engine, now: bool, last: &mut Published) {
         if !now && last.telemetry.elapsed() < TELEMETRY_PERIOD {
             return;
@@ -322,20 +321,19 @@ impl Failover {
         let connections = self.connections();
         let probing = Probing::of(&connections);
         let active = engine.active();
-        let on_active_hub: Vec<Connection> = (0..self.names.len())
-            .map(|u| connections[self.index(PathId::new(active.hub, u))])
-            .collect();
-        let qualities: Vec<Quality> = (0..self.names.len())
-            .map(|u| {
-                let q = shown(
-                    engine.quality(PathId::new(active.hub, u)),
-                    engine.policy().sla.min_samples,
-                );
-                unmeasured(q, probing, on_active_hub[u])
+        let qualities: Vec<Quality> = engine
+            .paths()
+            .map(|p| {
+                let q = shown(engine.quality(p), engine.policy().sla.min_samples);
+                let c = connections
+                    .get(self.index(p))
+                    .copied()
+                    .unwrap_or(Connection::Connecting);
+                unmeasured(q, probing, c)
             })
             .collect();
-        self.telemetry.uplinks(&qualities, active.uplink);
-        self.telemetry.probing(&on_active_hub, probing.problem());
+        self.telemetry.paths(&qualities, active);
+        self.telemetry.probing(&connections, probing.problem());
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
@@ -514,10 +512,7 @@ impl Failover {
                     &connections,
                     now,
                 );
-                // The status shows the active hub's paths (per path: 2c).
-                if c.path.hub == engine.active().hub {
-                    self.telemetry.state_change(c);
-                }
+                self.telemetry.state_change(c);
                 tracing::info!(
                     uplink = %engine.name(c.path),
                     from = c.from.as_str(),

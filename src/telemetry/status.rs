@@ -68,6 +68,16 @@ pub struct Status {
     pub uplinks: Vec<UplinkView>,
     /// Annex only: the uplink the tunnel goes through.
     pub active: Option<String>,
+    /// Annex only: the hub the tunnel goes to.
+    #[serde(default)]
+    pub active_hub: Option<String>,
+    /// Annex only: every hub, in config order.
+    #[serde(default)]
+    pub hubs: Vec<HubView>,
+    /// Annex only: every path (a hub over an uplink), hub by hub, uplinks
+    /// in config order. `uplinks` are the active hub's paths.
+    #[serde(default)]
+    pub paths: Vec<UplinkView>,
     /// Annex only: why the probes measure nothing, e.g. "probe responder
     /// unreachable" or "refused by the hub: unknown certificate".
     #[serde(default)]
@@ -97,6 +107,18 @@ pub struct FollowView {
     pub version: Option<u64>,
 }
 
+/// A hub as an annex knows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HubView {
+    pub name: String,
+    /// Its tunnel device on the annex.
+    pub interface: String,
+    /// The tunnel goes to this hub.
+    pub active: bool,
+    /// The hub used when every path answers (lowest priority).
+    pub preferred: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TunnelView {
     pub interface: String,
@@ -117,7 +139,12 @@ pub struct PeerView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UplinkView {
+    /// The uplink's name.
     pub name: String,
+    /// The hub this view is about (a path), or seen through (`uplinks`:
+    /// the active hub).
+    #[serde(default)]
+    pub hub: Option<String>,
     pub interface: String,
     pub metered: bool,
     /// The probe connection: connecting, connected, unreachable, refused.
@@ -142,6 +169,8 @@ pub struct UplinkView {
     pub state_changes: u64,
     /// Why the uplink is in its state, e.g. "4 probes lost in a row".
     pub reason: Option<String>,
+    /// A path: its prober's bytes; an uplink (`uplinks`): every hub's
+    /// prober over it, what its probe budget counts.
     pub probe_sent_bytes: u64,
     pub probe_received_bytes: u64,
     /// Kernel counters of the interface.
@@ -157,6 +186,7 @@ impl Default for UplinkView {
     fn default() -> UplinkView {
         UplinkView {
             name: String::new(),
+            hub: None,
             interface: String::new(),
             metered: false,
             probe: String::new(),
@@ -192,9 +222,15 @@ pub struct BudgetView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FailoverView {
     pub at: f64,
+    /// The uplinks, from and to.
     pub from: String,
     pub to: String,
-    /// dead, brownout, congested or recovered.
+    /// The hubs, from and to.
+    #[serde(default)]
+    pub from_hub: Option<String>,
+    #[serde(default)]
+    pub to_hub: Option<String>,
+    /// dead, hub_down, brownout, congested or recovered.
     pub class: String,
     pub reason: String,
 }
@@ -268,6 +304,25 @@ pub fn when(t: f64, now: f64) -> String {
 }
 
 impl Status {
+    /// `uplinks`, `active` and `active_hub` from `paths` and `hubs`: the
+    /// active hub's paths, `uplinks` per hub.
+    pub(crate) fn show_active_hub(&mut self, uplinks: usize) {
+        let h = self.hubs.iter().position(|h| h.active).unwrap_or(0);
+        self.active_hub = self.hubs.get(h).map(|h| h.name.clone());
+        self.uplinks = self
+            .paths
+            .iter()
+            .skip(h * uplinks)
+            .take(uplinks)
+            .cloned()
+            .collect();
+        self.active = self
+            .uplinks
+            .iter()
+            .find(|u| u.active)
+            .map(|u| u.name.clone());
+    }
+
     /// The human view, as of Unix time `now`.
     pub fn render(&self, now: f64) -> String {
         let mut o = String::new();

@@ -109,8 +109,11 @@ fn documented() -> BTreeSet<String> {
         .collect()
 }
 
-const LABELS: [&str; 15] = [
+const LABELS: [&str; 18] = [
     "uplink",
+    "hub",
+    "from_hub",
+    "to_hub",
     "interface",
     "metered",
     "state",
@@ -264,20 +267,20 @@ fn every_series_exists_before_any_event() {
     let dir = dir_with_key();
     let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
     let text = annex.encode();
-    // 2 uplinks: 2 directions × 4 reasons, all at 0.
+    // 2 uplinks, 1 hub: 2 directions × 5 reasons, all at 0.
     let failovers: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("townlink_failovers_total{"))
         .collect();
-    assert_eq!(failovers.len(), 8, "{failovers:?}");
+    assert_eq!(failovers.len(), 10, "{failovers:?}");
     assert!(failovers.iter().all(|l| l.ends_with(" 0")), "{failovers:?}");
     assert!(text.contains("townlink_last_failover_timestamp_seconds 0.0"));
-    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\"} 1"));
-    assert!(text.contains("townlink_uplink_state{uplink=\"lte\",state=\"unknown\"} 1"));
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"main\"} 1"));
+    assert!(text.contains("townlink_uplink_state{uplink=\"lte\",hub=\"main\",state=\"unknown\"} 1"));
     assert!(text.contains("townlink_check_up{check=\"records\"} 0"));
     // The damping: no failure yet, the base hold-down.
-    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 0.0"));
-    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 10.0"));
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\",hub=\"main\"} 0.0"));
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\",hub=\"main\"} 10.0"));
 }
 
 #[test]
@@ -294,7 +297,7 @@ fn a_failover_is_counted_and_shown() {
     });
     let text = annex.encode();
     assert!(
-        text.contains("townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"brownout\"} 1")
+        text.contains("townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"brownout\",from_hub=\"main\",to_hub=\"main\"} 1")
     );
     let status = annex.snapshot();
     assert_eq!(status.failovers, 1);
@@ -405,7 +408,10 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
         holddown: Duration::from_secs(holddown),
         penalty,
     };
-    annex.uplinks(&[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)], 1);
+    annex.paths(
+        &[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)],
+        PathId::new(0, 1),
+    );
     annex.state_change(&StateChange {
         path: PathId::new(0, 0),
         from: Health::Down,
@@ -414,9 +420,9 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
         at: Duration::from_secs(100),
     });
     let text = annex.encode();
-    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 37.0"));
-    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 2.6"));
-    assert!(text.contains("townlink_uplink_late_ratio{uplink=\"fiber\"} 0.2"));
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\",hub=\"main\"} 37.0"));
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\",hub=\"main\"} 2.6"));
+    assert!(text.contains("townlink_uplink_late_ratio{uplink=\"fiber\",hub=\"main\"} 0.2"));
     let shown = annex.snapshot().render(now());
     assert!(
         shown.contains("late 20.0 %; hold-down 37 s, penalty 2.6"),
@@ -467,7 +473,7 @@ fn status_says_why_probes_cannot_measure() {
     let metrics = annex.encode();
     assert!(
         metrics
-            .contains("townlink_uplink_probe_connection{uplink=\"fiber\",state=\"unreachable\"} 1"),
+            .contains("townlink_uplink_probe_connection{uplink=\"fiber\",hub=\"main\",state=\"unreachable\"} 1"),
         "{metrics}"
     );
 
@@ -503,14 +509,14 @@ fn a_window_too_short_to_judge_shows_measuring_and_nan() {
         holddown: Duration::from_secs(10),
         penalty: 0.0,
     };
-    annex.uplinks(&[q, q], 0);
+    annex.paths(&[q, q], PathId::new(0, 0));
     let text = annex.snapshot().render(now());
     let fiber = text.lines().find(|l| l.contains(" fiber ")).unwrap();
     assert!(fiber.contains("loss measuring"), "{text}");
     assert!(!text.contains('%'), "{text}");
     assert!(annex
         .encode()
-        .contains("townlink_uplink_loss_ratio{uplink=\"fiber\"} NaN"));
+        .contains("townlink_uplink_loss_ratio{uplink=\"fiber\",hub=\"main\"} NaN"));
 }
 
 #[test]
@@ -554,4 +560,139 @@ fn a_refused_annex_is_not_told_its_tunnel_works() {
     );
     status.probing = Some("probe responder unreachable".into());
     assert!(status.render(t).contains("the tunnel works"));
+}
+
+/// The annex example with a second hub, `backup` (device tl1).
+fn two_hubs(dir: &std::path::Path) -> crate::config::Config {
+    let mut config = example("annex.toml", dir).unwrap();
+    let Role::Annex(a) = &mut config.role else {
+        panic!("annex expected")
+    };
+    let mut backup = a.hubs[0].clone();
+    backup.name = Name::new("backup").unwrap();
+    backup.interface = crate::config::InterfaceName::new("tl1").unwrap();
+    backup.priority = 1;
+    a.hubs.push(backup);
+    config
+}
+
+#[test]
+fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let text = annex.encode();
+    for hub in ["main", "backup"] {
+        for uplink in ["fiber", "lte"] {
+            let l = format!("{{uplink=\"{uplink}\",hub=\"{hub}\"");
+            for family in [
+                "townlink_uplink_up",
+                "townlink_uplink_active",
+                "townlink_uplink_rtt_seconds",
+                "townlink_uplink_loss_ratio",
+                "townlink_uplink_probe_sent_bytes_total",
+                "townlink_uplink_state_changes_total",
+            ] {
+                assert!(
+                    text.contains(&format!("{family}{l}")),
+                    "{family}{l}: {text}"
+                );
+            }
+        }
+    }
+    // 4 paths: 12 ordered pairs × 5 reasons, hub_down among them.
+    let failovers = text
+        .lines()
+        .filter(|l| l.starts_with("townlink_failovers_total{"))
+        .count();
+    assert_eq!(failovers, 60);
+    assert!(text.contains(
+        "townlink_failovers_total{from=\"fiber\",to=\"fiber\",reason=\"hub_down\",from_hub=\"main\",to_hub=\"backup\"} 0"
+    ));
+    // Uplink series stay per uplink.
+    assert!(text.contains("townlink_uplink_metered{uplink=\"lte\"} 1"));
+
+    // The main hub dies: backup/fiber becomes active, main/fiber down.
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 0),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/fiber: 4 probes lost in 600 ms".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.failover(&Decision {
+        from: PathId::new(0, 0),
+        to: PathId::new(1, 0),
+        class: ReasonClass::HubDown,
+        reason: "main/fiber: 4 probes lost in 600 ms; hub main silent over fiber".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.paths(
+        &[q(Health::Down), q(Health::Up), q(Health::Up), q(Health::Up)],
+        PathId::new(1, 0),
+    );
+    // A state change of a path to a hub that is not active is counted too.
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 1),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/lte: 4 probes lost".into(),
+        at: Duration::from_secs(11),
+    });
+    annex
+        .probe_counters("backup", "fiber")
+        .sent_bytes
+        .inc_by(100);
+    let text = annex.encode();
+    assert!(text.contains(
+        "townlink_failovers_total{from=\"fiber\",to=\"fiber\",reason=\"hub_down\",from_hub=\"main\",to_hub=\"backup\"} 1"
+    ), "{text}");
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"backup\"} 1"));
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"main\"} 0"));
+    assert!(text.contains("townlink_uplink_state{uplink=\"fiber\",hub=\"main\",state=\"down\"} 1"));
+    assert!(text.contains("townlink_uplink_state_changes_total{uplink=\"lte\",hub=\"main\"} 1"));
+    assert!(text
+        .contains("townlink_uplink_probe_sent_bytes_total{uplink=\"fiber\",hub=\"backup\"} 100"));
+    assert!(
+        text.contains("townlink_uplink_probe_sent_bytes_total{uplink=\"fiber\",hub=\"main\"} 0")
+    );
+    // The status: `uplinks` as seen through the active hub, every path in `paths`.
+    let s = annex.snapshot();
+    assert_eq!(s.active_hub.as_deref(), Some("backup"));
+    assert_eq!(s.active.as_deref(), Some("fiber"));
+    assert_eq!(s.uplinks.len(), 2);
+    assert!(s.uplinks.iter().all(|u| u.hub.as_deref() == Some("backup")));
+    // The uplink's probe bytes are every hub's over it; a path's its own.
+    annex.probe_counters("main", "fiber").sent_bytes.inc_by(20);
+    let s = annex.snapshot();
+    assert_eq!(s.uplinks[0].probe_sent_bytes, 120);
+    assert_eq!(s.paths[0].probe_sent_bytes, 20);
+    assert_eq!(s.paths[2].probe_sent_bytes, 100);
+    assert_eq!(s.paths.len(), 4);
+    assert_eq!(s.paths[0].state, Health::Down);
+    assert_eq!(
+        s.paths[1].reason.as_deref(),
+        Some("main/lte: 4 probes lost")
+    );
+    let hubs: Vec<(&str, bool, bool)> = s
+        .hubs
+        .iter()
+        .map(|h| (h.name.as_str(), h.active, h.preferred))
+        .collect();
+    assert_eq!(hubs, vec![("main", false, true), ("backup", true, false)]);
+    let f = s.last_failover.unwrap();
+    assert_eq!(
+        (f.from_hub.as_deref(), f.to_hub.as_deref()),
+        (Some("main"), Some("backup"))
+    );
 }
