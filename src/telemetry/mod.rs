@@ -388,16 +388,24 @@ impl Telemetry {
                 s.sites.len()
             ));
         } else {
-            let uplinks: Vec<String> = s
-                .uplinks
+            // With several hubs, every path ("main/fiber up").
+            let (views, active) = if s.hubs.len() > 1 {
+                let active = match (&s.active_hub, &s.active) {
+                    (Some(h), Some(u)) => format!("{h}/{u}"),
+                    _ => "-".into(),
+                };
+                (&s.paths, active)
+            } else {
+                (&s.uplinks, s.active.clone().unwrap_or_else(|| "-".into()))
+            };
+            let uplinks: Vec<String> = views
                 .iter()
-                .map(|u| format!("{} {}", u.name, u.state.as_str()))
+                .map(|u| match (&u.hub, s.hubs.len() > 1) {
+                    (Some(h), true) => format!("{h}/{} {}", u.name, u.state.as_str()),
+                    _ => format!("{} {}", u.name, u.state.as_str()),
+                })
                 .collect();
-            parts.push(format!(
-                "tunnel on {} ({})",
-                s.active.as_deref().unwrap_or("-"),
-                uplinks.join(", ")
-            ));
+            parts.push(format!("tunnel on {active} ({})", uplinks.join(", ")));
             if let Some(p) = &s.probing {
                 parts.push(p.clone());
             }

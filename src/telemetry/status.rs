@@ -283,6 +283,22 @@ pub struct ResponderView {
     pub echoed: u64,
 }
 
+/// A path's name as reasons write it: "main/fiber".
+fn path_name(u: &UplinkView) -> String {
+    match &u.hub {
+        Some(h) => format!("{h}/{}", u.name),
+        None => u.name.clone(),
+    }
+}
+
+/// One end of a switch: the uplink, "hub/uplink" with several hubs.
+fn switch_end(several: bool, hub: &Option<String>, uplink: &str) -> String {
+    match hub {
+        Some(h) if several => format!("{h}/{uplink}"),
+        _ => uplink.to_string(),
+    }
+}
+
 /// "12.3 ms", or "-" when unknown.
 fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1} ms"))
@@ -330,6 +346,72 @@ impl Status {
         o
     }
 
+    /// One line for an uplink (or a path, `name` "hub/uplink"), and its
+    /// reason on the next line when it is not up.
+    fn write_uplink(
+        &self,
+        o: &mut String,
+        u: &UplinkView,
+        name: &str,
+        width: usize,
+        budget: bool,
+    ) -> fmt::Result {
+        let mut notes = Vec::new();
+        if u.late.is_some_and(|l| l > 0.0) {
+            notes.push(format!("late {}", pct(u.late)));
+        }
+        // The damping, when it matters: out of service, or failed recently.
+        if matches!(u.state, Health::Down | Health::Recovering) || u.penalty >= 0.05 {
+            notes.push(format!(
+                "hold-down {} s, penalty {:.1}",
+                u.holddown_s.round(),
+                u.penalty
+            ));
+        }
+        if !u.probe.is_empty() && u.probe != "connected" {
+            notes.push(format!("probes {}", u.probe));
+        }
+        if u.metered {
+            notes.push(format!(
+                "metered, {} B probing",
+                u.probe_sent_bytes + u.probe_received_bytes
+            ));
+        }
+        if let Some(b) = u.budget.as_ref().filter(|_| budget) {
+            notes.push(format!(
+                "budget {}/30 days, {} left{}",
+                crate::size::format(b.budget_bytes as f64),
+                crate::size::format(b.available_bytes as f64),
+                if b.limited { ", LIMITING probes" } else { "" }
+            ));
+        }
+        // No ratio yet: the window holds too few probes to mean
+        // anything (unless probes cannot measure at all, said above).
+        let loss = match u.loss {
+            None if self.probing.is_none() => "measuring".to_string(),
+            l => pct(l),
+        };
+        writeln!(
+            o,
+            "  {} {:<width$} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>9}  {}",
+            if u.active { '*' } else { ' ' },
+            name,
+            u.interface,
+            u.state.as_str(),
+            ms(u.rtt_ms),
+            ms(Some(u.jitter_ms)),
+            loss,
+            notes.join("; ")
+        )?;
+        // Why an uplink is out of service (and for how long).
+        if u.state != Health::Up {
+            if let Some(r) = &u.reason {
+                writeln!(o, "      {r}")?;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&self, o: &mut String, now: f64) -> fmt::Result {
         match &self.name {
             Some(n) => writeln!(o, "townlink {} · {} {n}", self.version, self.role)?,
@@ -349,17 +431,52 @@ impl Status {
             )?;
         }
         if !self.uplinks.is_empty() {
-            writeln!(
-                o,
-                "uplinks (active: {})",
-                self.active.as_deref().unwrap_or("-")
-            )?;
+            // With several hubs, one line per path; with one, per uplink.
+            let several = self.hubs.len() > 1;
+            if several {
+                let hubs: Vec<String> = self
+                    .hubs
+                    .iter()
+                    .map(|h| {
+                        let mut notes = vec![h.interface.clone()];
+                        if h.preferred {
+                            notes.push("preferred".into());
+                        }
+                        format!("{} ({})", h.name, notes.join(", "))
+                    })
+                    .collect();
+                writeln!(
+                    o,
+                    "hubs (active: {}): {}",
+                    self.active_hub.as_deref().unwrap_or("-"),
+                    hubs.join(", ")
+                )?;
+                writeln!(
+                    o,
+                    "paths (active: {})",
+                    match (&self.active_hub, &self.active) {
+                        (Some(h), Some(u)) => format!("{h}/{u}"),
+                        _ => "-".into(),
+                    }
+                )?;
+            } else {
+                writeln!(
+                    o,
+                    "uplinks (active: {})",
+                    self.active.as_deref().unwrap_or("-")
+                )?;
+            }
             if let Some(p) = &self.probing {
                 // What the tunnel itself says, since the probes cannot.
                 // A hub that refuses this annex has removed (or never had)
                 // its peer: an earlier handshake proves nothing then.
                 let refused = p.starts_with("refused by the hub");
-                let handshake = match t.peers.first().and_then(|p| p.last_handshake) {
+                let peer = t
+                    .peers
+                    .iter()
+                    .find(|p| Some(&p.name) == self.active_hub.as_ref())
+                    .or(t.peers.first());
+                let handshake = match peer.and_then(|p| p.last_handshake) {
                     Some(h) if now - h < 180.0 => format!(
                         "{} {} ago{}",
                         if refused {
@@ -377,67 +494,31 @@ impl Status {
                 };
                 writeln!(o, "  {p} ({handshake}); uplinks not measured")?;
             }
-            for u in &self.uplinks {
-                let mut notes = Vec::new();
-                if u.late.is_some_and(|l| l > 0.0) {
-                    notes.push(format!("late {}", pct(u.late)));
+            if several {
+                let width = self
+                    .paths
+                    .iter()
+                    .map(|u| path_name(u).chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(10);
+                let mut budgets = std::collections::BTreeSet::new();
+                for u in &self.paths {
+                    // An uplink's budget once, on its first path.
+                    let budget = budgets.insert(u.name.clone());
+                    self.write_uplink(o, u, &path_name(u), width, budget)?;
                 }
-                // The damping, when it matters: out of service, or failed recently.
-                if matches!(u.state, Health::Down | Health::Recovering) || u.penalty >= 0.05 {
-                    notes.push(format!(
-                        "hold-down {} s, penalty {:.1}",
-                        u.holddown_s.round(),
-                        u.penalty
-                    ));
-                }
-                if !u.probe.is_empty() && u.probe != "connected" {
-                    notes.push(format!("probes {}", u.probe));
-                }
-                if u.metered {
-                    notes.push(format!(
-                        "metered, {} B probing",
-                        u.probe_sent_bytes + u.probe_received_bytes
-                    ));
-                }
-                if let Some(b) = &u.budget {
-                    notes.push(format!(
-                        "budget {}/30 days, {} left{}",
-                        crate::size::format(b.budget_bytes as f64),
-                        crate::size::format(b.available_bytes as f64),
-                        if b.limited { ", LIMITING probes" } else { "" }
-                    ));
-                }
-                // No ratio yet: the window holds too few probes to mean
-                // anything (unless probes cannot measure at all, said above).
-                let loss = match u.loss {
-                    None if self.probing.is_none() => "measuring".to_string(),
-                    l => pct(l),
-                };
-                writeln!(
-                    o,
-                    "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>9}  {}",
-                    if u.active { '*' } else { ' ' },
-                    u.name,
-                    u.interface,
-                    u.state.as_str(),
-                    ms(u.rtt_ms),
-                    ms(Some(u.jitter_ms)),
-                    loss,
-                    notes.join("; ")
-                )?;
-                // Why an uplink is out of service (and for how long).
-                if u.state != Health::Up {
-                    if let Some(r) = &u.reason {
-                        writeln!(o, "      {r}")?;
-                    }
+            } else {
+                for u in &self.uplinks {
+                    self.write_uplink(o, u, &u.name, 10, true)?;
                 }
             }
             match &self.last_failover {
                 Some(f) => writeln!(
                     o,
                     "last switch {} → {} at {}: {} ({}); {} since start",
-                    f.from,
-                    f.to,
+                    switch_end(several, &f.from_hub, &f.from),
+                    switch_end(several, &f.to_hub, &f.to),
                     when(f.at, now),
                     f.class,
                     f.reason,

@@ -696,3 +696,119 @@ fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
         (Some("main"), Some("backup"))
     );
 }
+
+#[test]
+fn with_two_hubs_status_shows_one_line_per_path_and_the_active_hub() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 0),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/fiber: 4 probes lost in 600 ms".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.failover(&Decision {
+        from: PathId::new(0, 0),
+        to: PathId::new(1, 0),
+        class: ReasonClass::HubDown,
+        reason: "main/fiber: 4 probes lost in 600 ms; hub main silent over fiber".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.paths(
+        &[
+            q(Health::Down),
+            q(Health::Down),
+            q(Health::Up),
+            q(Health::Up),
+        ],
+        PathId::new(1, 0),
+    );
+    let s = annex.snapshot();
+    let text = s.render(now());
+    assert!(
+        text.contains("hubs (active: backup): main (tl0, preferred), backup (tl1)"),
+        "{text}"
+    );
+    assert!(text.contains("paths (active: backup/fiber)"), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| {
+                l.get(4..)
+                    .is_some_and(|l| l.starts_with(&format!("{name} ")))
+            })
+            .unwrap_or_else(|| panic!("no line for {name}: {text}"))
+            .to_string()
+    };
+    assert!(line("main/fiber").contains(" down "), "{text}");
+    assert!(line("main/lte").contains(" down "), "{text}");
+    assert!(line("backup/fiber").starts_with("  * "), "{text}");
+    assert!(line("backup/lte").contains(" up "), "{text}");
+    assert!(
+        text.contains("\n      main/fiber: 4 probes lost in 600 ms\n"),
+        "{text}"
+    );
+    // The 4G's budget once, not once per hub.
+    assert_eq!(text.matches("budget 30 MB/30 days").count(), 1, "{text}");
+    assert!(
+        text.contains("last switch main/fiber → backup/fiber at"),
+        "{text}"
+    );
+    assert!(
+        text.contains(": hub_down (main/fiber: 4 probes lost"),
+        "{text}"
+    );
+    assert!(!text.contains("uplinks (active"), "{text}");
+    assert_eq!(
+        annex.status_line(),
+        "tunnel on backup/fiber (main/fiber down, main/lte down, backup/fiber up, backup/lte up); checks 0/1 ok"
+    );
+    // The JSON: uplinks through the active hub, and every hub and path.
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["active"], "fiber");
+    assert_eq!(json["active_hub"], "backup");
+    assert_eq!(json["uplinks"][0]["hub"], "backup");
+    assert_eq!(json["uplinks"][0]["state"], "up");
+    assert_eq!(json["paths"][0]["hub"], "main");
+    assert_eq!(json["paths"][0]["state"], "down");
+    assert_eq!(json["hubs"][1]["active"], true);
+    assert_eq!(json["last_failover"]["from_hub"], "main");
+    assert_eq!(json["last_failover"]["to_hub"], "backup");
+    let back: Status = serde_json::from_value(json).unwrap();
+    assert_eq!(back, s);
+}
+
+#[test]
+fn with_one_hub_the_status_text_is_per_uplink_as_before() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let text = annex.snapshot().render(now());
+    assert!(text.contains("uplinks (active: fiber)"), "{text}");
+    assert!(!text.contains("hubs ("), "{text}");
+    assert!(!text.contains("main/"), "{text}");
+    assert!(text.contains("\n  * fiber      eth1     unknown "), "{text}");
+    assert_eq!(
+        annex.status_line(),
+        "tunnel on fiber (fiber unknown, lte unknown); checks 0/1 ok"
+    );
+    // A status from before several hubs (no hubs, paths, hub) still reads.
+    let mut json = serde_json::to_value(annex.snapshot()).unwrap();
+    for key in ["hubs", "paths", "active_hub"] {
+        json.as_object_mut().unwrap().remove(key);
+    }
+    json["uplinks"][0].as_object_mut().unwrap().remove("hub");
+    let old: Status = serde_json::from_value(json).unwrap();
+    assert!(old.paths.is_empty());
+    assert!(old.render(now()).contains("uplinks (active: fiber)"));
+}
