@@ -152,21 +152,34 @@ impl Telemetry {
         });
     }
 
-    /// What an annex sends the hub: its active uplink and their qualities.
+    /// What an annex sends the hub: its active path (hub and uplink), the
+    /// uplinks as seen through the active hub, and with several hubs
+    /// every path.
     pub fn report(&self) -> Report {
         let s = self.status();
+        let wire = |u: &UplinkView| wire::Uplink {
+            name: u.name.clone(),
+            hub: None,
+            state: u.state.as_str().into(),
+            rtt_ms: u.rtt_ms,
+            loss: u.loss,
+        };
         Report {
             active: s.active.clone().unwrap_or_default(),
-            uplinks: s
-                .uplinks
-                .iter()
-                .map(|u| wire::Uplink {
-                    name: u.name.clone(),
-                    state: u.state.as_str().into(),
-                    rtt_ms: u.rtt_ms,
-                    loss: u.loss,
-                })
-                .collect(),
+            hub: s.active_hub.clone(),
+            uplinks: s.uplinks.iter().map(wire).collect(),
+            paths: if s.hubs.len() > 1 {
+                s.paths
+                    .iter()
+                    .map(|u| wire::Uplink {
+                        hub: u.hub.clone(),
+                        ..wire(u)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            ..Report::default()
         }
     }
 

@@ -261,8 +261,17 @@ pub struct SiteView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SiteReportView {
     pub at: f64,
+    /// The uplink the annex's tunnel goes through.
     pub active: String,
+    /// The hub it goes to, as the annex names it (its `[[hub]] name`);
+    /// none from an annex that does not say (report version 1).
+    #[serde(default)]
+    pub hub: Option<String>,
+    /// The uplinks as seen through that hub.
     pub uplinks: Vec<ReportedUplink>,
+    /// An annex with several hubs: every path, each with its hub.
+    #[serde(default)]
+    pub paths: Vec<ReportedUplink>,
 }
 
 /// One uplink as an annex reports it to the hub (the wire format is
@@ -270,6 +279,9 @@ pub struct SiteReportView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportedUplink {
     pub name: String,
+    /// A path's hub.
+    #[serde(default)]
+    pub hub: Option<String>,
     pub state: String,
     pub rtt_ms: Option<f64>,
     pub loss: Option<f64>,
@@ -568,9 +580,13 @@ impl Status {
                 let report = match &s.report {
                     Some(r) => {
                         let active = r.uplinks.iter().find(|u| u.name == r.active);
+                        // The hub, from an annex that has several.
+                        let on = match &r.hub {
+                            Some(h) if !r.paths.is_empty() => format!("{h}/{}", r.active),
+                            _ => r.active.clone(),
+                        };
                         format!(
-                            "on {} rtt {} loss {}",
-                            r.active,
+                            "on {on} rtt {} loss {}",
                             ms(active.and_then(|u| u.rtt_ms)),
                             pct(active.and_then(|u| u.loss))
                         )

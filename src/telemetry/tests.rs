@@ -330,8 +330,10 @@ fn hub_keeps_each_sites_report_under_its_certificate_name() {
                 state: "up".into(),
                 rtt_ms: Some(20.0),
                 loss: Some(0.0),
+                ..Default::default()
             })
             .collect(),
+        ..Report::default()
     };
     hub.site_report(&site, report("lte", &["fiber", "lte"]));
     let text = hub.encode();
@@ -797,7 +799,10 @@ fn with_one_hub_the_status_text_is_per_uplink_as_before() {
     assert!(text.contains("uplinks (active: fiber)"), "{text}");
     assert!(!text.contains("hubs ("), "{text}");
     assert!(!text.contains("main/"), "{text}");
-    assert!(text.contains("\n  * fiber      eth1     unknown "), "{text}");
+    assert!(
+        text.contains("\n  * fiber      eth1     unknown "),
+        "{text}"
+    );
     assert_eq!(
         annex.status_line(),
         "tunnel on fiber (fiber unknown, lte unknown); checks 0/1 ok"
@@ -811,4 +816,65 @@ fn with_one_hub_the_status_text_is_per_uplink_as_before() {
     let old: Status = serde_json::from_value(json).unwrap();
     assert!(old.paths.is_empty());
     assert!(old.render(now()).contains("uplinks (active: fiber)"));
+}
+
+#[test]
+fn the_hub_shows_which_hub_a_site_with_several_uses() {
+    let dir = dir_with_key();
+    let config = hub_example_with_sites(dir.path()).unwrap();
+    let hub = Telemetry::new(&config);
+    let site = hub_config_site(&config);
+    // What an annex with two hubs sends after leaving the main hub.
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.paths(
+        &[
+            q(Health::Down),
+            q(Health::Down),
+            q(Health::Up),
+            q(Health::Up),
+        ],
+        PathId::new(1, 0),
+    );
+    let report = annex.report();
+    assert_eq!(report.hub.as_deref(), Some("backup"));
+    assert_eq!(report.active, "fiber");
+    assert_eq!(report.paths.len(), 4);
+    assert_eq!(report.paths[0].hub.as_deref(), Some("main"));
+    assert_eq!(report.paths[0].state, "down");
+    // It goes over the wire whole.
+    let wire = report.encode().expect("fits");
+    let report = Report::parse(&wire).expect("well formed");
+    hub.site_report(&site, report);
+    let status = hub.snapshot();
+    let view = status
+        .sites
+        .iter()
+        .find(|s| s.name == site.as_str())
+        .unwrap();
+    let r = view.report.as_ref().unwrap();
+    assert_eq!(r.hub.as_deref(), Some("backup"));
+    assert_eq!(r.paths.len(), 4);
+    let text = status.render(now());
+    assert!(text.contains("on backup/fiber rtt 8.0 ms"), "{text}");
+    // A one-hub annex: its report names its hub, the hub's line is as before.
+    let one = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let report = one.report();
+    assert_eq!(
+        (report.hub.as_deref(), report.paths.len()),
+        (Some("main"), 0)
+    );
+    hub.site_report(&site, report);
+    let text = hub.snapshot().render(now());
+    assert!(text.contains(" on fiber rtt"), "{text}");
 }
