@@ -318,7 +318,7 @@ fn the_probe_budget_outlives_a_crash_and_a_restart() {
     // the configured bucket).
     wan.daemons[annex]
         .wait_for_log(
-            &["probing the hub over every uplink"],
+            &["probing every hub over every uplink"],
             Duration::from_secs(30),
         )
         .unwrap();
@@ -337,7 +337,7 @@ fn the_probe_budget_outlives_a_crash_and_a_restart() {
     let annex = wan.start_annex(1);
     wan.daemons[annex]
         .wait_for_log(
-            &["probing the hub over every uplink"],
+            &["probing every hub over every uplink"],
             Duration::from_secs(30),
         )
         .unwrap();
