@@ -794,6 +794,24 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // ... and so does its `site list`.
+    let out = std::process::Command::new(testbed::townlink_bin())
+        .args(["site", "list", "--json", "--socket"])
+        .arg(&backup_socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let annex1 = list
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == "annex-1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(annex1["tunnel_on"], "backup/fiber", "{list}");
 
     // The main hub back: one return, after its hold-down (10 s by default).
     let restarted = Instant::now();

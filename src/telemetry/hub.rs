@@ -142,6 +142,17 @@ impl Telemetry {
         });
     }
 
+    /// The path a site's annex last reported its tunnel on, as
+    /// "hub/uplink", if it has several hubs (its report lists paths).
+    pub fn site_tunnel_on(&self, site: &str) -> Option<String> {
+        let s = self.status();
+        let r = s.sites.iter().find(|v| v.name == site)?.report.as_ref()?;
+        match &r.hub {
+            Some(h) if !r.paths.is_empty() => Some(format!("{h}/{}", r.active)),
+            _ => None,
+        }
+    }
+
     fn remove_site_uplink(m: &Metrics, site: &str, uplink: &str) {
         let l = SiteUplinkLabels {
             site: site.to_string(),

@@ -867,6 +867,11 @@ fn the_hub_shows_which_hub_a_site_with_several_uses() {
     assert_eq!(r.paths.len(), 4);
     let text = status.render(now());
     assert!(text.contains("on backup/fiber rtt 8.0 ms"), "{text}");
+    // `site list` shows it too.
+    assert_eq!(
+        hub.site_tunnel_on(site.as_str()).as_deref(),
+        Some("backup/fiber")
+    );
     // A one-hub annex: its report names its hub, the hub's line is as before.
     let one = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
     let report = one.report();
@@ -877,4 +882,5 @@ fn the_hub_shows_which_hub_a_site_with_several_uses() {
     hub.site_report(&site, report);
     let text = hub.snapshot().render(now());
     assert!(text.contains(" on fiber rtt"), "{text}");
+    assert_eq!(hub.site_tunnel_on(site.as_str()), None);
 }
