@@ -692,17 +692,126 @@ fn a_dead_main_hub_is_left_for_the_backup_hub_and_returned_to_once() {
         )
         .unwrap();
     assert!(line.contains("class=\"hub_down\""), "{line}");
-    // What the technician sees (per-path status is the next step): the
-    // switch and its reason.
-    let (code, out, err) = testbed::status(&wan.dir.path().join("annex1.sock"), true);
+    // What the technician sees: the switch and its reason, the backup
+    // hub active, every path.
+    let socket = wan.dir.path().join("annex1.sock");
+    let (code, out, err) = testbed::status(&socket, true);
     assert_eq!(code, 0, "{err}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["active"], "fiber", "{s}");
+    assert_eq!(s["active_hub"], "backup", "{s}");
+    assert_eq!(s["uplinks"][0]["hub"], "backup", "{s}");
+    assert_eq!(s["last_failover"]["from_hub"], "main", "{s}");
+    assert_eq!(s["last_failover"]["to_hub"], "backup", "{s}");
+    assert_eq!(s["last_failover"]["class"], "hub_down", "{s}");
     let reason = s["last_failover"]["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("hub main silent over") && reason.contains("hub backup answering"),
         "{s}"
     );
+    let paths: Vec<(String, bool)> = s["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                format!(
+                    "{}/{}",
+                    p["hub"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                ),
+                p["active"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("main/fiber".to_string(), false),
+            ("main/lte".to_string(), false),
+            ("backup/fiber".to_string(), true),
+            ("backup/lte".to_string(), false)
+        ],
+        "{s}"
+    );
+    assert_eq!(s["paths"][0]["state"], "down", "{s}");
+    let (code, text, _) = testbed::status(&socket, false);
+    assert_eq!(code, 0);
+    assert!(text.contains("hubs (active: backup)"), "{text}");
+    assert!(text.contains("paths (active: backup/fiber)"), "{text}");
+    assert!(
+        text.contains("last switch main/fiber → backup/fiber"),
+        "{text}"
+    );
+    // The annex's metrics: the backup hub's path active, the switch of
+    // hub counted with both hubs.
+    let metrics: std::net::SocketAddr = "127.0.0.1:9475".parse().unwrap();
+    let (_, body) = testbed::http_get(&wan.annex(1).ns, metrics, "/metrics").unwrap();
+    let value = |series: &str| testbed::metric_value(&body, series);
+    assert_eq!(
+        value(r#"townlink_uplink_active{uplink="fiber",hub="backup"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(r#"townlink_uplink_active{uplink="fiber",hub="main"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(r#"townlink_uplink_state{uplink="fiber",hub="main",state="down"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            r#"townlink_failovers_total{from="fiber",to="fiber",reason="hub_down",from_hub="main",to_hub="backup"}"#
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    // The backup hub knows that the annex uses it: its report names the
+    // backup hub, with every path.
+    let backup_socket = wan.dir.path().join("backup.sock");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, out, _) = testbed::status(&backup_socket, true);
+        let hub: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let report = hub["sites"]
+            .as_array()
+            .and_then(|sites| sites.iter().find(|v| v["name"] == "annex-1"))
+            .map(|v| v["report"].clone())
+            .unwrap_or_default();
+        if report["hub"] == "backup" && report["active"] == "fiber" {
+            assert_eq!(
+                report["paths"].as_array().map(Vec::len),
+                Some(4),
+                "{report}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup hub does not see annex-1 on it: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... and so does its `site list`.
+    let out = std::process::Command::new(testbed::townlink_bin())
+        .args(["site", "list", "--json", "--socket"])
+        .arg(&backup_socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let annex1 = list
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == "annex-1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(annex1["tunnel_on"], "backup/fiber", "{list}");
 
     // The main hub back: one return, after its hold-down (10 s by default).
     let restarted = Instant::now();

@@ -98,13 +98,16 @@ fn status_and_metrics_follow_a_failover() {
     let (code, body) = http_get(annex_ns, metrics_addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert_eq!(
-        sample(&body, "townlink_uplink_active{uplink=\"fiber\"}"),
+        sample(
+            &body,
+            "townlink_uplink_active{uplink=\"fiber\",hub=\"main\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(
         sample(
             &body,
-            "townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"dead\"}"
+            "townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"dead\",from_hub=\"main\",to_hub=\"main\"}"
         ),
         Some(0.0)
     );
@@ -145,19 +148,19 @@ fn status_and_metrics_follow_a_failover() {
     assert_eq!(
         sample(
             &body,
-            "townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"dead\"}"
+            "townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"dead\",from_hub=\"main\",to_hub=\"main\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&body, "townlink_uplink_active{uplink=\"lte\"}"),
+        sample(&body, "townlink_uplink_active{uplink=\"lte\",hub=\"main\"}"),
         Some(1.0)
     );
     assert!(sample(&body, "townlink_last_failover_timestamp_seconds").unwrap() >= cut);
     assert!(
         sample(
             &body,
-            "townlink_uplink_probe_sent_bytes_total{uplink=\"lte\"}"
+            "townlink_uplink_probe_sent_bytes_total{uplink=\"lte\",hub=\"main\"}"
         )
         .unwrap()
             > 0.0

@@ -61,6 +61,28 @@ pub const UNREACHABLE_AFTER: u32 = 3;
 struct Published {
     telemetry: Instant,
     report: Instant,
+    /// The active hub of the last report.
+    hub: usize,
+}
+
+/// The uplink whose prober sends the report to hub `h`, if that hub gets
+/// it: the active hub, over the active path, at every report (a new
+/// active hub at once, since a switch is published at once); the hub
+/// just `left`, once, over the uplink its tunnel uses, so that it learns
+/// at once that the annex went to another hub. Other hubs hear nothing.
+fn report_over(
+    h: usize,
+    active: PathId,
+    left: Option<usize>,
+    tunnel_uplink: usize,
+) -> Option<usize> {
+    if h == active.hub {
+        Some(active.uplink)
+    } else if left == Some(h) {
+        Some(tunnel_uplink)
+    } else {
+        None
+    }
 }
 
 /// What the probes as a whole can tell.
@@ -235,7 +257,7 @@ pub struct Failover {
     pub intervals: Vec<watch::Sender<Duration>>,
     pub telemetry: std::sync::Arc<Telemetry>,
     /// One per hub: the report for that hub, and the prober that carries
-    /// it (only the active hub's has one).
+    /// it (the active hub's; once, the hub just left: [`report_over`]).
     pub reports: Vec<watch::Sender<ReportForHub>>,
     /// Reloaded `[failover]` and `[probe]` settings.
     pub settings: watch::Receiver<(Policy, ProbeConfig)>,
@@ -312,8 +334,7 @@ impl Failover {
 
     /// Publishes the engine's view: to the telemetry at a change, else at
     /// most every [`TELEMETRY_PERIOD`]; the hub's report at a change, else
-    /// every [`REPORT_PERIOD`]. The telemetry shows the uplinks as the
-    /// active hub sees them (per-path status and metrics: issue 18, 2c).
+    /// every [`REPORT_PERIOD`].
     fn publish(&self, engine: &Engine, now: bool, last: &mut Published) {
         if !now && last.telemetry.elapsed() < TELEMETRY_PERIOD {
             return;
@@ -322,39 +343,44 @@ impl Failover {
         let connections = self.connections();
         let probing = Probing::of(&connections);
         let active = engine.active();
-        let on_active_hub: Vec<Connection> = (0..self.names.len())
-            .map(|u| connections[self.index(PathId::new(active.hub, u))])
-            .collect();
-        let qualities: Vec<Quality> = (0..self.names.len())
-            .map(|u| {
-                let q = shown(
-                    engine.quality(PathId::new(active.hub, u)),
-                    engine.policy().sla.min_samples,
-                );
-                unmeasured(q, probing, on_active_hub[u])
+        let qualities: Vec<Quality> = engine
+            .paths()
+            .map(|p| {
+                let q = shown(engine.quality(p), engine.policy().sla.min_samples);
+                let c = connections
+                    .get(self.index(p))
+                    .copied()
+                    .unwrap_or(Connection::Connecting);
+                unmeasured(q, probing, c)
             })
             .collect();
-        self.telemetry.uplinks(&qualities, active.uplink);
-        self.telemetry.probing(&on_active_hub, probing.problem());
+        self.telemetry.paths(&qualities, active);
+        self.telemetry.probing(&connections, probing.problem());
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
-            let datagram = self.telemetry.report().encode().map(bytes::Bytes::from);
+            let datagram = self
+                .telemetry
+                .report()
+                .encode_fitting()
+                .map(bytes::Bytes::from);
             if datagram.is_none() {
                 tracing::debug!("the report for the hub is too large: not sent");
             }
+            let left = (last.hub != active.hub).then_some(last.hub);
+            last.hub = active.hub;
             for (h, reports) in self.reports.iter().enumerate() {
-                // Only the active hub hears from us (a hub's view of
-                // attached sites is step 4 of issue 18).
-                let datagram = if h == active.hub {
-                    datagram.clone()
-                } else {
-                    None
+                let out = match report_over(h, active, left, engine.tunnel_uplink(h)) {
+                    Some(uplink) => ReportForHub {
+                        uplink,
+                        datagram: datagram.clone(),
+                    },
+                    None => ReportForHub {
+                        uplink: active.uplink,
+                        datagram: None,
+                    },
                 };
-                reports.send_replace(ReportForHub {
-                    uplink: active.uplink,
-                    datagram,
-                });
+                reports.send_replace(out);
             }
         }
     }
@@ -464,6 +490,7 @@ impl Failover {
         let mut last = Published {
             telemetry: Instant::now(),
             report: Instant::now(),
+            hub: start.hub,
         };
         let mut probing = Probing::Measuring;
         self.publish(&engine, true, &mut last);
@@ -514,10 +541,7 @@ impl Failover {
                     &connections,
                     now,
                 );
-                // The status shows the active hub's paths (per path: 2c).
-                if c.path.hub == engine.active().hub {
-                    self.telemetry.state_change(c);
-                }
+                self.telemetry.state_change(c);
                 tracing::info!(
                     uplink = %engine.name(c.path),
                     from = c.from.as_str(),
@@ -851,6 +875,20 @@ mod tests {
             silence.heard(0, now + 150 * MS, fast[0]),
             Some(Duration::from_millis(2_150))
         );
+    }
+
+    #[test]
+    fn the_report_goes_to_the_active_hub_and_once_to_the_hub_just_left() {
+        let on = PathId::new(1, 0);
+        // Steady on (backup, fiber): only the backup hub hears it.
+        assert_eq!(report_over(1, on, None, 0), Some(0));
+        assert_eq!(report_over(0, on, None, 0), None);
+        // Just left the main hub, whose tunnel is over the 4G: it hears
+        // the report naming the backup hub once, over the 4G.
+        assert_eq!(report_over(0, on, Some(0), 1), Some(1));
+        assert_eq!(report_over(1, on, Some(0), 1), Some(0));
+        // A third hub hears nothing.
+        assert_eq!(report_over(2, on, Some(0), 0), None);
     }
 
     #[test]

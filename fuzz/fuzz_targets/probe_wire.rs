@@ -14,8 +14,25 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(report) = Report::parse(data) {
         assert!(wire::echo_for(data).is_none(), "a report is not a probe");
+        // A report read names its active uplink, and its active path when
+        // it lists paths (version 2); bounded.
+        assert!(report.uplinks.iter().any(|u| u.name == report.active));
+        assert!(report.uplinks.len() <= wire::MAX_REPORTED_UPLINKS);
+        assert!(report.paths.len() <= wire::MAX_REPORTED_PATHS);
+        assert!(
+            report.paths.is_empty()
+                || report
+                    .paths
+                    .iter()
+                    .any(|p| p.name == report.active && p.hub == report.hub),
+            "the active path is listed"
+        );
         if let Some(again) = report.encode() {
-            assert_eq!(Report::parse(&again), Some(report), "round trip");
+            assert_eq!(Report::parse(&again), Some(report.clone()), "round trip");
+        }
+        // What an annex sends when its paths do not fit still reads.
+        if let Some(fitted) = report.encode_fitting() {
+            assert!(Report::parse(&fitted).is_some(), "a fitted report reads");
         }
     }
     let _ = wire::parse_echo(data);

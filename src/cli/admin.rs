@@ -84,6 +84,11 @@ fn describe(s: &SiteInfo, now: f64) -> String {
             .map(|t| format!("handshake {}", when(t as f64, now)))
             .unwrap_or_else(|| "no handshake yet".into()),
     };
+    // An annex with several hubs: the hub (and uplink) it uses.
+    let detail = match &s.tunnel_on {
+        Some(path) => format!("{detail}; tunnel on {path}"),
+        None => detail,
+    };
     format!(
         "{:<16} {:<10} {:<9} {:<15} {:<20} {detail}",
         s.name,
@@ -116,6 +121,7 @@ fn show(s: &SiteInfo, now: f64) -> String {
         ("token valid until", s.expires.map(crate::telemetry::stamp)),
         ("joined", stamp(s.joined_at)),
         ("revoked", stamp(s.revoked_at)),
+        ("tunnel on", s.tunnel_on.clone()),
     ];
     if s.certificate.is_none() && !matches!(s.state, SiteState::Pending | SiteState::Revoked) {
         fields[5].1 = Some("none: its probes are refused".into());
@@ -330,4 +336,42 @@ pub(super) fn join(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_with_several_hubs_is_listed_with_the_path_it_uses() {
+        let mut s = SiteInfo {
+            name: "annex-1".into(),
+            state: SiteState::Connected,
+            source: crate::sites::SiteSource::Enrolled,
+            address: "10.99.0.2".parse().unwrap(),
+            lan: Vec::new(),
+            expires: None,
+            joined_at: Some(1_000),
+            revoked_at: None,
+            last_handshake: Some(1_990),
+            public_key: None,
+            certificate: Some("sha256:ab".into()),
+            tunnel_on: None,
+        };
+        let line = describe(&s, 2_000.0);
+        assert!(line.ends_with("(10s ago)"), "{line}");
+        assert!(!show(&s, 2_000.0).contains("tunnel on"));
+        s.tunnel_on = Some("backup/fiber".into());
+        let line = describe(&s, 2_000.0);
+        assert!(
+            line.ends_with("(10s ago); tunnel on backup/fiber"),
+            "{line}"
+        );
+        assert!(show(&s, 2_000.0).contains("  tunnel on          backup/fiber\n"));
+        // The JSON has it only when known.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["tunnel_on"], "backup/fiber");
+        s.tunnel_on = None;
+        assert!(serde_json::to_value(&s).unwrap().get("tunnel_on").is_none());
+    }
 }

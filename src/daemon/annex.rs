@@ -320,7 +320,11 @@ fn start_failover(
                 samples: samples_tx.clone(),
                 connection,
                 hub_instance: hub_instances[h].clone(),
-                counters: Arc::new(running.telemetry.probe_counters(up.name.as_str())),
+                counters: Arc::new(
+                    running
+                        .telemetry
+                        .probe_counters(hub.name.as_str(), up.name.as_str()),
+                ),
                 budget: budgets[i].clone(),
             };
             running.supervisor.service(

@@ -412,7 +412,11 @@ impl HubSites {
     pub async fn list(&self) -> Vec<SiteInfo> {
         let handshakes = self.deps.handshakes().await;
         let roster = self.roster.lock().await;
-        roster.list(&handshakes, unix_now())
+        let mut list = roster.list(&handshakes, unix_now());
+        for site in &mut list {
+            site.tunnel_on = self.deps.telemetry.site_tunnel_on(&site.name);
+        }
+        list
     }
 
     /// `site remove`: revokes a site live.

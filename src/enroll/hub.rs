@@ -549,6 +549,7 @@ impl Roster {
                     last_handshake: handshake,
                     public_key: Some(s.public_key.to_string()),
                     certificate: s.certificate.map(|f| f.to_string()),
+                    tunnel_on: None,
                 }
             })
             .collect();
@@ -656,6 +657,7 @@ pub fn info_of(e: &Entry, last_handshake: Option<u64>, now: u64) -> SiteInfo {
         last_handshake,
         public_key: None,
         certificate: None,
+        tunnel_on: None,
     };
     match &e.state {
         EntryState::Pending { expires, .. } => info.expires = Some(*expires),

@@ -16,7 +16,8 @@
 //! hello with its instance, same size: no amplification. A hub without
 //! hello support counts it as garbage; an annex ignores datagrams it does
 //! not know. A report tells the hub the annex's
-//! active uplink and what its probes measure; the hub trusts the site
+//! active path (its hub and uplink) and what its probes measure
+//! ([`Report`], versioned); the hub trusts the site
 //! name of the connection's certificate, never a name in the report.
 //! Anything else is garbage: the hub drops and counts it.
 
@@ -34,23 +35,74 @@ pub const LEN: usize = 17;
 pub const MAX_REPORT: usize = 1000;
 /// Most uplinks a report may list (bounds the hub's metric series per site).
 pub const MAX_REPORTED_UPLINKS: usize = 8;
+/// Most paths a report may list.
+pub const MAX_REPORTED_PATHS: usize = 16;
+/// The version of the reports this annex sends.
+pub const REPORT_VERSION: u32 = 2;
 
-/// An annex's report to the hub.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub active: String,
-    pub uplinks: Vec<Uplink>,
+fn version_1() -> u32 {
+    1
 }
 
-/// One uplink in a report: its name, its state and what its probes
-/// measure. The hub's status view keeps its own copy
+/// An annex's report to the hub, as JSON (fields are added, never
+/// changed: a hub ignores what it does not know, and reads a report
+/// without what it knows as an older annex's).
+///
+/// - version 1 (`v` absent): `active` (the uplink) and `uplinks`;
+/// - version 2: `v`, `hub` (the active hub, as the annex's `[[hub]] name`)
+///   and, with several hubs, `paths`: every hub over every uplink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(default = "version_1")]
+    pub v: u32,
+    /// The active path's uplink.
+    pub active: String,
+    /// The active path's hub (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// Every uplink, as seen through the active hub.
+    pub uplinks: Vec<Uplink>,
+    /// Every path, each with its `hub` (version 2, several hubs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<Uplink>,
+}
+
+impl Default for Report {
+    fn default() -> Report {
+        Report {
+            v: REPORT_VERSION,
+            active: String::new(),
+            hub: None,
+            uplinks: Vec::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+/// One uplink (or path) in a report: its name, its state and what its
+/// probes measure. The hub's status view keeps its own copy
 /// (`telemetry::status::ReportedUplink`): this is the wire format.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Uplink {
     pub name: String,
+    /// A path's hub (in `paths`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
     pub state: String,
     pub rtt_ms: Option<f64>,
     pub loss: Option<f64>,
+}
+
+impl Uplink {
+    fn well_formed(&self) -> bool {
+        let finite = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
+        Name::new(&self.name).is_ok()
+            && self.hub.as_deref().is_none_or(|h| Name::new(h).is_ok())
+            && Name::new(&self.state).is_ok()
+            && finite(self.rtt_ms)
+            && finite(self.loss)
+            && self.loss.is_none_or(|l| l <= 1.0)
+    }
 }
 
 impl Report {
@@ -61,22 +113,33 @@ impl Report {
         (b.len() <= MAX_REPORT).then_some(b)
     }
 
-    /// A well-formed report: plain names, sane numbers, the active uplink listed.
+    /// The datagram, without the paths if they do not fit (many hubs and
+    /// uplinks with long names); `None` if even that is too large.
+    pub fn encode_fitting(&self) -> Option<Vec<u8>> {
+        self.encode().or_else(|| {
+            Report {
+                paths: Vec::new(),
+                ..self.clone()
+            }
+            .encode()
+        })
+    }
+
+    /// A well-formed report: plain names, sane numbers, the active uplink
+    /// listed (and the active path, when paths are).
     pub fn parse(b: &[u8]) -> Option<Report> {
         if b.len() > MAX_REPORT || b.first() != Some(&REPORT) {
             return None;
         }
         let r: Report = serde_json::from_slice(&b[1..]).ok()?;
-        let finite = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
-        let ok = r.uplinks.len() <= MAX_REPORTED_UPLINKS
+        let ok = r.v >= 1
+            && r.uplinks.len() <= MAX_REPORTED_UPLINKS
+            && r.paths.len() <= MAX_REPORTED_PATHS
             && r.uplinks.iter().any(|u| u.name == r.active)
-            && r.uplinks.iter().all(|u| {
-                Name::new(&u.name).is_ok()
-                    && Name::new(&u.state).is_ok()
-                    && finite(u.rtt_ms)
-                    && finite(u.loss)
-                    && u.loss.is_none_or(|l| l <= 1.0)
-            });
+            && r.hub.as_deref().is_none_or(|h| Name::new(h).is_ok())
+            && r.uplinks.iter().all(Uplink::well_formed)
+            && r.paths.iter().all(|p| p.hub.is_some() && p.well_formed())
+            && (r.paths.is_empty() || r.paths.iter().any(|p| p.name == r.active && p.hub == r.hub));
         ok.then_some(r)
     }
 }
@@ -178,10 +241,12 @@ mod tests {
             state: "up".into(),
             rtt_ms: Some(12.5),
             loss: Some(0.01),
+            ..Uplink::default()
         };
         let r = Report {
             active: "lte".into(),
             uplinks: vec![up("fiber"), up("lte")],
+            ..Report::default()
         };
         let b = r.encode().expect("small report");
         assert_eq!(b[0], REPORT);
@@ -203,6 +268,92 @@ mod tests {
         bad.uplinks = (0..9).map(|i| up(&format!("u{i}"))).collect();
         bad.active = "u0".into();
         assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+    }
+
+    #[test]
+    fn a_report_names_the_active_path_and_an_old_one_still_reads() {
+        let path = |hub: &str, name: &str, state: &str| Uplink {
+            name: name.into(),
+            hub: Some(hub.into()),
+            state: state.into(),
+            rtt_ms: Some(0.3),
+            loss: Some(0.0),
+        };
+        let r = Report {
+            active: "fiber".into(),
+            hub: Some("backup".into()),
+            uplinks: vec![path("backup", "fiber", "up"), path("backup", "lte", "up")],
+            paths: vec![
+                path("main", "fiber", "down"),
+                path("main", "lte", "down"),
+                path("backup", "fiber", "up"),
+                path("backup", "lte", "up"),
+            ],
+            ..Report::default()
+        };
+        let b = r.encode().expect("small report");
+        let text = std::str::from_utf8(&b[1..]).unwrap();
+        assert!(
+            text.starts_with("{\"v\":2,\"active\":\"fiber\",\"hub\":\"backup\","),
+            "{text}"
+        );
+        assert_eq!(Report::parse(&b), Some(r.clone()));
+        // A version-1 report (an annex from before several hubs).
+        let mut old = vec![REPORT];
+        old.extend_from_slice(
+            br#"{"active":"fiber","uplinks":[{"name":"fiber","state":"up","rtt_ms":1.5,"loss":0.0}]}"#,
+        );
+        let read = Report::parse(&old).expect("a version-1 report reads");
+        assert_eq!((read.v, read.hub, read.paths.len()), (1, None, 0));
+        // What a version-1 hub reads of a version-2 report: its own fields.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct V1 {
+            active: String,
+            uplinks: Vec<serde_json::Value>,
+        }
+        let v1: V1 = serde_json::from_slice(&b[1..]).expect("a version-1 hub reads it");
+        assert_eq!(v1.active, "fiber");
+        // Refused: a path without its hub, a bad hub name, the active
+        // path not among the paths, too many paths.
+        let mut bad = r.clone();
+        bad.paths[0].hub = None;
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let mut bad = r.clone();
+        bad.hub = Some("Main Hub".into());
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let mut bad = r.clone();
+        bad.hub = Some("main".into());
+        bad.paths
+            .retain(|p| p.hub.as_deref() != Some("main") || p.name != "fiber");
+        assert_eq!(Report::parse(&bad.encode().unwrap()), None);
+        let many = |n: usize| {
+            let paths: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"name":"f","hub":"h{i}","state":"up"}}"#))
+                .collect();
+            let mut b = vec![REPORT];
+            b.extend_from_slice(
+                format!(
+                    r#"{{"v":2,"active":"f","hub":"h0","uplinks":[{{"name":"f","state":"up"}}],"paths":[{}]}}"#,
+                    paths.join(",")
+                )
+                .as_bytes(),
+            );
+            assert!(b.len() <= MAX_REPORT);
+            b
+        };
+        assert!(Report::parse(&many(MAX_REPORTED_PATHS)).is_some());
+        assert_eq!(Report::parse(&many(MAX_REPORTED_PATHS + 1)), None);
+        // Paths that do not fit are left out, the rest is sent.
+        let mut big = r;
+        big.paths = (0..16)
+            .map(|i| path(&format!("hub-with-a-long-name-{i}"), "fiber", "up"))
+            .collect();
+        big.hub = Some("hub-with-a-long-name-0".into());
+        assert_eq!(big.encode(), None);
+        let fitted = Report::parse(&big.encode_fitting().expect("fits without paths")).unwrap();
+        assert!(fitted.paths.is_empty());
+        assert_eq!(fitted.hub.as_deref(), Some("hub-with-a-long-name-0"));
     }
 
     #[test]

@@ -125,6 +125,11 @@ pub struct SiteInfo {
     /// The fingerprint of the site's probe certificate, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// The path the site's annex last reported its tunnel on, as
+    /// `hub/uplink` (the hub as the annex names it), for an annex with
+    /// several hubs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_on: Option<String>,
 }
 
 #[cfg(test)]

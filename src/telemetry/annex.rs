@@ -1,19 +1,25 @@
-//! The annex's side of telemetry: its uplinks as the failover task, the
-//! probers and the collector see them, and the report it sends the hub
-//! (its active uplink and their qualities).
+//! The annex's side of telemetry: its paths (each hub over each uplink)
+//! and uplinks as the failover task, the probers and the collector see
+//! them, and the report it sends the hub (its active path and the
+//! qualities of every path).
 
 use super::metrics::*;
 use super::status::*;
-use super::{ms, now, seconds, set_counter, uplink, Telemetry};
-use crate::decision::{Decision, Health, Quality, StateChange};
+use super::{ms, now, path, path_of, path_state, seconds, set_counter, uplink, Telemetry};
+use crate::decision::{Decision, Health, PathId, Quality, StateChange};
 use crate::probe::budget::BudgetGauges;
 use crate::probe::prober::{Connection, ProbeCounters};
 use crate::probe::wire::{self, Report};
 
 impl Telemetry {
-    /// The byte counters of uplink `name`'s prober.
-    pub fn probe_counters(&self, name: &str) -> ProbeCounters {
-        let l = uplink(name);
+    /// The index of path `p` in `Status::paths`.
+    fn index(&self, p: PathId) -> usize {
+        p.hub * self.uplinks + p.uplink
+    }
+
+    /// The byte counters of the prober of hub `hub` over uplink `name`.
+    pub fn probe_counters(&self, hub: &str, name: &str) -> ProbeCounters {
+        let l = path(hub, name);
         ProbeCounters {
             sent_bytes: self.metrics.uplink_probe_sent.get_or_create_owned(&l),
             received_bytes: self.metrics.uplink_probe_received.get_or_create_owned(&l),
@@ -31,45 +37,43 @@ impl Telemetry {
         }
     }
 
-    /// How every prober's connection fares, and what the annex can no
-    /// longer measure because of it ("probe responder unreachable",
-    /// "refused by the hub: ..."), if anything.
+    /// How every prober's connection fares (one per path, hub by hub),
+    /// and what the annex can no longer measure because of it ("probe
+    /// responder unreachable", "refused by the hub: ..."), if anything.
     pub fn probing(&self, connections: &[Connection], problem: Option<String>) {
         let m = &self.metrics;
         let mut s = self.status();
-        for (u, c) in s.uplinks.iter_mut().zip(connections) {
+        for (u, c) in s.paths.iter_mut().zip(connections) {
             if u.probe == c.as_str() {
                 continue;
             }
             u.probe = c.as_str().into();
+            let l = path_of(u);
             for st in PROBE_CONNECTION_STATES {
                 m.uplink_probe_connection
-                    .get_or_create(&UplinkStateLabels {
-                        uplink: u.name.clone(),
-                        state: st.into(),
-                    })
+                    .get_or_create(&path_state(&l, st))
                     .set((st == c.as_str()) as i64);
             }
         }
         s.probing = problem;
+        s.show_active_hub(self.uplinks);
     }
 
-    /// The engine's view of every uplink, after each event.
-    pub fn uplinks(&self, qualities: &[Quality], active: usize) {
+    /// The engine's view of every path (hub by hub, as
+    /// [`crate::decision::Engine::paths`] lists them), after each event.
+    pub fn paths(&self, qualities: &[Quality], active: PathId) {
         let m = &self.metrics;
         let mut s = self.status();
-        for (i, (u, q)) in s.uplinks.iter_mut().zip(qualities).enumerate() {
-            let l = uplink(&u.name);
+        let active = self.index(active);
+        for (i, (u, q)) in s.paths.iter_mut().zip(qualities).enumerate() {
+            let l = path_of(u);
             m.uplink_up
                 .get_or_create(&l)
                 .set((q.health == Health::Up) as i64);
             m.uplink_active.get_or_create(&l).set((i == active) as i64);
             for st in STATES {
                 m.uplink_state
-                    .get_or_create(&UplinkStateLabels {
-                        uplink: u.name.clone(),
-                        state: st.as_str().into(),
-                    })
+                    .get_or_create(&path_state(&l, st.as_str()))
                     .set((st == q.health) as i64);
             }
             m.uplink_rtt
@@ -93,32 +97,46 @@ impl Telemetry {
             u.holddown_s = seconds(q.holddown);
             u.penalty = q.penalty;
         }
-        s.active = s.uplinks.get(active).map(|u| u.name.clone());
+        let hub = active / self.uplinks.max(1);
+        for (h, v) in s.hubs.iter_mut().enumerate() {
+            v.active = h == hub;
+        }
+        s.show_active_hub(self.uplinks);
     }
 
     pub fn state_change(&self, c: &StateChange) {
+        let i = self.index(c.path);
         let mut s = self.status();
-        if let Some(u) = s.uplinks.get_mut(c.path.uplink) {
+        if let Some(u) = s.paths.get_mut(i) {
             u.reason = Some(c.reason.clone());
             self.metrics
                 .uplink_state_changes
-                .get_or_create(&uplink(&u.name))
+                .get_or_create(&path_of(u))
                 .inc();
         }
+        s.show_active_hub(self.uplinks);
     }
 
     /// A switch the kernel took.
     pub fn failover(&self, d: &Decision) {
         let at = now();
+        let (from, to) = (self.index(d.from), self.index(d.to));
         let mut s = self.status();
-        let name = |i: usize| s.uplinks.get(i).map(|u| u.name.clone()).unwrap_or_default();
-        let (from, to) = (name(d.from.uplink), name(d.to.uplink));
+        let name = |i: usize| {
+            s.paths
+                .get(i)
+                .map(|u| (u.name.clone(), u.hub.clone().unwrap_or_default()))
+                .unwrap_or_default()
+        };
+        let ((from, from_hub), (to, to_hub)) = (name(from), name(to));
         self.metrics
             .failovers
             .get_or_create(&FailoverLabels {
                 from: from.clone(),
                 to: to.clone(),
                 reason: d.class.as_str().into(),
+                from_hub: from_hub.clone(),
+                to_hub: to_hub.clone(),
             })
             .inc();
         self.metrics.last_failover.set(at);
@@ -127,26 +145,41 @@ impl Telemetry {
             at,
             from,
             to,
+            from_hub: Some(from_hub),
+            to_hub: Some(to_hub),
             class: d.class.as_str().into(),
             reason: d.reason.clone(),
         });
     }
 
-    /// What an annex sends the hub: its active uplink and their qualities.
+    /// What an annex sends the hub: its active path (hub and uplink), the
+    /// uplinks as seen through the active hub, and with several hubs
+    /// every path.
     pub fn report(&self) -> Report {
         let s = self.status();
+        let wire = |u: &UplinkView| wire::Uplink {
+            name: u.name.clone(),
+            hub: None,
+            state: u.state.as_str().into(),
+            rtt_ms: u.rtt_ms,
+            loss: u.loss,
+        };
         Report {
             active: s.active.clone().unwrap_or_default(),
-            uplinks: s
-                .uplinks
-                .iter()
-                .map(|u| wire::Uplink {
-                    name: u.name.clone(),
-                    state: u.state.as_str().into(),
-                    rtt_ms: u.rtt_ms,
-                    loss: u.loss,
-                })
-                .collect(),
+            hub: s.active_hub.clone(),
+            uplinks: s.uplinks.iter().map(wire).collect(),
+            paths: if s.hubs.len() > 1 {
+                s.paths
+                    .iter()
+                    .map(|u| wire::Uplink {
+                        hub: u.hub.clone(),
+                        ..wire(u)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            ..Report::default()
         }
     }
 

@@ -87,6 +87,15 @@ impl Telemetry {
                 "site reports its tunnel on another uplink"
             );
         }
+        let hub_before = view.report.as_ref().and_then(|r| r.hub.as_deref());
+        if report.hub.is_some() && hub_before != report.hub.as_deref() {
+            tracing::info!(
+                site = %site,
+                from = hub_before.unwrap_or("-"),
+                to = report.hub.as_deref().unwrap_or("-"),
+                "site reports its tunnel to another hub"
+            );
+        }
         if let Some(old) = &view.report {
             for u in &old.uplinks {
                 if !report.uplinks.iter().any(|n| n.name == u.name) {
@@ -117,20 +126,31 @@ impl Telemetry {
                 site: site.to_string(),
             })
             .set(at);
+        let view_of = |u: crate::probe::wire::Uplink| ReportedUplink {
+            name: u.name,
+            hub: u.hub,
+            state: u.state,
+            rtt_ms: u.rtt_ms,
+            loss: u.loss,
+        };
         view.report = Some(SiteReportView {
             at,
             active: report.active,
-            uplinks: report
-                .uplinks
-                .into_iter()
-                .map(|u| ReportedUplink {
-                    name: u.name,
-                    state: u.state,
-                    rtt_ms: u.rtt_ms,
-                    loss: u.loss,
-                })
-                .collect(),
+            hub: report.hub,
+            uplinks: report.uplinks.into_iter().map(view_of).collect(),
+            paths: report.paths.into_iter().map(view_of).collect(),
         });
+    }
+
+    /// The path a site's annex last reported its tunnel on, as
+    /// "hub/uplink", if it has several hubs (its report lists paths).
+    pub fn site_tunnel_on(&self, site: &str) -> Option<String> {
+        let s = self.status();
+        let r = s.sites.iter().find(|v| v.name == site)?.report.as_ref()?;
+        match &r.hub {
+            Some(h) if !r.paths.is_empty() => Some(format!("{h}/{}", r.active)),
+            _ => None,
+        }
     }
 
     fn remove_site_uplink(m: &Metrics, site: &str, uplink: &str) {

@@ -38,17 +38,28 @@ pub struct UplinkInfoLabels {
     pub metered: String,
 }
 
+/// A path: an uplink and the hub reached over it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UplinkStateLabels {
+pub struct PathLabels {
     pub uplink: String,
+    pub hub: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathStateLabels {
+    pub uplink: String,
+    pub hub: String,
     pub state: String,
 }
 
+/// A switch from one path to another: the uplinks, the hubs, the reason class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailoverLabels {
     pub from: String,
     pub to: String,
     pub reason: String,
+    pub from_hub: String,
+    pub to_hub: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,8 +114,9 @@ pub const PROBE_CONNECTION_STATES: [&str; 4] =
     ["connecting", "connected", "unreachable", "refused"];
 
 /// Every reason class of a failover: the values of the `reason` label.
-pub const REASONS: [ReasonClass; 4] = [
+pub const REASONS: [ReasonClass; 5] = [
     ReasonClass::Dead,
+    ReasonClass::HubDown,
     ReasonClass::Brownout,
     ReasonClass::Congested,
     ReasonClass::Recovered,
@@ -113,24 +125,25 @@ pub const REASONS: [ReasonClass; 4] = [
 /// The metric families. Cheap to clone (every metric is an `Arc` inside).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
+    // Annex: paths (an uplink and the hub reached over it).
+    pub uplink_up: Family<PathLabels, Gauge>,
+    pub uplink_active: Family<PathLabels, Gauge>,
+    pub uplink_state: Family<PathStateLabels, Gauge>,
+    pub uplink_rtt: Family<PathLabels, FloatGauge>,
+    pub uplink_jitter: Family<PathLabels, FloatGauge>,
+    pub uplink_loss: Family<PathLabels, FloatGauge>,
+    pub uplink_late: Family<PathLabels, FloatGauge>,
+    pub uplink_holddown: Family<PathLabels, FloatGauge>,
+    pub uplink_penalty: Family<PathLabels, FloatGauge>,
+    pub uplink_probe_sent: Family<PathLabels, Counter>,
+    pub uplink_probe_received: Family<PathLabels, Counter>,
+    pub uplink_state_changes: Family<PathLabels, Counter>,
+    pub uplink_probe_connection: Family<PathStateLabels, Gauge>,
     // Annex: uplinks.
-    pub uplink_up: Family<UplinkLabels, Gauge>,
     pub uplink_preferred: Family<UplinkLabels, Gauge>,
     pub uplink_metered: Family<UplinkLabels, Gauge>,
-    pub uplink_active: Family<UplinkLabels, Gauge>,
-    pub uplink_state: Family<UplinkStateLabels, Gauge>,
-    pub uplink_rtt: Family<UplinkLabels, FloatGauge>,
-    pub uplink_jitter: Family<UplinkLabels, FloatGauge>,
-    pub uplink_loss: Family<UplinkLabels, FloatGauge>,
-    pub uplink_late: Family<UplinkLabels, FloatGauge>,
-    pub uplink_holddown: Family<UplinkLabels, FloatGauge>,
-    pub uplink_penalty: Family<UplinkLabels, FloatGauge>,
-    pub uplink_probe_sent: Family<UplinkLabels, Counter>,
-    pub uplink_probe_received: Family<UplinkLabels, Counter>,
-    pub uplink_state_changes: Family<UplinkLabels, Counter>,
     pub uplink_receive: Family<UplinkLabels, Counter>,
     pub uplink_transmit: Family<UplinkLabels, Counter>,
-    pub uplink_probe_connection: Family<UplinkStateLabels, Gauge>,
     // Annex: probe budgets of the uplinks that have one.
     pub uplink_probe_budget: Family<UplinkLabels, FloatGauge>,
     pub uplink_probe_budget_available: Family<UplinkLabels, FloatGauge>,
@@ -261,7 +274,7 @@ impl Metrics {
             register(
                 r_,
                 "uplink_up",
-                "1 when the uplink answers probes within its SLA (state up), else 0",
+                "1 when the hub answers probes over the uplink within the SLA (the path's state is up), else 0",
                 m.uplink_up,
             );
             register(
@@ -279,13 +292,13 @@ impl Metrics {
             register(
                 r_,
                 "uplink_active",
-                "1 for the uplink the tunnel goes through, else 0",
+                "1 for the path (hub over uplink) the tunnel goes through, else 0",
                 m.uplink_active,
             );
             register(
                 r_,
                 "uplink_state",
-                "1 for the uplink's current state (unknown, up, recovering, down), 0 for the others",
+                "1 for the path's current state (unknown, up, recovering, down), 0 for the others",
                 m.uplink_state,
             );
             register(
@@ -327,19 +340,19 @@ impl Metrics {
             register(
                 r_,
                 "uplink_probe_sent_bytes",
-                "Bytes the uplink's prober sent, IP and UDP headers included",
+                "Bytes the path's prober (to the hub over the uplink) sent, IP and UDP headers included",
                 m.uplink_probe_sent,
             );
             register(
                 r_,
                 "uplink_probe_received_bytes",
-                "Bytes the uplink's prober received, IP and UDP headers included",
+                "Bytes the path's prober (to the hub over the uplink) received, IP and UDP headers included",
                 m.uplink_probe_received,
             );
             register(
                 r_,
                 "uplink_state_changes",
-                "Changes of the uplink's state",
+                "Changes of the path's state",
                 m.uplink_state_changes,
             );
             register(
@@ -357,7 +370,7 @@ impl Metrics {
             register(
                 r_,
                 "uplink_probe_connection",
-                "1 for the state of the uplink's probe connection to the hub (connecting, connected, unreachable, refused), 0 for the others",
+                "1 for the state of the path's probe connection to the hub (connecting, connected, unreachable, refused), 0 for the others",
                 m.uplink_probe_connection,
             );
             register(
@@ -381,7 +394,7 @@ impl Metrics {
             register(
                 r_,
                 "failovers",
-                "Switches of the tunnel from one uplink to another, by reason class",
+                "Switches of the tunnel from one path (hub over uplink) to another, by reason class",
                 m.failovers,
             );
             register(

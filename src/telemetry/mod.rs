@@ -62,6 +62,8 @@ pub struct Telemetry {
     metrics: Metrics,
     registry: Registry,
     status: Mutex<Status>,
+    /// An annex's number of uplinks: path (h, u) is `status.paths[h * uplinks + u]`.
+    uplinks: usize,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -74,6 +76,26 @@ fn uplink(name: &str) -> UplinkLabels {
     UplinkLabels {
         uplink: name.to_string(),
     }
+}
+
+fn path(hub: &str, uplink: &str) -> PathLabels {
+    PathLabels {
+        uplink: uplink.to_string(),
+        hub: hub.to_string(),
+    }
+}
+
+fn path_state(l: &PathLabels, state: &str) -> PathStateLabels {
+    PathStateLabels {
+        uplink: l.uplink.clone(),
+        hub: l.hub.clone(),
+        state: state.to_string(),
+    }
+}
+
+/// The labels of a path's view (`Status::paths`).
+fn path_of(v: &UplinkView) -> PathLabels {
+    path(v.hub.as_deref().unwrap_or_default(), &v.name)
 }
 
 fn peer(name: &str) -> PeerLabels {
@@ -99,34 +121,19 @@ impl Telemetry {
             ..Status::default()
         };
         m.last_failover.set(0.0);
+        let mut uplinks = 0;
         let role = match &config.role {
             Role::Annex(annex) => {
                 status.name = Some(annex.name.to_string());
                 let (active, _) = annex.preferred_uplink();
+                let (active_hub, _) = annex.preferred_hub();
+                uplinks = annex.uplinks.len();
                 for (i, u) in annex.uplinks.iter().enumerate() {
                     let l = uplink(u.name.as_str());
-                    m.uplink_up.get_or_create(&l).set(0);
                     m.uplink_preferred
                         .get_or_create(&l)
                         .set((i == active) as i64);
                     m.uplink_metered.get_or_create(&l).set(u.metered as i64);
-                    m.uplink_active.get_or_create(&l).set((i == active) as i64);
-                    for s in STATES {
-                        m.uplink_state
-                            .get_or_create(&UplinkStateLabels {
-                                uplink: l.uplink.clone(),
-                                state: s.as_str().into(),
-                            })
-                            .set((s == Health::Unknown) as i64);
-                    }
-                    for s in PROBE_CONNECTION_STATES {
-                        m.uplink_probe_connection
-                            .get_or_create(&UplinkStateLabels {
-                                uplink: l.uplink.clone(),
-                                state: s.into(),
-                            })
-                            .set((s == "connecting") as i64);
-                    }
                     if let Some(budget) = u.probe_budget {
                         m.uplink_probe_budget.get_or_create(&l).set(budget as f64);
                         m.uplink_probe_budget_available
@@ -134,47 +141,77 @@ impl Telemetry {
                             .set(budget as f64 * crate::probe::budget::BURST_SHARE);
                         m.uplink_probe_budget_limited.get_or_create(&l).set(0);
                     }
-                    m.uplink_rtt.get_or_create(&l).set(f64::NAN);
-                    m.uplink_jitter.get_or_create(&l).set(0.0);
-                    m.uplink_loss.get_or_create(&l).set(f64::NAN);
-                    m.uplink_late.get_or_create(&l).set(f64::NAN);
-                    m.uplink_holddown
-                        .get_or_create(&l)
-                        .set(seconds(annex.failover.holddown));
-                    m.uplink_penalty.get_or_create(&l).set(0.0);
-                    for f in [
-                        &m.uplink_probe_sent,
-                        &m.uplink_probe_received,
-                        &m.uplink_state_changes,
-                        &m.uplink_receive,
-                        &m.uplink_transmit,
-                    ] {
-                        let _ = f.get_or_create(&l);
+                    let _ = m.uplink_receive.get_or_create(&l);
+                    let _ = m.uplink_transmit.get_or_create(&l);
+                }
+                for (h, hub) in annex.hubs.iter().enumerate() {
+                    status.hubs.push(HubView {
+                        name: hub.name.to_string(),
+                        interface: hub.interface.to_string(),
+                        active: h == active_hub,
+                        preferred: h == active_hub,
+                    });
+                    for (i, u) in annex.uplinks.iter().enumerate() {
+                        let l = path(hub.name.as_str(), u.name.as_str());
+                        let here = h == active_hub && i == active;
+                        m.uplink_up.get_or_create(&l).set(0);
+                        m.uplink_active.get_or_create(&l).set(here as i64);
+                        for s in STATES {
+                            m.uplink_state
+                                .get_or_create(&path_state(&l, s.as_str()))
+                                .set((s == Health::Unknown) as i64);
+                        }
+                        for s in PROBE_CONNECTION_STATES {
+                            m.uplink_probe_connection
+                                .get_or_create(&path_state(&l, s))
+                                .set((s == "connecting") as i64);
+                        }
+                        m.uplink_rtt.get_or_create(&l).set(f64::NAN);
+                        m.uplink_jitter.get_or_create(&l).set(0.0);
+                        m.uplink_loss.get_or_create(&l).set(f64::NAN);
+                        m.uplink_late.get_or_create(&l).set(f64::NAN);
+                        m.uplink_holddown
+                            .get_or_create(&l)
+                            .set(seconds(annex.failover.holddown));
+                        m.uplink_penalty.get_or_create(&l).set(0.0);
+                        for f in [
+                            &m.uplink_probe_sent,
+                            &m.uplink_probe_received,
+                            &m.uplink_state_changes,
+                        ] {
+                            let _ = f.get_or_create(&l);
+                        }
+                        status.paths.push(UplinkView {
+                            name: u.name.to_string(),
+                            hub: Some(hub.name.to_string()),
+                            interface: u.interface.to_string(),
+                            metered: u.metered,
+                            probe: "connecting".into(),
+                            state: Health::Unknown,
+                            active: here,
+                            holddown_s: seconds(annex.failover.holddown),
+                            ..UplinkView::default()
+                        });
                     }
-                    for (j, to) in annex.uplinks.iter().enumerate() {
-                        if i == j {
+                }
+                // Every switch between two paths, by every reason class.
+                for from in &status.paths {
+                    for to in &status.paths {
+                        if from.name == to.name && from.hub == to.hub {
                             continue;
                         }
                         for r in REASONS {
                             let _ = m.failovers.get_or_create(&FailoverLabels {
-                                from: u.name.to_string(),
-                                to: to.name.to_string(),
+                                from: from.name.clone(),
+                                to: to.name.clone(),
                                 reason: r.as_str().into(),
+                                from_hub: from.hub.clone().unwrap_or_default(),
+                                to_hub: to.hub.clone().unwrap_or_default(),
                             });
                         }
                     }
-                    status.uplinks.push(UplinkView {
-                        name: u.name.to_string(),
-                        interface: u.interface.to_string(),
-                        metered: u.metered,
-                        probe: "connecting".into(),
-                        state: Health::Unknown,
-                        active: i == active,
-                        holddown_s: seconds(annex.failover.holddown),
-                        ..UplinkView::default()
-                    });
                 }
-                status.active = Some(annex.uplinks[active].name.to_string());
+                status.show_active_hub(uplinks);
                 for h in &annex.hubs {
                     let _ = m.peer_last_handshake.get_or_create(&peer(h.name.as_str()));
                     let _ = m.peer_receive.get_or_create(&peer(h.name.as_str()));
@@ -254,6 +291,7 @@ impl Telemetry {
             metrics: m,
             registry,
             status: Mutex::new(status),
+            uplinks,
         })
     }
 
@@ -279,11 +317,29 @@ impl Telemetry {
     pub fn snapshot(&self) -> Status {
         let mut s = self.status().clone();
         let m = &self.metrics;
+        let hubs: Vec<String> = s.hubs.iter().map(|h| h.name.clone()).collect();
         for u in &mut s.uplinks {
+            // What the uplink spends on probing: every hub's prober over it.
+            let over = |f: &prometheus_client::metrics::family::Family<
+                PathLabels,
+                prometheus_client::metrics::counter::Counter,
+            >| {
+                hubs.iter()
+                    .map(|h| f.get_or_create(&path(h, &u.name)).get())
+                    .sum::<u64>()
+            };
+            u.probe_sent_bytes = over(&m.uplink_probe_sent);
+            u.probe_received_bytes = over(&m.uplink_probe_received);
+        }
+        for u in &mut s.paths {
+            let p = path_of(u);
+            u.probe_sent_bytes = m.uplink_probe_sent.get_or_create(&p).get();
+            u.probe_received_bytes = m.uplink_probe_received.get_or_create(&p).get();
+        }
+        for u in s.paths.iter_mut().chain(s.uplinks.iter_mut()) {
+            let p = path_of(u);
+            u.state_changes = m.uplink_state_changes.get_or_create(&p).get();
             let l = uplink(&u.name);
-            u.state_changes = m.uplink_state_changes.get_or_create(&l).get();
-            u.probe_sent_bytes = m.uplink_probe_sent.get_or_create(&l).get();
-            u.probe_received_bytes = m.uplink_probe_received.get_or_create(&l).get();
             u.rx_bytes = m.uplink_receive.get_or_create(&l).get();
             u.tx_bytes = m.uplink_transmit.get_or_create(&l).get();
             u.budget = m.uplink_probe_budget.get(&l).map(|b| BudgetView {
@@ -332,16 +388,24 @@ impl Telemetry {
                 s.sites.len()
             ));
         } else {
-            let uplinks: Vec<String> = s
-                .uplinks
+            // With several hubs, every path ("main/fiber up").
+            let (views, active) = if s.hubs.len() > 1 {
+                let active = match (&s.active_hub, &s.active) {
+                    (Some(h), Some(u)) => format!("{h}/{u}"),
+                    _ => "-".into(),
+                };
+                (&s.paths, active)
+            } else {
+                (&s.uplinks, s.active.clone().unwrap_or_else(|| "-".into()))
+            };
+            let uplinks: Vec<String> = views
                 .iter()
-                .map(|u| format!("{} {}", u.name, u.state.as_str()))
+                .map(|u| match (&u.hub, s.hubs.len() > 1) {
+                    (Some(h), true) => format!("{h}/{} {}", u.name, u.state.as_str()),
+                    _ => format!("{} {}", u.name, u.state.as_str()),
+                })
                 .collect();
-            parts.push(format!(
-                "tunnel on {} ({})",
-                s.active.as_deref().unwrap_or("-"),
-                uplinks.join(", ")
-            ));
+            parts.push(format!("tunnel on {active} ({})", uplinks.join(", ")));
             if let Some(p) = &s.probing {
                 parts.push(p.clone());
             }

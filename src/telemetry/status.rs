@@ -68,6 +68,16 @@ pub struct Status {
     pub uplinks: Vec<UplinkView>,
     /// Annex only: the uplink the tunnel goes through.
     pub active: Option<String>,
+    /// Annex only: the hub the tunnel goes to.
+    #[serde(default)]
+    pub active_hub: Option<String>,
+    /// Annex only: every hub, in config order.
+    #[serde(default)]
+    pub hubs: Vec<HubView>,
+    /// Annex only: every path (a hub over an uplink), hub by hub, uplinks
+    /// in config order. `uplinks` are the active hub's paths.
+    #[serde(default)]
+    pub paths: Vec<UplinkView>,
     /// Annex only: why the probes measure nothing, e.g. "probe responder
     /// unreachable" or "refused by the hub: unknown certificate".
     #[serde(default)]
@@ -97,6 +107,18 @@ pub struct FollowView {
     pub version: Option<u64>,
 }
 
+/// A hub as an annex knows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HubView {
+    pub name: String,
+    /// Its tunnel device on the annex.
+    pub interface: String,
+    /// The tunnel goes to this hub.
+    pub active: bool,
+    /// The hub used when every path answers (lowest priority).
+    pub preferred: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TunnelView {
     pub interface: String,
@@ -117,7 +139,12 @@ pub struct PeerView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UplinkView {
+    /// The uplink's name.
     pub name: String,
+    /// The hub this view is about (a path), or seen through (`uplinks`:
+    /// the active hub).
+    #[serde(default)]
+    pub hub: Option<String>,
     pub interface: String,
     pub metered: bool,
     /// The probe connection: connecting, connected, unreachable, refused.
@@ -142,6 +169,8 @@ pub struct UplinkView {
     pub state_changes: u64,
     /// Why the uplink is in its state, e.g. "4 probes lost in a row".
     pub reason: Option<String>,
+    /// A path: its prober's bytes; an uplink (`uplinks`): every hub's
+    /// prober over it, what its probe budget counts.
     pub probe_sent_bytes: u64,
     pub probe_received_bytes: u64,
     /// Kernel counters of the interface.
@@ -157,6 +186,7 @@ impl Default for UplinkView {
     fn default() -> UplinkView {
         UplinkView {
             name: String::new(),
+            hub: None,
             interface: String::new(),
             metered: false,
             probe: String::new(),
@@ -192,9 +222,15 @@ pub struct BudgetView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FailoverView {
     pub at: f64,
+    /// The uplinks, from and to.
     pub from: String,
     pub to: String,
-    /// dead, brownout, congested or recovered.
+    /// The hubs, from and to.
+    #[serde(default)]
+    pub from_hub: Option<String>,
+    #[serde(default)]
+    pub to_hub: Option<String>,
+    /// dead, hub_down, brownout, congested or recovered.
     pub class: String,
     pub reason: String,
 }
@@ -225,8 +261,17 @@ pub struct SiteView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SiteReportView {
     pub at: f64,
+    /// The uplink the annex's tunnel goes through.
     pub active: String,
+    /// The hub it goes to, as the annex names it (its `[[hub]] name`);
+    /// none from an annex that does not say (report version 1).
+    #[serde(default)]
+    pub hub: Option<String>,
+    /// The uplinks as seen through that hub.
     pub uplinks: Vec<ReportedUplink>,
+    /// An annex with several hubs: every path, each with its hub.
+    #[serde(default)]
+    pub paths: Vec<ReportedUplink>,
 }
 
 /// One uplink as an annex reports it to the hub (the wire format is
@@ -234,6 +279,9 @@ pub struct SiteReportView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportedUplink {
     pub name: String,
+    /// A path's hub.
+    #[serde(default)]
+    pub hub: Option<String>,
     pub state: String,
     pub rtt_ms: Option<f64>,
     pub loss: Option<f64>,
@@ -245,6 +293,22 @@ pub struct ResponderView {
     pub refused: u64,
     pub garbage: u64,
     pub echoed: u64,
+}
+
+/// A path's name as reasons write it: "main/fiber".
+fn path_name(u: &UplinkView) -> String {
+    match &u.hub {
+        Some(h) => format!("{h}/{}", u.name),
+        None => u.name.clone(),
+    }
+}
+
+/// One end of a switch: the uplink, "hub/uplink" with several hubs.
+fn switch_end(several: bool, hub: &Option<String>, uplink: &str) -> String {
+    match hub {
+        Some(h) if several => format!("{h}/{uplink}"),
+        _ => uplink.to_string(),
+    }
 }
 
 /// "12.3 ms", or "-" when unknown.
@@ -268,11 +332,96 @@ pub fn when(t: f64, now: f64) -> String {
 }
 
 impl Status {
+    /// `uplinks`, `active` and `active_hub` from `paths` and `hubs`: the
+    /// active hub's paths, `uplinks` per hub.
+    pub(crate) fn show_active_hub(&mut self, uplinks: usize) {
+        let h = self.hubs.iter().position(|h| h.active).unwrap_or(0);
+        self.active_hub = self.hubs.get(h).map(|h| h.name.clone());
+        self.uplinks = self
+            .paths
+            .iter()
+            .skip(h * uplinks)
+            .take(uplinks)
+            .cloned()
+            .collect();
+        self.active = self
+            .uplinks
+            .iter()
+            .find(|u| u.active)
+            .map(|u| u.name.clone());
+    }
+
     /// The human view, as of Unix time `now`.
     pub fn render(&self, now: f64) -> String {
         let mut o = String::new();
         let _ = self.write(&mut o, now);
         o
+    }
+
+    /// One line for an uplink (or a path, `name` "hub/uplink"), and its
+    /// reason on the next line when it is not up.
+    fn write_uplink(
+        &self,
+        o: &mut String,
+        u: &UplinkView,
+        name: &str,
+        width: usize,
+        budget: bool,
+    ) -> fmt::Result {
+        let mut notes = Vec::new();
+        if u.late.is_some_and(|l| l > 0.0) {
+            notes.push(format!("late {}", pct(u.late)));
+        }
+        // The damping, when it matters: out of service, or failed recently.
+        if matches!(u.state, Health::Down | Health::Recovering) || u.penalty >= 0.05 {
+            notes.push(format!(
+                "hold-down {} s, penalty {:.1}",
+                u.holddown_s.round(),
+                u.penalty
+            ));
+        }
+        if !u.probe.is_empty() && u.probe != "connected" {
+            notes.push(format!("probes {}", u.probe));
+        }
+        if u.metered {
+            notes.push(format!(
+                "metered, {} B probing",
+                u.probe_sent_bytes + u.probe_received_bytes
+            ));
+        }
+        if let Some(b) = u.budget.as_ref().filter(|_| budget) {
+            notes.push(format!(
+                "budget {}/30 days, {} left{}",
+                crate::size::format(b.budget_bytes as f64),
+                crate::size::format(b.available_bytes as f64),
+                if b.limited { ", LIMITING probes" } else { "" }
+            ));
+        }
+        // No ratio yet: the window holds too few probes to mean
+        // anything (unless probes cannot measure at all, said above).
+        let loss = match u.loss {
+            None if self.probing.is_none() => "measuring".to_string(),
+            l => pct(l),
+        };
+        writeln!(
+            o,
+            "  {} {:<width$} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>9}  {}",
+            if u.active { '*' } else { ' ' },
+            name,
+            u.interface,
+            u.state.as_str(),
+            ms(u.rtt_ms),
+            ms(Some(u.jitter_ms)),
+            loss,
+            notes.join("; ")
+        )?;
+        // Why an uplink is out of service (and for how long).
+        if u.state != Health::Up {
+            if let Some(r) = &u.reason {
+                writeln!(o, "      {r}")?;
+            }
+        }
+        Ok(())
     }
 
     fn write(&self, o: &mut String, now: f64) -> fmt::Result {
@@ -294,17 +443,52 @@ impl Status {
             )?;
         }
         if !self.uplinks.is_empty() {
-            writeln!(
-                o,
-                "uplinks (active: {})",
-                self.active.as_deref().unwrap_or("-")
-            )?;
+            // With several hubs, one line per path; with one, per uplink.
+            let several = self.hubs.len() > 1;
+            if several {
+                let hubs: Vec<String> = self
+                    .hubs
+                    .iter()
+                    .map(|h| {
+                        let mut notes = vec![h.interface.clone()];
+                        if h.preferred {
+                            notes.push("preferred".into());
+                        }
+                        format!("{} ({})", h.name, notes.join(", "))
+                    })
+                    .collect();
+                writeln!(
+                    o,
+                    "hubs (active: {}): {}",
+                    self.active_hub.as_deref().unwrap_or("-"),
+                    hubs.join(", ")
+                )?;
+                writeln!(
+                    o,
+                    "paths (active: {})",
+                    match (&self.active_hub, &self.active) {
+                        (Some(h), Some(u)) => format!("{h}/{u}"),
+                        _ => "-".into(),
+                    }
+                )?;
+            } else {
+                writeln!(
+                    o,
+                    "uplinks (active: {})",
+                    self.active.as_deref().unwrap_or("-")
+                )?;
+            }
             if let Some(p) = &self.probing {
                 // What the tunnel itself says, since the probes cannot.
                 // A hub that refuses this annex has removed (or never had)
                 // its peer: an earlier handshake proves nothing then.
                 let refused = p.starts_with("refused by the hub");
-                let handshake = match t.peers.first().and_then(|p| p.last_handshake) {
+                let peer = t
+                    .peers
+                    .iter()
+                    .find(|p| Some(&p.name) == self.active_hub.as_ref())
+                    .or(t.peers.first());
+                let handshake = match peer.and_then(|p| p.last_handshake) {
                     Some(h) if now - h < 180.0 => format!(
                         "{} {} ago{}",
                         if refused {
@@ -322,67 +506,31 @@ impl Status {
                 };
                 writeln!(o, "  {p} ({handshake}); uplinks not measured")?;
             }
-            for u in &self.uplinks {
-                let mut notes = Vec::new();
-                if u.late.is_some_and(|l| l > 0.0) {
-                    notes.push(format!("late {}", pct(u.late)));
+            if several {
+                let width = self
+                    .paths
+                    .iter()
+                    .map(|u| path_name(u).chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(10);
+                let mut budgets = std::collections::BTreeSet::new();
+                for u in &self.paths {
+                    // An uplink's budget once, on its first path.
+                    let budget = budgets.insert(u.name.clone());
+                    self.write_uplink(o, u, &path_name(u), width, budget)?;
                 }
-                // The damping, when it matters: out of service, or failed recently.
-                if matches!(u.state, Health::Down | Health::Recovering) || u.penalty >= 0.05 {
-                    notes.push(format!(
-                        "hold-down {} s, penalty {:.1}",
-                        u.holddown_s.round(),
-                        u.penalty
-                    ));
-                }
-                if !u.probe.is_empty() && u.probe != "connected" {
-                    notes.push(format!("probes {}", u.probe));
-                }
-                if u.metered {
-                    notes.push(format!(
-                        "metered, {} B probing",
-                        u.probe_sent_bytes + u.probe_received_bytes
-                    ));
-                }
-                if let Some(b) = &u.budget {
-                    notes.push(format!(
-                        "budget {}/30 days, {} left{}",
-                        crate::size::format(b.budget_bytes as f64),
-                        crate::size::format(b.available_bytes as f64),
-                        if b.limited { ", LIMITING probes" } else { "" }
-                    ));
-                }
-                // No ratio yet: the window holds too few probes to mean
-                // anything (unless probes cannot measure at all, said above).
-                let loss = match u.loss {
-                    None if self.probing.is_none() => "measuring".to_string(),
-                    l => pct(l),
-                };
-                writeln!(
-                    o,
-                    "  {} {:<10} {:<8} {:<10} rtt {:>9}  jitter {:>8}  loss {:>9}  {}",
-                    if u.active { '*' } else { ' ' },
-                    u.name,
-                    u.interface,
-                    u.state.as_str(),
-                    ms(u.rtt_ms),
-                    ms(Some(u.jitter_ms)),
-                    loss,
-                    notes.join("; ")
-                )?;
-                // Why an uplink is out of service (and for how long).
-                if u.state != Health::Up {
-                    if let Some(r) = &u.reason {
-                        writeln!(o, "      {r}")?;
-                    }
+            } else {
+                for u in &self.uplinks {
+                    self.write_uplink(o, u, &u.name, 10, true)?;
                 }
             }
             match &self.last_failover {
                 Some(f) => writeln!(
                     o,
                     "last switch {} → {} at {}: {} ({}); {} since start",
-                    f.from,
-                    f.to,
+                    switch_end(several, &f.from_hub, &f.from),
+                    switch_end(several, &f.to_hub, &f.to),
                     when(f.at, now),
                     f.class,
                     f.reason,
@@ -432,9 +580,13 @@ impl Status {
                 let report = match &s.report {
                     Some(r) => {
                         let active = r.uplinks.iter().find(|u| u.name == r.active);
+                        // The hub, from an annex that has several.
+                        let on = match &r.hub {
+                            Some(h) if !r.paths.is_empty() => format!("{h}/{}", r.active),
+                            _ => r.active.clone(),
+                        };
                         format!(
-                            "on {} rtt {} loss {}",
-                            r.active,
+                            "on {on} rtt {} loss {}",
                             ms(active.and_then(|u| u.rtt_ms)),
                             pct(active.and_then(|u| u.loss))
                         )

@@ -109,8 +109,11 @@ fn documented() -> BTreeSet<String> {
         .collect()
 }
 
-const LABELS: [&str; 15] = [
+const LABELS: [&str; 18] = [
     "uplink",
+    "hub",
+    "from_hub",
+    "to_hub",
     "interface",
     "metered",
     "state",
@@ -264,20 +267,20 @@ fn every_series_exists_before_any_event() {
     let dir = dir_with_key();
     let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
     let text = annex.encode();
-    // 2 uplinks: 2 directions × 4 reasons, all at 0.
+    // 2 uplinks, 1 hub: 2 directions × 5 reasons, all at 0.
     let failovers: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("townlink_failovers_total{"))
         .collect();
-    assert_eq!(failovers.len(), 8, "{failovers:?}");
+    assert_eq!(failovers.len(), 10, "{failovers:?}");
     assert!(failovers.iter().all(|l| l.ends_with(" 0")), "{failovers:?}");
     assert!(text.contains("townlink_last_failover_timestamp_seconds 0.0"));
-    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\"} 1"));
-    assert!(text.contains("townlink_uplink_state{uplink=\"lte\",state=\"unknown\"} 1"));
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"main\"} 1"));
+    assert!(text.contains("townlink_uplink_state{uplink=\"lte\",hub=\"main\",state=\"unknown\"} 1"));
     assert!(text.contains("townlink_check_up{check=\"records\"} 0"));
     // The damping: no failure yet, the base hold-down.
-    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 0.0"));
-    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 10.0"));
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\",hub=\"main\"} 0.0"));
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\",hub=\"main\"} 10.0"));
 }
 
 #[test]
@@ -294,7 +297,7 @@ fn a_failover_is_counted_and_shown() {
     });
     let text = annex.encode();
     assert!(
-        text.contains("townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"brownout\"} 1")
+        text.contains("townlink_failovers_total{from=\"fiber\",to=\"lte\",reason=\"brownout\",from_hub=\"main\",to_hub=\"main\"} 1")
     );
     let status = annex.snapshot();
     assert_eq!(status.failovers, 1);
@@ -327,8 +330,10 @@ fn hub_keeps_each_sites_report_under_its_certificate_name() {
                 state: "up".into(),
                 rtt_ms: Some(20.0),
                 loss: Some(0.0),
+                ..Default::default()
             })
             .collect(),
+        ..Report::default()
     };
     hub.site_report(&site, report("lte", &["fiber", "lte"]));
     let text = hub.encode();
@@ -405,7 +410,10 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
         holddown: Duration::from_secs(holddown),
         penalty,
     };
-    annex.uplinks(&[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)], 1);
+    annex.paths(
+        &[q(Health::Recovering, 37, 2.6), q(Health::Up, 10, 0.0)],
+        PathId::new(0, 1),
+    );
     annex.state_change(&StateChange {
         path: PathId::new(0, 0),
         from: Health::Down,
@@ -414,9 +422,9 @@ fn status_shows_the_damping_and_why_an_uplink_is_out() {
         at: Duration::from_secs(100),
     });
     let text = annex.encode();
-    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\"} 37.0"));
-    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\"} 2.6"));
-    assert!(text.contains("townlink_uplink_late_ratio{uplink=\"fiber\"} 0.2"));
+    assert!(text.contains("townlink_uplink_holddown_seconds{uplink=\"fiber\",hub=\"main\"} 37.0"));
+    assert!(text.contains("townlink_uplink_penalty{uplink=\"fiber\",hub=\"main\"} 2.6"));
+    assert!(text.contains("townlink_uplink_late_ratio{uplink=\"fiber\",hub=\"main\"} 0.2"));
     let shown = annex.snapshot().render(now());
     assert!(
         shown.contains("late 20.0 %; hold-down 37 s, penalty 2.6"),
@@ -467,7 +475,7 @@ fn status_says_why_probes_cannot_measure() {
     let metrics = annex.encode();
     assert!(
         metrics
-            .contains("townlink_uplink_probe_connection{uplink=\"fiber\",state=\"unreachable\"} 1"),
+            .contains("townlink_uplink_probe_connection{uplink=\"fiber\",hub=\"main\",state=\"unreachable\"} 1"),
         "{metrics}"
     );
 
@@ -503,14 +511,14 @@ fn a_window_too_short_to_judge_shows_measuring_and_nan() {
         holddown: Duration::from_secs(10),
         penalty: 0.0,
     };
-    annex.uplinks(&[q, q], 0);
+    annex.paths(&[q, q], PathId::new(0, 0));
     let text = annex.snapshot().render(now());
     let fiber = text.lines().find(|l| l.contains(" fiber ")).unwrap();
     assert!(fiber.contains("loss measuring"), "{text}");
     assert!(!text.contains('%'), "{text}");
     assert!(annex
         .encode()
-        .contains("townlink_uplink_loss_ratio{uplink=\"fiber\"} NaN"));
+        .contains("townlink_uplink_loss_ratio{uplink=\"fiber\",hub=\"main\"} NaN"));
 }
 
 #[test]
@@ -554,4 +562,325 @@ fn a_refused_annex_is_not_told_its_tunnel_works() {
     );
     status.probing = Some("probe responder unreachable".into());
     assert!(status.render(t).contains("the tunnel works"));
+}
+
+/// The annex example with a second hub, `backup` (device tl1).
+fn two_hubs(dir: &std::path::Path) -> crate::config::Config {
+    let mut config = example("annex.toml", dir).unwrap();
+    let Role::Annex(a) = &mut config.role else {
+        panic!("annex expected")
+    };
+    let mut backup = a.hubs[0].clone();
+    backup.name = Name::new("backup").unwrap();
+    backup.interface = crate::config::InterfaceName::new("tl1").unwrap();
+    backup.priority = 1;
+    a.hubs.push(backup);
+    config
+}
+
+#[test]
+fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let text = annex.encode();
+    for hub in ["main", "backup"] {
+        for uplink in ["fiber", "lte"] {
+            let l = format!("{{uplink=\"{uplink}\",hub=\"{hub}\"");
+            for family in [
+                "townlink_uplink_up",
+                "townlink_uplink_active",
+                "townlink_uplink_rtt_seconds",
+                "townlink_uplink_loss_ratio",
+                "townlink_uplink_probe_sent_bytes_total",
+                "townlink_uplink_state_changes_total",
+            ] {
+                assert!(
+                    text.contains(&format!("{family}{l}")),
+                    "{family}{l}: {text}"
+                );
+            }
+        }
+    }
+    // 4 paths: 12 ordered pairs × 5 reasons, hub_down among them.
+    let failovers = text
+        .lines()
+        .filter(|l| l.starts_with("townlink_failovers_total{"))
+        .count();
+    assert_eq!(failovers, 60);
+    assert!(text.contains(
+        "townlink_failovers_total{from=\"fiber\",to=\"fiber\",reason=\"hub_down\",from_hub=\"main\",to_hub=\"backup\"} 0"
+    ));
+    // Uplink series stay per uplink.
+    assert!(text.contains("townlink_uplink_metered{uplink=\"lte\"} 1"));
+
+    // The main hub dies: backup/fiber becomes active, main/fiber down.
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 0),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/fiber: 4 probes lost in 600 ms".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.failover(&Decision {
+        from: PathId::new(0, 0),
+        to: PathId::new(1, 0),
+        class: ReasonClass::HubDown,
+        reason: "main/fiber: 4 probes lost in 600 ms; hub main silent over fiber".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.paths(
+        &[q(Health::Down), q(Health::Up), q(Health::Up), q(Health::Up)],
+        PathId::new(1, 0),
+    );
+    // A state change of a path to a hub that is not active is counted too.
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 1),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/lte: 4 probes lost".into(),
+        at: Duration::from_secs(11),
+    });
+    annex
+        .probe_counters("backup", "fiber")
+        .sent_bytes
+        .inc_by(100);
+    let text = annex.encode();
+    assert!(text.contains(
+        "townlink_failovers_total{from=\"fiber\",to=\"fiber\",reason=\"hub_down\",from_hub=\"main\",to_hub=\"backup\"} 1"
+    ), "{text}");
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"backup\"} 1"));
+    assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"main\"} 0"));
+    assert!(text.contains("townlink_uplink_state{uplink=\"fiber\",hub=\"main\",state=\"down\"} 1"));
+    assert!(text.contains("townlink_uplink_state_changes_total{uplink=\"lte\",hub=\"main\"} 1"));
+    assert!(text
+        .contains("townlink_uplink_probe_sent_bytes_total{uplink=\"fiber\",hub=\"backup\"} 100"));
+    assert!(
+        text.contains("townlink_uplink_probe_sent_bytes_total{uplink=\"fiber\",hub=\"main\"} 0")
+    );
+    // The status: `uplinks` as seen through the active hub, every path in `paths`.
+    let s = annex.snapshot();
+    assert_eq!(s.active_hub.as_deref(), Some("backup"));
+    assert_eq!(s.active.as_deref(), Some("fiber"));
+    assert_eq!(s.uplinks.len(), 2);
+    assert!(s.uplinks.iter().all(|u| u.hub.as_deref() == Some("backup")));
+    // The uplink's probe bytes are every hub's over it; a path's its own.
+    annex.probe_counters("main", "fiber").sent_bytes.inc_by(20);
+    let s = annex.snapshot();
+    assert_eq!(s.uplinks[0].probe_sent_bytes, 120);
+    assert_eq!(s.paths[0].probe_sent_bytes, 20);
+    assert_eq!(s.paths[2].probe_sent_bytes, 100);
+    assert_eq!(s.paths.len(), 4);
+    assert_eq!(s.paths[0].state, Health::Down);
+    assert_eq!(
+        s.paths[1].reason.as_deref(),
+        Some("main/lte: 4 probes lost")
+    );
+    let hubs: Vec<(&str, bool, bool)> = s
+        .hubs
+        .iter()
+        .map(|h| (h.name.as_str(), h.active, h.preferred))
+        .collect();
+    assert_eq!(hubs, vec![("main", false, true), ("backup", true, false)]);
+    let f = s.last_failover.unwrap();
+    assert_eq!(
+        (f.from_hub.as_deref(), f.to_hub.as_deref()),
+        (Some("main"), Some("backup"))
+    );
+}
+
+#[test]
+fn with_two_hubs_status_shows_one_line_per_path_and_the_active_hub() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.state_change(&StateChange {
+        path: PathId::new(0, 0),
+        from: Health::Up,
+        to: Health::Down,
+        reason: "main/fiber: 4 probes lost in 600 ms".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.failover(&Decision {
+        from: PathId::new(0, 0),
+        to: PathId::new(1, 0),
+        class: ReasonClass::HubDown,
+        reason: "main/fiber: 4 probes lost in 600 ms; hub main silent over fiber".into(),
+        at: Duration::from_secs(10),
+    });
+    annex.paths(
+        &[
+            q(Health::Down),
+            q(Health::Down),
+            q(Health::Up),
+            q(Health::Up),
+        ],
+        PathId::new(1, 0),
+    );
+    let s = annex.snapshot();
+    let text = s.render(now());
+    assert!(
+        text.contains("hubs (active: backup): main (tl0, preferred), backup (tl1)"),
+        "{text}"
+    );
+    assert!(text.contains("paths (active: backup/fiber)"), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| {
+                l.get(4..)
+                    .is_some_and(|l| l.starts_with(&format!("{name} ")))
+            })
+            .unwrap_or_else(|| panic!("no line for {name}: {text}"))
+            .to_string()
+    };
+    assert!(line("main/fiber").contains(" down "), "{text}");
+    assert!(line("main/lte").contains(" down "), "{text}");
+    assert!(line("backup/fiber").starts_with("  * "), "{text}");
+    assert!(line("backup/lte").contains(" up "), "{text}");
+    assert!(
+        text.contains("\n      main/fiber: 4 probes lost in 600 ms\n"),
+        "{text}"
+    );
+    // The 4G's budget once, not once per hub.
+    assert_eq!(text.matches("budget 30 MB/30 days").count(), 1, "{text}");
+    assert!(
+        text.contains("last switch main/fiber → backup/fiber at"),
+        "{text}"
+    );
+    assert!(
+        text.contains(": hub_down (main/fiber: 4 probes lost"),
+        "{text}"
+    );
+    assert!(!text.contains("uplinks (active"), "{text}");
+    assert_eq!(
+        annex.status_line(),
+        "tunnel on backup/fiber (main/fiber down, main/lte down, backup/fiber up, backup/lte up); checks 0/1 ok"
+    );
+    // The JSON: uplinks through the active hub, and every hub and path.
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["active"], "fiber");
+    assert_eq!(json["active_hub"], "backup");
+    assert_eq!(json["uplinks"][0]["hub"], "backup");
+    assert_eq!(json["uplinks"][0]["state"], "up");
+    assert_eq!(json["paths"][0]["hub"], "main");
+    assert_eq!(json["paths"][0]["state"], "down");
+    assert_eq!(json["hubs"][1]["active"], true);
+    assert_eq!(json["last_failover"]["from_hub"], "main");
+    assert_eq!(json["last_failover"]["to_hub"], "backup");
+    let back: Status = serde_json::from_value(json).unwrap();
+    assert_eq!(back, s);
+}
+
+#[test]
+fn with_one_hub_the_status_text_is_per_uplink_as_before() {
+    let dir = dir_with_key();
+    let annex = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let text = annex.snapshot().render(now());
+    assert!(text.contains("uplinks (active: fiber)"), "{text}");
+    assert!(!text.contains("hubs ("), "{text}");
+    assert!(!text.contains("main/"), "{text}");
+    assert!(
+        text.contains("\n  * fiber      eth1     unknown "),
+        "{text}"
+    );
+    assert_eq!(
+        annex.status_line(),
+        "tunnel on fiber (fiber unknown, lte unknown); checks 0/1 ok"
+    );
+    // A status from before several hubs (no hubs, paths, hub) still reads.
+    let mut json = serde_json::to_value(annex.snapshot()).unwrap();
+    for key in ["hubs", "paths", "active_hub"] {
+        json.as_object_mut().unwrap().remove(key);
+    }
+    json["uplinks"][0].as_object_mut().unwrap().remove("hub");
+    let old: Status = serde_json::from_value(json).unwrap();
+    assert!(old.paths.is_empty());
+    assert!(old.render(now()).contains("uplinks (active: fiber)"));
+}
+
+#[test]
+fn the_hub_shows_which_hub_a_site_with_several_uses() {
+    let dir = dir_with_key();
+    let config = hub_example_with_sites(dir.path()).unwrap();
+    let hub = Telemetry::new(&config);
+    let site = hub_config_site(&config);
+    // What an annex with two hubs sends after leaving the main hub.
+    let annex = Telemetry::new(&two_hubs(dir.path()));
+    let q = |health| crate::decision::Quality {
+        health,
+        rtt: Some(Duration::from_millis(8)),
+        jitter: Duration::ZERO,
+        loss: Some(0.0),
+        late: Some(0.0),
+        samples: 100,
+        consecutive_lost: 0,
+        holddown: Duration::from_secs(10),
+        penalty: 0.0,
+    };
+    annex.paths(
+        &[
+            q(Health::Down),
+            q(Health::Down),
+            q(Health::Up),
+            q(Health::Up),
+        ],
+        PathId::new(1, 0),
+    );
+    let report = annex.report();
+    assert_eq!(report.hub.as_deref(), Some("backup"));
+    assert_eq!(report.active, "fiber");
+    assert_eq!(report.paths.len(), 4);
+    assert_eq!(report.paths[0].hub.as_deref(), Some("main"));
+    assert_eq!(report.paths[0].state, "down");
+    // It goes over the wire whole.
+    let wire = report.encode().expect("fits");
+    let report = Report::parse(&wire).expect("well formed");
+    hub.site_report(&site, report);
+    let status = hub.snapshot();
+    let view = status
+        .sites
+        .iter()
+        .find(|s| s.name == site.as_str())
+        .unwrap();
+    let r = view.report.as_ref().unwrap();
+    assert_eq!(r.hub.as_deref(), Some("backup"));
+    assert_eq!(r.paths.len(), 4);
+    let text = status.render(now());
+    assert!(text.contains("on backup/fiber rtt 8.0 ms"), "{text}");
+    // `site list` shows it too.
+    assert_eq!(
+        hub.site_tunnel_on(site.as_str()).as_deref(),
+        Some("backup/fiber")
+    );
+    // A one-hub annex: its report names its hub, the hub's line is as before.
+    let one = Telemetry::new(&example("annex.toml", dir.path()).unwrap());
+    let report = one.report();
+    assert_eq!(
+        (report.hub.as_deref(), report.paths.len()),
+        (Some("main"), 0)
+    );
+    hub.site_report(&site, report);
+    let text = hub.snapshot().render(now());
+    assert!(text.contains(" on fiber rtt"), "{text}");
+    assert_eq!(hub.site_tunnel_on(site.as_str()), None);
 }

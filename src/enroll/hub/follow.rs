@@ -179,6 +179,7 @@ pub(super) fn info_of_synced(
         last_handshake: None,
         public_key: None,
         certificate: None,
+        tunnel_on: None,
     };
     match &s.state {
         SyncedState::Pending { expires } => info.expires = Some(*expires),
