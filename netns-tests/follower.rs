@@ -136,11 +136,16 @@ fn wan_with_backup() -> (Wan, Backup) {
     let tmp = tempfile::tempdir().unwrap();
     let backup_dir = tmp.path().to_path_buf();
     let backup_fp = write_identity(&backup_dir, "backup-probe");
+    let backup_key = write_key(&backup_dir.join("backup.key")).public_key();
     let mut wan = Wan::build_with(
         1,
         &Options {
             enrolled_sites: true,
-            hub_extra: format!("[[follower]]\nname = \"backup\"\ncertificate = \"{backup_fp}\"\n"),
+            hub_extra: format!(
+                "[[follower]]\nname = \"backup\"\ncertificate = \"{backup_fp}\"\n\
+                 public_key = \"{backup_key}\"\nendpoints = [\"198.18.3.2:51820\"]\n\
+                 address = \"10.99.0.254\"\n"
+            ),
             ..Options::default()
         },
     );
@@ -165,7 +170,6 @@ fn wan_with_backup() -> (Wan, Backup) {
         "198.18.3.1/24",
     );
     ns.ip(&["route", "add", "default", "via", "198.18.3.1"]);
-    write_key(&backup_dir.join("backup.key"));
     let config = backup_dir.join("backup.toml");
     std::fs::write(
         &config,

@@ -55,6 +55,9 @@ pub struct HubIdentity {
     pub probe_port: u16,
     /// The hub's tunnel address, with the tunnel network's length.
     pub address: IpNet,
+    /// `[[follower]]`: the backup hubs annexes also reach (their tunnel
+    /// addresses are never handed to a site).
+    pub followers: Vec<crate::config::FollowerConfig>,
 }
 
 /// What a join that proves its token comes to.
@@ -277,6 +280,7 @@ impl Roster {
         }
         self.check_lan(&name, lan, reserved)?;
         let mut taken: Vec<IpAddr> = vec![hub.address.addr()];
+        taken.extend(hub.followers.iter().map(|f| f.address));
         taken.extend(self.config_sites.iter().map(|s| s.address));
         taken.extend(
             self.registry

@@ -30,6 +30,7 @@ fn hub() -> HubIdentity {
         fingerprint: Fingerprint::from_bytes([7; 32]),
         probe_port: 51821,
         address: "10.99.0.1/24".parse().unwrap(),
+        followers: vec![],
     }
 }
 
@@ -502,4 +503,29 @@ fn a_reload_is_refused_whole_when_a_table_takes_an_enrolled_name() {
     assert_eq!(changed, None);
     assert_eq!(roster.source_of(&name("annex-8")), SiteSource::Config);
     assert_eq!(roster.active().len(), 2);
+}
+
+/// A backup hub (`[[follower]]`) at 10.99.0.2.
+fn follower(address: &str) -> crate::config::FollowerConfig {
+    crate::config::FollowerConfig {
+        name: name("backup"),
+        certificate: Fingerprint::from_bytes([9; 32]),
+        public_key: PrivateKey::generate().public_key(),
+        endpoints: vec![Endpoint::parse("198.18.1.2:51820").unwrap()],
+        address: address.parse().unwrap(),
+        probe_port: 51821,
+        priority: 1,
+    }
+}
+
+#[test]
+fn the_pool_never_hands_out_a_followers_address() {
+    let mut roster = roster();
+    let hub = HubIdentity {
+        followers: vec![follower("10.99.0.2")],
+        ..hub()
+    };
+    added(&mut roster, &hub);
+    let entry = roster.registry().get(&name("annex-7")).unwrap();
+    assert_eq!(entry.address.to_string(), "10.99.0.3");
 }
