@@ -22,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
 fn check(bytes: &[u8]) {
     if let Ok(snapshot) = Snapshot::decode(bytes) {
         let again = snapshot.encode().expect("what was read fits");
-        assert_eq!(Snapshot::decode(&again).as_ref(), Ok(&snapshot), "round trip");
+        assert_eq!(
+            Snapshot::decode(&again).as_ref(),
+            Ok(&snapshot),
+            "round trip"
+        );
     }
 }

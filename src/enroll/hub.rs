@@ -517,7 +517,26 @@ impl Roster {
                 prefix_len,
             })?;
         let e = &self.settings;
+        let main = super::HubSettings {
+            name: e.hub_name.to_string(),
+            endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
+            public_key: hub.public_key.to_string(),
+            fingerprint: hub.fingerprint.to_string(),
+            address: hub.address.addr(),
+            probe_port: hub.probe_port,
+            priority: 0,
+        };
+        let followers = hub.followers.iter().map(|f| super::HubSettings {
+            name: f.name.to_string(),
+            endpoints: f.endpoints.iter().map(|p| p.to_string()).collect(),
+            public_key: f.public_key.to_string(),
+            fingerprint: f.certificate.to_string(),
+            address: f.address,
+            probe_port: f.probe_port,
+            priority: f.priority,
+        });
         Ok(Settings {
+            hubs: std::iter::once(main).chain(followers).collect(),
             site: entry.name.to_string(),
             address,
             lan: entry.lan.clone(),

@@ -529,3 +529,34 @@ fn the_pool_never_hands_out_a_followers_address() {
     let entry = roster.registry().get(&name("annex-7")).unwrap();
     assert_eq!(entry.address.to_string(), "10.99.0.3");
 }
+
+#[test]
+fn the_settings_name_every_hub_the_main_hub_first() {
+    let mut roster = roster();
+    let backup = follower("10.99.0.254");
+    let hub = HubIdentity {
+        followers: vec![backup.clone()],
+        ..hub()
+    };
+    let token = added(&mut roster, &hub);
+    let annex = Annex::with(&token);
+    let entry = joined(&mut roster, &annex, &hub);
+    let s = roster.settings_for(&entry, &hub).unwrap();
+    // What an older annex reads.
+    assert_eq!(s.hub_name, "hub");
+    assert_eq!(s.hub_address.to_string(), "10.99.0.1");
+    let names: Vec<&str> = s.hubs.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["hub", "backup"]);
+    let main = &s.hubs[0];
+    assert_eq!(main.public_key, hub.public_key.to_string());
+    assert_eq!(main.fingerprint, hub.fingerprint.to_string());
+    assert_eq!(main.endpoints, token.endpoints);
+    assert_eq!(main.address.to_string(), "10.99.0.1");
+    assert_eq!((main.probe_port, main.priority), (51821, 0));
+    let b = &s.hubs[1];
+    assert_eq!(b.public_key, backup.public_key.to_string());
+    assert_eq!(b.fingerprint, backup.certificate.to_string());
+    assert_eq!(b.endpoints, vec!["198.18.1.2:51820".to_string()]);
+    assert_eq!(b.address.to_string(), "10.99.0.254");
+    assert_eq!((b.probe_port, b.priority), (51821, 1));
+}
