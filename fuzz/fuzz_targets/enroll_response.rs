@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use townlink::enroll::join::{config_text, hubs, JoinOptions, UplinkSpec};
-use townlink::enroll::token::Token;
+use townlink::enroll::token::{Token, TokenHub};
 use townlink::enroll::{JoinResponse, MAX_MESSAGE};
 
 /// The token's hub key (`fuzz/corpus/enroll_response/joined-two-hubs`).
@@ -21,11 +21,13 @@ fn context() -> &'static (Token, JoinOptions) {
     static CONTEXT: OnceLock<(Token, JoinOptions)> = OnceLock::new();
     CONTEXT.get_or_init(|| {
         let token = Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            // Fixed, so that the corpus can name the token's hub first.
-            hub_public_key: HUB_KEY.parse().expect("key"),
-            hub_fingerprint: townlink::fingerprint::Fingerprint::from_bytes([7; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                // Fixed, so that the corpus can name the token's hub first.
+                public_key: HUB_KEY.parse().expect("key"),
+                fingerprint: townlink::fingerprint::Fingerprint::from_bytes([7; 32]),
+            }],
             site: townlink::sites::Name::new("annex-1").expect("name"),
             secret: townlink::enroll::token::Secret::generate(),
             expires: 4_000_000_000,

@@ -34,7 +34,7 @@ pub use error::{JoinRefusal, SiteError, NOT_A_TOKEN};
 pub use follow::{FollowConflict, FollowPlan};
 
 use super::registry::{allocate, Entry, EntryState, Registry};
-use super::token::{Secret, Token, SECRET_LEN};
+use super::token::{Secret, Token, TokenHub, SECRET_LEN};
 use super::{JoinRequest, Settings};
 use crate::config::EnrollmentConfig;
 use crate::fingerprint::Fingerprint;
@@ -304,11 +304,15 @@ impl Roster {
         };
         let mut registry = self.registry.clone();
         registry.put(entry.clone());
+        // Only this hub: it alone keeps the secret's hash; the backup hubs
+        // come in the join's answer (docs/decisions.md).
         let token = Token {
-            endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
-            probe_port: hub.probe_port,
-            hub_public_key: hub.public_key,
-            hub_fingerprint: hub.fingerprint,
+            hubs: vec![TokenHub {
+                endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
+                probe_port: hub.probe_port,
+                public_key: hub.public_key,
+                fingerprint: hub.fingerprint,
+            }],
             site: name,
             secret,
             expires,

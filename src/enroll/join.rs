@@ -368,49 +368,58 @@ where
     })
 }
 
-/// One exchange with the hub, trying each endpoint of the token in turn.
+/// One exchange with a hub of the token: each hub in turn (pinned to its
+/// own certificate), each of its endpoints in turn.
 async fn ask_hub(
     token: &Token,
     identity: &tls::Identity,
     request: &JoinRequest,
 ) -> Result<JoinResponse, JoinError> {
-    let crypto = tls::enroll_client_config(identity, token.hub_fingerprint)
-        .map_err(|e| JoinError::Usage(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| JoinError::Usage(e.to_string()))?,
-    ));
-    client.transport_config(Arc::new(responder::transport()));
     let mut errors = Vec::new();
-    for text in &token.endpoints {
-        let hub = match Endpoint::parse(text) {
-            Ok(e) => Endpoint {
-                host: e.host,
-                port: token.probe_port,
-            },
-            Err(e) => {
-                errors.push(format!("{text}: {e}"));
-                continue;
+    for hub in &token.hubs {
+        let crypto = tls::enroll_client_config(identity, hub.fingerprint)
+            .map_err(|e| JoinError::Usage(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| JoinError::Usage(e.to_string()))?,
+        ));
+        client.transport_config(Arc::new(responder::transport()));
+        for text in &hub.endpoints {
+            let probe = match Endpoint::parse(text) {
+                Ok(e) => Endpoint {
+                    host: e.host,
+                    port: hub.probe_port,
+                },
+                Err(e) => {
+                    errors.push(format!("{text}: {e}"));
+                    continue;
+                }
+            };
+            let addr = match probe.resolve().await {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(format!("{probe}: {e}"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(addr, client.clone(), request))
+                .await
+            {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {EXCHANGE_TIMEOUT:?}")),
             }
-        };
-        let addr = match hub.resolve().await {
-            Ok(a) => a,
-            Err(e) => {
-                errors.push(format!("{hub}: {e}"));
-                continue;
-            }
-        };
-        match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(addr, client.clone(), request)).await
-        {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!("{addr}: no answer within {EXCHANGE_TIMEOUT:?}")),
         }
     }
+    let ports: Vec<String> = token
+        .hubs
+        .iter()
+        .map(|h| h.probe_port.to_string())
+        .collect();
     Err(JoinError::Unreachable(format!(
         "{} (check the uplink and that UDP port {} of the hub is open)",
         errors.join("; "),
-        token.probe_port
+        ports.join("/")
     )))
 }
 
@@ -491,7 +500,8 @@ pub fn hub_interface(first: &InterfaceName, index: usize) -> Result<InterfaceNam
 /// The hubs of the annex's config, from the hub's answer: its `hubs`, or
 /// for an older hub the token's one hub. Every value is checked (it is
 /// text from the network, written into a config): names and keys, the
-/// first hub is the one the token pins, no two hubs share a name, key,
+/// first hub is one the token pins (the one that answered), no two hubs
+/// share a name, key,
 /// address or device.
 pub fn hubs(
     token: &Token,
@@ -501,7 +511,8 @@ pub fn hubs(
     const MAX_HUBS: usize = 16;
     if s.hubs.is_empty() {
         let name = Name::new(&s.hub_name).map_err(|e| format!("hub name {e}"))?;
-        let text = token
+        let issuer = token.issuer();
+        let text = issuer
             .endpoints
             .first()
             .ok_or_else(|| "the token names no hub endpoint".to_string())?;
@@ -509,10 +520,10 @@ pub fn hubs(
         return Ok(vec![JoinedHub {
             name,
             endpoint,
-            public_key: token.hub_public_key,
-            fingerprint: token.hub_fingerprint,
+            public_key: issuer.public_key,
+            fingerprint: issuer.fingerprint,
             address: s.hub_address,
-            probe_port: token.probe_port,
+            probe_port: issuer.probe_port,
             priority: 0,
             interface: interface.clone(),
         }]);
@@ -543,7 +554,9 @@ pub fn hubs(
         if h.priority > 1000 {
             return Err(format!("hub {name}: priority {} (0 to 1000)", h.priority));
         }
-        if i == 0 && (public_key != token.hub_public_key || fingerprint != token.hub_fingerprint) {
+        let of_token =
+            |t: &super::token::TokenHub| t.public_key == public_key && t.fingerprint == fingerprint;
+        if i == 0 && !token.hubs.iter().any(of_token) {
             return Err(format!(
                 "its first hub ({name}) is not the hub of the token (key and certificate differ)"
             ));
@@ -665,8 +678,8 @@ pub fn read_token(text: &str) -> Result<Token, JoinError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::token::TokenHub;
     use super::*;
-    use crate::fingerprint::Fingerprint;
 
     #[test]
     fn uplink_specs() {
@@ -724,10 +737,12 @@ mod tests {
         )
         .unwrap();
         let token = Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            hub_public_key: PrivateKey::generate().public_key(),
-            hub_fingerprint: Fingerprint::from_bytes([3; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                public_key: PrivateKey::generate().public_key(),
+                fingerprint: Fingerprint::from_bytes([3; 32]),
+            }],
             site: Name::new("annex-9").unwrap(),
             secret: super::super::token::Secret::generate(),
             expires: 0,
@@ -763,7 +778,7 @@ mod tests {
             panic!("annex expected")
         };
         assert_eq!(a.name.as_str(), "annex-9");
-        assert_eq!(a.hubs[0].fingerprint, token.hub_fingerprint);
+        assert_eq!(a.hubs[0].fingerprint, token.issuer().fingerprint);
         assert!(a.uplinks[1].metered);
         assert_eq!(config.tunnel.address, settings.address);
         // The hub's records check comes with the join (issue 15).
@@ -807,8 +822,8 @@ mod tests {
                 super::super::HubSettings {
                     name: "main".into(),
                     endpoints: vec!["hub.example.net:51820".into(), "198.51.100.7:51820".into()],
-                    public_key: token.hub_public_key.to_string(),
-                    fingerprint: token.hub_fingerprint.to_string(),
+                    public_key: token.issuer().public_key.to_string(),
+                    fingerprint: token.issuer().fingerprint.to_string(),
                     address: "10.99.0.1".parse().unwrap(),
                     probe_port: 51821,
                     priority: 0,
@@ -843,8 +858,8 @@ mod tests {
         assert_eq!(a.hubs.len(), 2, "{text}");
         let (main, backup) = (&a.hubs[0], &a.hubs[1]);
         assert_eq!(main.name.as_str(), "main");
-        assert_eq!(main.public_key, token.hub_public_key);
-        assert_eq!(main.fingerprint, token.hub_fingerprint);
+        assert_eq!(main.public_key, token.issuer().public_key);
+        assert_eq!(main.fingerprint, token.issuer().fingerprint);
         assert_eq!(main.endpoint.to_string(), "hub.example.net:51820");
         assert_eq!(main.interface.as_str(), "tl0");
         assert_eq!(main.priority, 0);
@@ -871,9 +886,9 @@ mod tests {
         let tl0 = InterfaceName::new("tl0").unwrap();
         let hubs = hubs(&token, &settings, &tl0).unwrap();
         assert_eq!(hubs.len(), 1);
-        assert_eq!(hubs[0].public_key, token.hub_public_key);
-        assert_eq!(hubs[0].fingerprint, token.hub_fingerprint);
-        assert_eq!(hubs[0].probe_port, token.probe_port);
+        assert_eq!(hubs[0].public_key, token.issuer().public_key);
+        assert_eq!(hubs[0].fingerprint, token.issuer().fingerprint);
+        assert_eq!(hubs[0].probe_port, token.issuer().probe_port);
         assert_eq!(hubs[0].address.to_string(), "10.99.0.1");
         // And an older annex reads a new hub's answer (it ignores `hubs`).
         let new = serde_json::to_value(JoinResponse::Joined(two_hubs(&token))).unwrap();
@@ -922,10 +937,12 @@ mod tests {
 
     fn token() -> Token {
         Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            hub_public_key: PrivateKey::generate().public_key(),
-            hub_fingerprint: Fingerprint::from_bytes([3; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                public_key: PrivateKey::generate().public_key(),
+                fingerprint: Fingerprint::from_bytes([3; 32]),
+            }],
             site: Name::new("annex-9").unwrap(),
             secret: super::super::token::Secret::generate(),
             expires: 0,

@@ -138,8 +138,13 @@ fn add_reserves_the_first_free_address_and_issues_a_token() {
     let token = added(&mut roster, &hub);
     assert_eq!(token.site, name("annex-7"));
     assert_eq!(token.expires, NOW + 3600);
-    assert_eq!(token.hub_public_key, hub.public_key);
-    assert_eq!(token.endpoints, vec!["198.18.0.2:51820".to_string()]);
+    assert_eq!(token.hubs.len(), 1, "the issuing hub only");
+    assert_eq!(token.issuer().public_key, hub.public_key);
+    assert_eq!(token.issuer().fingerprint, hub.fingerprint);
+    assert_eq!(
+        token.issuer().endpoints,
+        vec!["198.18.0.2:51820".to_string()]
+    );
     let entry = roster.registry().get(&name("annex-7")).unwrap();
     assert_eq!(entry.address.to_string(), "10.99.0.2");
     assert_eq!(
@@ -550,7 +555,7 @@ fn the_settings_name_every_hub_the_main_hub_first() {
     let main = &s.hubs[0];
     assert_eq!(main.public_key, hub.public_key.to_string());
     assert_eq!(main.fingerprint, hub.fingerprint.to_string());
-    assert_eq!(main.endpoints, token.endpoints);
+    assert_eq!(main.endpoints, token.issuer().endpoints);
     assert_eq!(main.address.to_string(), "10.99.0.1");
     assert_eq!((main.probe_port, main.priority), (51821, 0));
     let b = &s.hubs[1];
