@@ -924,6 +924,37 @@ mod tests {
         assert!(e.contains("--interface"), "{e}");
     }
 
+    #[tokio::test]
+    async fn an_unusable_answer_changes_nothing_and_keeps_the_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        enrolled(dir.path());
+        let before = snapshot(dir.path());
+        let token = token();
+        let opts = options(dir.path(), true);
+        let mut answer = two_hubs(&token);
+        answer.hubs[1].name = "backup\"\n[[hub]]".into();
+        let e = join_with(&token, &opts, |_, _| async move {
+            Ok(JoinResponse::Joined(answer))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the hub's answer cannot make a config: hub 1: name"),
+            "{e}"
+        );
+        // The working annex as it was; the new keys wait for a retry.
+        let now = snapshot(dir.path());
+        for (name, content) in &before {
+            assert!(
+                now.contains(&(name.clone(), content.clone())),
+                "{name} changed"
+            );
+        }
+        assert!(dir.path().join(PENDING_FILE).exists());
+        assert!(!dir.path().join(format!("{CONFIG_FILE}{NEW}")).exists());
+    }
+
     #[test]
     fn each_hub_gets_the_next_device_name() {
         let name = |s: &str, i: usize| {
