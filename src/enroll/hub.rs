@@ -215,6 +215,25 @@ impl Roster {
         }
     }
 
+    /// Enrolled sites (pending or joined) at a follower's tunnel address,
+    /// with that follower's name: enrolled before the `[[follower]]`
+    /// table named the address (`site add` skips it since), they are not
+    /// served by that backup hub.
+    pub fn at_follower_addresses(
+        &self,
+        followers: &[crate::config::FollowerConfig],
+    ) -> Vec<(Name, Name)> {
+        self.registry
+            .sites
+            .iter()
+            .filter(|e| !matches!(e.state, EntryState::Revoked { .. }))
+            .filter_map(|e| {
+                let f = followers.iter().find(|f| f.address == e.address)?;
+                Some((e.name.clone(), f.name.clone()))
+            })
+            .collect()
+    }
+
     /// Sites waiting for their annex.
     pub fn pending(&self) -> usize {
         self.registry

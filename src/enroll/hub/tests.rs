@@ -565,3 +565,23 @@ fn the_settings_name_every_hub_the_main_hub_first() {
     assert_eq!(b.address.to_string(), "10.99.0.254");
     assert_eq!((b.probe_port, b.priority), (51821, 1));
 }
+
+#[test]
+fn a_site_enrolled_at_a_followers_address_before_it_was_listed_is_named() {
+    let mut roster = roster();
+    // Enrolled while the hub listed no follower: it gets 10.99.0.2.
+    added(&mut roster, &hub());
+    assert!(roster.at_follower_addresses(&[]).is_empty());
+    let backup = follower("10.99.0.2");
+    assert_eq!(
+        roster.at_follower_addresses(std::slice::from_ref(&backup)),
+        vec![(name("annex-7"), name("backup"))]
+    );
+    assert!(roster
+        .at_follower_addresses(&[follower("10.99.0.254")])
+        .is_empty());
+    // Revoked: it no longer takes the address.
+    let (registry, _) = roster.revoke(&name("annex-7"), NOW).unwrap();
+    roster.commit(registry);
+    assert!(roster.at_follower_addresses(&[backup]).is_empty());
+}
