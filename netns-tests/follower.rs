@@ -136,11 +136,16 @@ fn wan_with_backup() -> (Wan, Backup) {
     let tmp = tempfile::tempdir().unwrap();
     let backup_dir = tmp.path().to_path_buf();
     let backup_fp = write_identity(&backup_dir, "backup-probe");
+    let backup_key = write_key(&backup_dir.join("backup.key")).public_key();
     let mut wan = Wan::build_with(
         1,
         &Options {
             enrolled_sites: true,
-            hub_extra: format!("[[follower]]\nname = \"backup\"\ncertificate = \"{backup_fp}\"\n"),
+            hub_extra: format!(
+                "[[follower]]\nname = \"backup\"\ncertificate = \"{backup_fp}\"\n\
+                 public_key = \"{backup_key}\"\nendpoints = [\"198.18.3.2:51820\"]\n\
+                 address = \"10.99.0.254\"\n"
+            ),
             ..Options::default()
         },
     );
@@ -165,7 +170,6 @@ fn wan_with_backup() -> (Wan, Backup) {
         "198.18.3.1/24",
     );
     ns.ip(&["route", "add", "default", "via", "198.18.3.1"]);
-    write_key(&backup_dir.join("backup.key"));
     let config = backup_dir.join("backup.toml");
     std::fs::write(
         &config,
@@ -345,4 +349,119 @@ fn the_main_hub_refuses_a_certificate_that_is_no_followers() {
     wan.daemons[0]
         .wait_for_log(&["unknown certificate (sync)"], Duration::from_secs(5))
         .unwrap();
+}
+
+/// Issue 18 step 3b: with a backup hub listed on the main hub, `site add`
+/// there and `join` on the annex give a config with both hubs (each with
+/// its device), `townlink check` accepts it, and the annex's sessions with
+/// both hubs come up: the WireGuard handshake and the probes of each hub,
+/// the backup hub having learnt the site over the sync channel.
+#[test]
+fn an_annex_enrolled_on_the_main_hub_gets_both_hubs_and_reaches_both() {
+    let (mut wan, mut backup) = wan_with_backup();
+    backup.start();
+    let backup_fp = townlink::probe::tls::Identity::load(
+        &backup.dir.join("backup-probe.crt"),
+        &backup.dir.join("backup-probe.key"),
+    )
+    .unwrap()
+    .fingerprint();
+
+    let token = wan.site_add("annex-1", &["--lan", "192.168.1.0/24"]);
+    assert!(token.starts_with("tl1.Ag"), "a format-2 token: {token}");
+    let (code, out, err) = wan.join(1, &token);
+    assert_eq!(code, 0, "join: {out}{err}");
+    assert!(
+        out.starts_with(
+            "joined as site annex-1 (tunnel address 10.99.0.2/24), hubs main at \
+             198.18.0.2:51820 and backup at 198.18.3.2:51820\n"
+        ),
+        "{out}"
+    );
+
+    // The written config: both hubs, the main hub preferred, one device each.
+    let config = wan.annex(1).config.clone();
+    let check = Command::new(townlink_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "townlink check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let parsed = townlink::config::load(&config).unwrap();
+    let townlink::config::Role::Annex(a) = &parsed.role else {
+        panic!("annex expected")
+    };
+    let hubs: Vec<(String, String, String, String, u32)> = a
+        .hubs
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                h.endpoint.to_string(),
+                h.address.to_string(),
+                h.interface.to_string(),
+                h.priority,
+            )
+        })
+        .collect();
+    assert_eq!(
+        hubs,
+        vec![
+            (
+                "main".into(),
+                "198.18.0.2:51820".into(),
+                "10.99.0.1".into(),
+                "tl0".into(),
+                0
+            ),
+            (
+                "backup".into(),
+                "198.18.3.2:51820".into(),
+                "10.99.0.254".into(),
+                "tl1".into(),
+                1
+            ),
+        ]
+    );
+    assert_eq!(a.hubs[1].fingerprint, backup_fp);
+    assert_eq!(a.hubs[1].probe_port, 51821);
+    assert_eq!(a.hubs[1].routes, a.hubs[0].routes);
+
+    // The backup hub learnt the site; the annex reaches both hubs.
+    backup.wait("showing annex-1 joined", FOLLOW_WITHIN, |b| {
+        find(&b.sites(), "annex-1").is_some_and(|s| s["state"] == "joined")
+    });
+    let annex = wan.start_annex(1);
+    for path in ["main/fiber", "backup/fiber"] {
+        wan.daemons[annex]
+            .wait_for_log(
+                &["uplink state", &format!("uplink={path}"), "to=\"up\""],
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", backup.daemon().log_text()));
+    }
+    let metrics: std::net::SocketAddr = "127.0.0.1:9475".parse().unwrap();
+    for hub in ["main", "backup"] {
+        let series = format!("townlink_peer_last_handshake_timestamp_seconds{{peer=\"{hub}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let body = testbed::http_get(&wan.annex(1).ns, metrics, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            if testbed::metric_value(&body, &series).is_some_and(|t| t > 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no handshake with {hub}: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The backup hub sees the annex's handshake too.
+    backup.wait("having a handshake with annex-1", FOLLOW_WITHIN, |b| {
+        find(&b.sites(), "annex-1").is_some_and(|s| s["last_handshake"].as_u64().is_some())
+    });
 }

@@ -1,25 +1,33 @@
 //! The hub's answer to an enrollment as `townlink join` reads it (JSON of
 //! `JoinResponse`, at most `enroll::MAX_MESSAGE` bytes); a `Joined` answer
-//! becomes the annex's config (`join::config_text`), which `join` then
-//! checks with `config::parse`, as this target does.
+//! is checked (`join::hubs`: every hub of the answer, or the token's one
+//! hub for an older hub's answer) and becomes the annex's config
+//! (`join::config_text`), which `join` then checks with `config::parse`,
+//! as this target does.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use townlink::enroll::join::{config_text, JoinOptions, UplinkSpec};
-use townlink::enroll::token::Token;
+use townlink::enroll::join::{config_text, hubs, JoinOptions, UplinkSpec};
+use townlink::enroll::token::{Token, TokenHub};
 use townlink::enroll::{JoinResponse, MAX_MESSAGE};
+
+/// The token's hub key (`fuzz/corpus/enroll_response/joined-two-hubs`).
+const HUB_KEY: &str = "HzSROooil3DBjUdp1e2Cb2CYWW5SgzBi3DKsb2P4sX4=";
 
 /// A token and options as `townlink join` would have them.
 fn context() -> &'static (Token, JoinOptions) {
     static CONTEXT: OnceLock<(Token, JoinOptions)> = OnceLock::new();
     CONTEXT.get_or_init(|| {
         let token = Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            hub_public_key: townlink::keys::PrivateKey::generate().public_key(),
-            hub_fingerprint: townlink::fingerprint::Fingerprint::from_bytes([7; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                // Fixed, so that the corpus can name the token's hub first.
+                public_key: HUB_KEY.parse().expect("key"),
+                fingerprint: townlink::fingerprint::Fingerprint::from_bytes([7; 32]),
+            }],
             site: townlink::sites::Name::new("annex-1").expect("name"),
             secret: townlink::enroll::token::Secret::generate(),
             expires: 4_000_000_000,
@@ -47,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (token, opts) = context();
-    let text = config_text(token, &settings, opts);
+    let Ok(hubs) = hubs(token, &settings, &opts.interface) else {
+        return;
+    };
+    let text = config_text(&hubs, &settings, opts);
     if townlink_fuzz::may_name_outside_files(&text) {
         return;
     }

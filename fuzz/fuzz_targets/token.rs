@@ -1,8 +1,9 @@
 //! The enrollment token, as `townlink join` reads it from the command line
 //! or stdin (`Token::decode`). First byte 0: the rest is the text as typed;
 //! otherwise the rest is a payload that gets a valid check, so that the
-//! fuzzer reaches the fields behind it. A token that decodes must encode
-//! back to the same token.
+//! fuzzer reaches the fields behind it (format 2, with its list of hubs,
+//! or format 1). A token that decodes must encode back to the same token
+//! (a format-1 token as format 2).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

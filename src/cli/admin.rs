@@ -312,12 +312,17 @@ pub(super) fn join(
         .build()?;
     let joined = runtime.block_on(join::join(&token, &opts))?;
     let s = &joined.settings;
+    let hubs: Vec<String> = joined
+        .hubs
+        .iter()
+        .map(|h| format!("{} at {}", h.name, h.endpoint))
+        .collect();
     println!(
-        "joined as site {} (tunnel address {}), hub {} at {}",
+        "joined as site {} (tunnel address {}), {} {}",
         s.site,
         s.address,
-        s.hub_name,
-        token.endpoints.first().map(String::as_str).unwrap_or("?")
+        if hubs.len() == 1 { "hub" } else { "hubs" },
+        hubs.join(" and ")
     );
     println!(
         "wrote {} (keys and certificate next to it)",

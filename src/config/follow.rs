@@ -2,8 +2,11 @@
 //! `docs/backup-site.md`): `[follow]` on the follower, `[[follower]]` on
 //! the main hub.
 
+use std::net::IpAddr;
+
 use super::Endpoint;
 use crate::fingerprint::Fingerprint;
+use crate::keys::PublicKey;
 use crate::sites::Name;
 
 /// `[follow]`: this hub takes its enrolled sites from the main hub.
@@ -25,8 +28,20 @@ impl FollowConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerConfig {
     pub name: Name,
-    /// Its probe certificate: the only one let in on the sync channel.
+    /// Its probe certificate: the only one let in on the sync channel, and
+    /// the one annexes pin for its probe responder.
     pub certificate: Fingerprint,
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// Its public WireGuard endpoints (`host:port`), as annexes reach it.
+    pub endpoints: Vec<Endpoint>,
+    /// Its tunnel address: inside the tunnel network, never handed to a site.
+    pub address: IpAddr,
+    /// UDP port of its probe responder.
+    pub probe_port: u16,
+    /// The `[[hub]] priority` annexes give it (the main hub's is 0; lower
+    /// is preferred).
+    pub priority: u32,
 }
 
 #[cfg(test)]
@@ -39,6 +54,18 @@ mod tests {
     const FP_MAIN: &str = "sha256:9f1c0d7ab2e4c6f8a0b1c2d3e4f5061728394a5b6c7d8e9f00112233445566aa";
     const FP_B: &str = "sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
     const FP_C: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const KEY_B: &str = "mUh16G0CQpm9WbQ7aWPZ9l4ikYs4bLIl/ITEvFOkjL8=";
+    const KEY_C: &str = "NP4q3QepEoObHjgbFerNMll5fPiX7KuYR3vFeSrxXfE=";
+    const KEY_SITE: &str = "HzSROooil3DBjUdp1e2Cb2CYWW5SgzBi3DKsb2P4sX4=";
+
+    /// A complete `[[follower]]` table.
+    fn table(name: &str, certificate: &str, key: &str, address: &str) -> String {
+        format!(
+            "[[follower]]\nname = \"{name}\"\ncertificate = \"{certificate}\"\n\
+             public_key = \"{key}\"\nendpoints = [\"hub-{name}.example.net:51820\"]\n\
+             address = \"{address}\"\n"
+        )
+    }
 
     fn hub(extra: &str, dir: &Path) -> Result<Config, Vec<Problem>> {
         let text = format!(
@@ -94,7 +121,8 @@ mod tests {
             &format!(
                 "[follow]\nendpoint = \"hub-main.example.net:51821\"\nfingerprint = \"{FP_MAIN}\"\n\
                  [enrollment]\nendpoints = [\"hub-b.example.net:51820\"]\n\
-                 [[follower]]\nname = \"c\"\ncertificate = \"{FP_C}\"\n"
+                 {}",
+                table("c", FP_C, KEY_C, "10.99.0.253")
             ),
             dir.path(),
         ));
@@ -113,24 +141,34 @@ mod tests {
     }
 
     #[test]
-    fn followers_have_distinct_names_and_certificates() {
+    fn followers_have_distinct_names_certificates_keys_and_addresses() {
         let dir = dir_with_key();
         let got = listed(hub(
             &format!(
-                "[[site]]\nname = \"annex-1\"\npublic_key = \"HzSROooil3DBjUdp1e2Cb2CYWW5SgzBi3DKsb2P4sX4=\"\n\
+                "[[site]]\nname = \"annex-1\"\npublic_key = \"{KEY_SITE}\"\n\
                  address = \"10.99.0.2\"\ncertificate = \"{FP_C}\"\n\
-                 [[follower]]\nname = \"backup\"\ncertificate = \"{FP_B}\"\n\
-                 [[follower]]\nname = \"backup\"\ncertificate = \"{FP_B}\"\n\
-                 [[follower]]\nname = \"other\"\ncertificate = \"{FP_C}\"\n\
-                 [[follower]]\ncertificate = \"nope\"\n"
+                 {}{}{}[[follower]]\ncertificate = \"nope\"\n{}",
+                table("backup", FP_B, KEY_B, "10.99.0.254"),
+                table("backup", FP_B, KEY_B, "10.99.0.254"),
+                table("other", FP_C, KEY_SITE, "10.99.0.2"),
+                table("main", FP_MAIN, KEY_C, "10.99.1.9"),
             ),
             dir.path(),
         ));
         for expected in [
             "follower[1].name: backup is already the name of follower[0]",
             "follower[1].certificate: is already the certificate of follower[0]",
+            "follower[1].public_key: is already the public key of follower[0]",
+            "follower[1].address: 10.99.0.254 is already the address of follower[0]",
             "follower[2].certificate: is the certificate of site[0]",
+            "follower[2].public_key: is the public key of site[0] (annex-1)",
+            "follower[2].address: 10.99.0.2 is the address of site[0] (annex-1)",
             "follower[3].name: missing",
+            "follower[3].public_key: missing",
+            "follower[3].endpoints: missing",
+            "follower[3].address: missing",
+            "follower[4].name: main is this hub's name (enrollment.hub_name)",
+            "follower[4].address: 10.99.1.9 is outside the tunnel network 10.99.0.0/24",
         ] {
             assert!(got.contains(&expected.to_string()), "{expected}: {got:?}");
         }
@@ -181,7 +219,10 @@ mod tests {
         assert_eq!(f.fingerprint.to_string(), FP_MAIN);
         assert!(h.followers.is_empty());
         let main = hub(
-            &format!("[[follower]]\nname = \"backup\"\ncertificate = \"{FP_B}\"\n"),
+            &format!(
+                "{}probe_port = 51900\n",
+                table("backup", FP_B, KEY_B, "10.99.0.254")
+            ),
             dir.path(),
         )
         .unwrap();
@@ -192,5 +233,41 @@ mod tests {
         assert_eq!(h.followers.len(), 1);
         assert_eq!(h.followers[0].name.as_str(), "backup");
         assert_eq!(h.followers[0].certificate.to_string(), FP_B);
+        assert_eq!(h.followers[0].public_key.to_string(), KEY_B);
+        assert_eq!(
+            h.followers[0].endpoints[0].to_string(),
+            "hub-backup.example.net:51820"
+        );
+        assert_eq!(h.followers[0].address.to_string(), "10.99.0.254");
+        assert_eq!(h.followers[0].probe_port, 51900);
+        // The main hub is 0; a follower comes after it unless told.
+        assert_eq!(h.followers[0].priority, 1);
+    }
+
+    #[test]
+    fn a_followers_endpoints_priority_and_port_are_checked() {
+        let dir = dir_with_key();
+        let got = listed(hub(
+            &format!(
+                "{}{}",
+                table("b", FP_B, KEY_B, "10.99.0.1").replace("[\"hub-b.example.net:51820\"]", "[]"),
+                table("c", FP_C, KEY_C, "10.99.0.253").replace("hub-c.example.net:51820", "hub-c")
+                    + "priority = 5000\nprobe_port = 0\n",
+            ),
+            dir.path(),
+        ));
+        for expected in [
+            "follower[0].endpoints: is empty",
+            "follower[0].address: 10.99.0.1 is this router's own tunnel address",
+            "follower[1].priority: 5000 is out of range 0..=1000",
+            "follower[1].probe_port: 0 is out of range 1..=65535",
+        ] {
+            assert!(got.contains(&expected.to_string()), "{expected}: {got:?}");
+        }
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("follower[1].endpoints[0]: expected host:port")),
+            "{got:?}"
+        );
     }
 }

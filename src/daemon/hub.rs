@@ -54,6 +54,7 @@ pub(super) async fn start(
                 fingerprint: running.identity.fingerprint(),
                 probe_port: config.probe.listen_port,
                 address: config.tunnel.address,
+                followers: hub.followers.clone(),
             },
             supervisor: running.supervisor.clone(),
             follow: hub.follow.clone(),

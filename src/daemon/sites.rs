@@ -256,6 +256,14 @@ impl HubSites {
             }
         }
         deps.publish(roster.active());
+        for (site, follower) in roster.at_follower_addresses(&hub.followers) {
+            tracing::warn!(
+                site = %site,
+                follower = %follower,
+                "the site has the tunnel address of the backup hub {follower}, which does not \
+                 serve it: run `townlink site remove {site}` and enroll it again"
+            );
+        }
         tracing::info!(
             sites = roster.active().len(),
             pending = roster.pending(),

@@ -34,7 +34,7 @@ pub use error::{JoinRefusal, SiteError, NOT_A_TOKEN};
 pub use follow::{FollowConflict, FollowPlan};
 
 use super::registry::{allocate, Entry, EntryState, Registry};
-use super::token::{Secret, Token, SECRET_LEN};
+use super::token::{Secret, Token, TokenHub, SECRET_LEN};
 use super::{JoinRequest, Settings};
 use crate::config::EnrollmentConfig;
 use crate::fingerprint::Fingerprint;
@@ -55,6 +55,9 @@ pub struct HubIdentity {
     pub probe_port: u16,
     /// The hub's tunnel address, with the tunnel network's length.
     pub address: IpNet,
+    /// `[[follower]]`: the backup hubs annexes also reach (their tunnel
+    /// addresses are never handed to a site).
+    pub followers: Vec<crate::config::FollowerConfig>,
 }
 
 /// What a join that proves its token comes to.
@@ -212,6 +215,25 @@ impl Roster {
         }
     }
 
+    /// Enrolled sites (pending or joined) at a follower's tunnel address,
+    /// with that follower's name: enrolled before the `[[follower]]`
+    /// table named the address (`site add` skips it since), they are not
+    /// served by that backup hub.
+    pub fn at_follower_addresses(
+        &self,
+        followers: &[crate::config::FollowerConfig],
+    ) -> Vec<(Name, Name)> {
+        self.registry
+            .sites
+            .iter()
+            .filter(|e| !matches!(e.state, EntryState::Revoked { .. }))
+            .filter_map(|e| {
+                let f = followers.iter().find(|f| f.address == e.address)?;
+                Some((e.name.clone(), f.name.clone()))
+            })
+            .collect()
+    }
+
     /// Sites waiting for their annex.
     pub fn pending(&self) -> usize {
         self.registry
@@ -277,6 +299,7 @@ impl Roster {
         }
         self.check_lan(&name, lan, reserved)?;
         let mut taken: Vec<IpAddr> = vec![hub.address.addr()];
+        taken.extend(hub.followers.iter().map(|f| f.address));
         taken.extend(self.config_sites.iter().map(|s| s.address));
         taken.extend(
             self.registry
@@ -300,11 +323,15 @@ impl Roster {
         };
         let mut registry = self.registry.clone();
         registry.put(entry.clone());
+        // Only this hub: it alone keeps the secret's hash; the backup hubs
+        // come in the join's answer (docs/decisions.md).
         let token = Token {
-            endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
-            probe_port: hub.probe_port,
-            hub_public_key: hub.public_key,
-            hub_fingerprint: hub.fingerprint,
+            hubs: vec![TokenHub {
+                endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
+                probe_port: hub.probe_port,
+                public_key: hub.public_key,
+                fingerprint: hub.fingerprint,
+            }],
             site: name,
             secret,
             expires,
@@ -513,7 +540,26 @@ impl Roster {
                 prefix_len,
             })?;
         let e = &self.settings;
+        let main = super::HubSettings {
+            name: e.hub_name.to_string(),
+            endpoints: e.endpoints.iter().map(|p| p.to_string()).collect(),
+            public_key: hub.public_key.to_string(),
+            fingerprint: hub.fingerprint.to_string(),
+            address: hub.address.addr(),
+            probe_port: hub.probe_port,
+            priority: 0,
+        };
+        let followers = hub.followers.iter().map(|f| super::HubSettings {
+            name: f.name.to_string(),
+            endpoints: f.endpoints.iter().map(|p| p.to_string()).collect(),
+            public_key: f.public_key.to_string(),
+            fingerprint: f.certificate.to_string(),
+            address: f.address,
+            probe_port: f.probe_port,
+            priority: f.priority,
+        });
         Ok(Settings {
+            hubs: std::iter::once(main).chain(followers).collect(),
             site: entry.name.to_string(),
             address,
             lan: entry.lan.clone(),

@@ -27,8 +27,9 @@ use std::time::Duration;
 use super::token::Token;
 use super::{JoinRequest, JoinResponse, Settings, MAX_MESSAGE};
 use crate::config::{Endpoint, InterfaceName};
+use crate::fingerprint::Fingerprint;
 use crate::fsutil;
-use crate::keys::PrivateKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::probe::{responder, tls};
 use crate::sites::Name;
 
@@ -144,6 +145,8 @@ pub enum JoinError {
 pub struct Joined {
     pub config: PathBuf,
     pub settings: Settings,
+    /// The hubs written into the config, the main hub first.
+    pub hubs: Vec<JoinedHub>,
     /// The config is complete (uplinks given) and passed the check.
     pub complete: bool,
 }
@@ -315,7 +318,15 @@ where
         }
         Err(e) => return Err(e),
     };
-    let text = config_text(token, &settings, opts);
+    // Text from the network: checked whole before a byte is written. The
+    // new keys stay for a retry (the hub has them).
+    let hubs = hubs(token, &settings, &opts.interface).map_err(|e| {
+        JoinError::Usage(format!(
+            "the hub's answer cannot make a config: {e}; nothing was changed in {}",
+            dir.display()
+        ))
+    })?;
+    let text = config_text(&hubs, &settings, opts);
     let config = dir.join(CONFIG_FILE);
     let complete = !opts.uplinks.is_empty();
     if complete {
@@ -352,53 +363,63 @@ where
     Ok(Joined {
         config,
         settings,
+        hubs,
         complete,
     })
 }
 
-/// One exchange with the hub, trying each endpoint of the token in turn.
+/// One exchange with a hub of the token: each hub in turn (pinned to its
+/// own certificate), each of its endpoints in turn.
 async fn ask_hub(
     token: &Token,
     identity: &tls::Identity,
     request: &JoinRequest,
 ) -> Result<JoinResponse, JoinError> {
-    let crypto = tls::enroll_client_config(identity, token.hub_fingerprint)
-        .map_err(|e| JoinError::Usage(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| JoinError::Usage(e.to_string()))?,
-    ));
-    client.transport_config(Arc::new(responder::transport()));
     let mut errors = Vec::new();
-    for text in &token.endpoints {
-        let hub = match Endpoint::parse(text) {
-            Ok(e) => Endpoint {
-                host: e.host,
-                port: token.probe_port,
-            },
-            Err(e) => {
-                errors.push(format!("{text}: {e}"));
-                continue;
+    for hub in &token.hubs {
+        let crypto = tls::enroll_client_config(identity, hub.fingerprint)
+            .map_err(|e| JoinError::Usage(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| JoinError::Usage(e.to_string()))?,
+        ));
+        client.transport_config(Arc::new(responder::transport()));
+        for text in &hub.endpoints {
+            let probe = match Endpoint::parse(text) {
+                Ok(e) => Endpoint {
+                    host: e.host,
+                    port: hub.probe_port,
+                },
+                Err(e) => {
+                    errors.push(format!("{text}: {e}"));
+                    continue;
+                }
+            };
+            let addr = match probe.resolve().await {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(format!("{probe}: {e}"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(addr, client.clone(), request))
+                .await
+            {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {EXCHANGE_TIMEOUT:?}")),
             }
-        };
-        let addr = match hub.resolve().await {
-            Ok(a) => a,
-            Err(e) => {
-                errors.push(format!("{hub}: {e}"));
-                continue;
-            }
-        };
-        match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(addr, client.clone(), request)).await
-        {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!("{addr}: no answer within {EXCHANGE_TIMEOUT:?}")),
         }
     }
+    let ports: Vec<String> = token
+        .hubs
+        .iter()
+        .map(|h| h.probe_port.to_string())
+        .collect();
     Err(JoinError::Unreachable(format!(
         "{} (check the uplink and that UDP port {} of the hub is open)",
         errors.join("; "),
-        token.probe_port
+        ports.join("/")
     )))
 }
 
@@ -438,8 +459,141 @@ fn quoted_list<T: std::fmt::Display>(items: &[T]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// The annex's config, from the token and the hub's settings.
-pub fn config_text(token: &Token, s: &Settings, opts: &JoinOptions) -> String {
+/// One hub of the annex's config (a `[[hub]]` table), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedHub {
+    pub name: Name,
+    /// The first of the hub's endpoints (an annex reaches a hub at one).
+    pub endpoint: Endpoint,
+    pub public_key: PublicKey,
+    pub fingerprint: Fingerprint,
+    pub address: IpAddr,
+    pub probe_port: u16,
+    pub priority: u32,
+    /// Its tunnel device on the annex: `interface` for the first hub, then
+    /// the next numbers (`tl0`, `tl1`, ...).
+    pub interface: InterfaceName,
+}
+
+/// The tunnel device of the hub at `index`: `first` itself for hub 0;
+/// then its trailing number counted up (`tl0` → `tl1`), or the index
+/// appended to a name without one (`wan` → `wan1`).
+pub fn hub_interface(first: &InterfaceName, index: usize) -> Result<InterfaceName, String> {
+    if index == 0 {
+        return Ok(first.clone());
+    }
+    let text = first.as_str();
+    let stem = text.trim_end_matches(|c: char| c.is_ascii_digit());
+    let number = match &text[stem.len()..] {
+        "" => index as u64,
+        digits => digits
+            .parse::<u64>()
+            .map_err(|_| format!("{text}: its number is too large"))?
+            .saturating_add(index as u64),
+    };
+    let name = format!("{stem}{number}");
+    InterfaceName::new(&name).map_err(|e| {
+        format!("the tunnel device of hub {index} would be {name:?}, which {e}: choose a shorter --interface")
+    })
+}
+
+/// The hubs of the annex's config, from the hub's answer: its `hubs`, or
+/// for an older hub the token's one hub. Every value is checked (it is
+/// text from the network, written into a config): names and keys, the
+/// first hub is one the token pins (the one that answered), no two hubs
+/// share a name, key,
+/// address or device.
+pub fn hubs(
+    token: &Token,
+    s: &Settings,
+    interface: &InterfaceName,
+) -> Result<Vec<JoinedHub>, String> {
+    const MAX_HUBS: usize = 16;
+    if s.hubs.is_empty() {
+        let name = Name::new(&s.hub_name).map_err(|e| format!("hub name {e}"))?;
+        let issuer = token.issuer();
+        let text = issuer
+            .endpoints
+            .first()
+            .ok_or_else(|| "the token names no hub endpoint".to_string())?;
+        let endpoint = Endpoint::parse(text).map_err(|e| format!("hub endpoint {text:?}: {e}"))?;
+        return Ok(vec![JoinedHub {
+            name,
+            endpoint,
+            public_key: issuer.public_key,
+            fingerprint: issuer.fingerprint,
+            address: s.hub_address,
+            probe_port: issuer.probe_port,
+            priority: 0,
+            interface: interface.clone(),
+        }]);
+    }
+    if s.hubs.len() > MAX_HUBS {
+        return Err(format!("{} hubs (at most {MAX_HUBS})", s.hubs.len()));
+    }
+    let mut out: Vec<JoinedHub> = Vec::new();
+    for (i, h) in s.hubs.iter().enumerate() {
+        let name = Name::new(&h.name).map_err(|e| format!("hub {i}: name {e}"))?;
+        let text = h
+            .endpoints
+            .first()
+            .ok_or_else(|| format!("hub {name}: no endpoint"))?;
+        let endpoint =
+            Endpoint::parse(text).map_err(|e| format!("hub {name}: endpoint {text:?}: {e}"))?;
+        let public_key: PublicKey = h
+            .public_key
+            .parse()
+            .map_err(|e| format!("hub {name}: public key {e}"))?;
+        let fingerprint: Fingerprint = h
+            .fingerprint
+            .parse()
+            .map_err(|e| format!("hub {name}: fingerprint: {e}"))?;
+        if h.probe_port == 0 {
+            return Err(format!("hub {name}: probe port 0"));
+        }
+        if h.priority > 1000 {
+            return Err(format!("hub {name}: priority {} (0 to 1000)", h.priority));
+        }
+        let of_token =
+            |t: &super::token::TokenHub| t.public_key == public_key && t.fingerprint == fingerprint;
+        if i == 0 && !token.hubs.iter().any(of_token) {
+            return Err(format!(
+                "its first hub ({name}) is not the hub of the token (key and certificate differ)"
+            ));
+        }
+        if h.address == s.address.addr() || !s.address.contains(&h.address) {
+            return Err(format!(
+                "hub {name}: tunnel address {} is not another address of {}",
+                h.address,
+                s.address.trunc()
+            ));
+        }
+        if let Some(o) = out
+            .iter()
+            .find(|o| o.name == name || o.public_key == public_key || o.address == h.address)
+        {
+            return Err(format!(
+                "hubs {} and {name} share a name, key or address",
+                o.name
+            ));
+        }
+        out.push(JoinedHub {
+            name,
+            endpoint,
+            public_key,
+            fingerprint,
+            address: h.address,
+            probe_port: h.probe_port,
+            priority: h.priority,
+            interface: hub_interface(interface, i)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The annex's config, from the checked hubs ([`hubs`]) and the hub's
+/// settings.
+pub fn config_text(hubs: &[JoinedHub], s: &Settings, opts: &JoinOptions) -> String {
     let mut t = String::new();
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let _ = writeln!(
@@ -462,18 +616,28 @@ pub fn config_text(token: &Token, s: &Settings, opts: &JoinOptions) -> String {
         t,
         "[probe]\ncertificate_file = \"{CERT_FILE}\"\nkey_file = \"{CERT_KEY_FILE}\"\n"
     );
-    let _ = writeln!(
-        t,
-        "[[hub]]\nname = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{}\"\naddress = \"{}\"\nroutes = {}\nkeepalive = {}\nfingerprint = \"{}\"\nprobe_port = {}\n",
-        s.hub_name,
-        token.hub_public_key,
-        token.endpoints.first().map(String::as_str).unwrap_or_default(),
-        s.hub_address,
-        quoted_list(&s.routes),
-        s.keepalive,
-        token.hub_fingerprint,
-        token.probe_port
-    );
+    if hubs.len() > 1 {
+        let _ = writeln!(
+            t,
+            "# Every hub: the lowest priority is preferred; each has its own tunnel device."
+        );
+    }
+    for h in hubs {
+        let _ = writeln!(
+            t,
+            "[[hub]]\nname = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{}\"\naddress = \"{}\"\nroutes = {}\nkeepalive = {}\nfingerprint = \"{}\"\nprobe_port = {}\npriority = {}\ninterface = \"{}\"\n",
+            h.name,
+            h.public_key,
+            h.endpoint,
+            h.address,
+            quoted_list(&s.routes),
+            s.keepalive,
+            h.fingerprint,
+            h.probe_port,
+            h.priority,
+            h.interface
+        );
+    }
     if opts.uplinks.is_empty() {
         let _ = writeln!(
             t,
@@ -514,8 +678,8 @@ pub fn read_token(text: &str) -> Result<Token, JoinError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::token::TokenHub;
     use super::*;
-    use crate::fingerprint::Fingerprint;
 
     #[test]
     fn uplink_specs() {
@@ -573,10 +737,12 @@ mod tests {
         )
         .unwrap();
         let token = Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            hub_public_key: PrivateKey::generate().public_key(),
-            hub_fingerprint: Fingerprint::from_bytes([3; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                public_key: PrivateKey::generate().public_key(),
+                fingerprint: Fingerprint::from_bytes([3; 32]),
+            }],
             site: Name::new("annex-9").unwrap(),
             secret: super::super::token::Secret::generate(),
             expires: 0,
@@ -590,6 +756,7 @@ mod tests {
             routes: vec!["10.50.0.0/24".parse().unwrap()],
             keepalive: 25,
             checks: vec![crate::config::EnrollmentCheck::parse("10.50.0.10:443", 0).unwrap()],
+            hubs: vec![],
         };
         let opts = JoinOptions {
             dir: dir.path().to_path_buf(),
@@ -600,14 +767,18 @@ mod tests {
             ],
             force: false,
         };
-        let text = config_text(&token, &settings, &opts);
+        let text = config_text(
+            &hubs(&token, &settings, &opts.interface).unwrap(),
+            &settings,
+            &opts,
+        );
         let config =
             crate::config::parse(&text, dir.path()).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
         let crate::config::Role::Annex(a) = &config.role else {
             panic!("annex expected")
         };
         assert_eq!(a.name.as_str(), "annex-9");
-        assert_eq!(a.hubs[0].fingerprint, token.hub_fingerprint);
+        assert_eq!(a.hubs[0].fingerprint, token.issuer().fingerprint);
         assert!(a.uplinks[1].metered);
         assert_eq!(config.tunnel.address, settings.address);
         // The hub's records check comes with the join (issue 15).
@@ -619,15 +790,190 @@ mod tests {
             uplinks: vec![],
             ..opts
         };
-        assert!(config_text(&token, &settings, &bare).contains("# Name this router's uplinks"));
+        let one = hubs(&token, &settings, &bare.interface).unwrap();
+        assert!(config_text(&one, &settings, &bare).contains("# Name this router's uplinks"));
+    }
+
+    /// An annex directory with its key and certificate, as `join` leaves it.
+    fn annex_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate();
+        fsutil::write_atomic(
+            &dir.path().join(KEY_FILE),
+            key.to_base64_secret().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        let id = tls::Identity::generate("annex-9").unwrap();
+        fsutil::write_atomic(&dir.path().join(CERT_FILE), id.cert_pem().as_bytes(), 0o644).unwrap();
+        fsutil::write_atomic(
+            &dir.path().join(CERT_KEY_FILE),
+            id.key_pem_secret().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        dir
+    }
+
+    /// The hub's answer naming the token's hub and a backup hub.
+    fn two_hubs(token: &Token) -> Settings {
+        Settings {
+            hubs: vec![
+                super::super::HubSettings {
+                    name: "main".into(),
+                    endpoints: vec!["hub.example.net:51820".into(), "198.51.100.7:51820".into()],
+                    public_key: token.issuer().public_key.to_string(),
+                    fingerprint: token.issuer().fingerprint.to_string(),
+                    address: "10.99.0.1".parse().unwrap(),
+                    probe_port: 51821,
+                    priority: 0,
+                },
+                super::super::HubSettings {
+                    name: "backup".into(),
+                    endpoints: vec!["hub-backup.example.net:51820".into()],
+                    public_key: PrivateKey::generate().public_key().to_string(),
+                    fingerprint: Fingerprint::from_bytes([4; 32]).to_string(),
+                    address: "10.99.0.254".parse().unwrap(),
+                    probe_port: 51900,
+                    priority: 1,
+                },
+            ],
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn the_written_config_has_every_hub_each_with_its_device() {
+        let dir = annex_dir();
+        let token = token();
+        let settings = two_hubs(&token);
+        let opts = options(dir.path(), false);
+        let hubs = hubs(&token, &settings, &opts.interface).unwrap();
+        let text = config_text(&hubs, &settings, &opts);
+        let config =
+            crate::config::parse(&text, dir.path()).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
+        let crate::config::Role::Annex(a) = &config.role else {
+            panic!("annex expected")
+        };
+        assert_eq!(a.hubs.len(), 2, "{text}");
+        let (main, backup) = (&a.hubs[0], &a.hubs[1]);
+        assert_eq!(main.name.as_str(), "main");
+        assert_eq!(main.public_key, token.issuer().public_key);
+        assert_eq!(main.fingerprint, token.issuer().fingerprint);
+        assert_eq!(main.endpoint.to_string(), "hub.example.net:51820");
+        assert_eq!(main.interface.as_str(), "tl0");
+        assert_eq!(main.priority, 0);
+        assert_eq!(backup.name.as_str(), "backup");
+        assert_eq!(backup.public_key.to_string(), settings.hubs[1].public_key);
+        assert_eq!(backup.fingerprint.to_string(), settings.hubs[1].fingerprint);
+        assert_eq!(backup.endpoint.to_string(), "hub-backup.example.net:51820");
+        assert_eq!(backup.address.to_string(), "10.99.0.254");
+        assert_eq!(backup.probe_port, 51900);
+        assert_eq!(backup.priority, 1);
+        assert_eq!(backup.interface.as_str(), "tl1");
+        assert_eq!(backup.routes, main.routes);
+        assert_eq!(a.preferred_hub().1.name.as_str(), "main");
+    }
+
+    #[test]
+    fn an_older_hubs_one_hub_answer_is_still_understood() {
+        let token = token();
+        let old = r#"{"result":"joined","site":"annex-9","address":"10.99.0.10/24","lan":[],
+            "hub_name":"main","hub_address":"10.99.0.1","routes":["10.50.0.0/24"],"keepalive":25}"#;
+        let JoinResponse::Joined(settings) = serde_json::from_str(old).unwrap() else {
+            panic!("joined expected")
+        };
+        let tl0 = InterfaceName::new("tl0").unwrap();
+        let hubs = hubs(&token, &settings, &tl0).unwrap();
+        assert_eq!(hubs.len(), 1);
+        assert_eq!(hubs[0].public_key, token.issuer().public_key);
+        assert_eq!(hubs[0].fingerprint, token.issuer().fingerprint);
+        assert_eq!(hubs[0].probe_port, token.issuer().probe_port);
+        assert_eq!(hubs[0].address.to_string(), "10.99.0.1");
+        // And an older annex reads a new hub's answer (it ignores `hubs`).
+        let new = serde_json::to_value(JoinResponse::Joined(two_hubs(&token))).unwrap();
+        assert_eq!(new["hub_name"], "main");
+        assert_eq!(new["hub_address"], "10.99.0.1");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_make_a_config_is_refused_with_its_reason() {
+        let token = token();
+        let tl0 = InterfaceName::new("tl0").unwrap();
+        let bad = |change: &dyn Fn(&mut Settings)| {
+            let mut s = two_hubs(&token);
+            change(&mut s);
+            hubs(&token, &s, &tl0).unwrap_err()
+        };
+        assert!(bad(&|s| s.hubs[1].name = "x\"\ninjected = 1".into()).contains("hub 1: name"));
+        assert!(bad(&|s| s.hubs[1].public_key = "AAAA".into()).contains("backup: public key"));
+        assert!(
+            bad(&|s| s.hubs[1].fingerprint = "sha256:12".into()).contains("backup: fingerprint")
+        );
+        assert!(bad(&|s| s.hubs[1].endpoints.clear()).contains("backup: no endpoint"));
+        assert!(bad(&|s| s.hubs[1].endpoints[0] = "a b:1".into()).contains("backup: endpoint"));
+        assert!(bad(&|s| s.hubs[1].address = "10.99.1.1".parse().unwrap())
+            .contains("is not another address of 10.99.0.0/24"));
+        assert!(bad(&|s| s.hubs[1].address = "10.99.0.10".parse().unwrap())
+            .contains("is not another address"));
+        assert!(bad(&|s| s.hubs[1].name = "main".into()).contains("share a name"));
+        assert!(bad(&|s| s.hubs.swap(0, 1)).contains("is not the hub of the token"));
+        // A device name that would be too long says which option to change.
+        let long = InterfaceName::new("townlinktunnel9").unwrap();
+        let e = hubs(&token, &two_hubs(&token), &long).unwrap_err();
+        assert!(e.contains("--interface"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_answer_changes_nothing_and_keeps_the_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        enrolled(dir.path());
+        let before = snapshot(dir.path());
+        let token = token();
+        let opts = options(dir.path(), true);
+        let mut answer = two_hubs(&token);
+        answer.hubs[1].name = "backup\"\n[[hub]]".into();
+        let e = join_with(&token, &opts, |_, _| async move {
+            Ok(JoinResponse::Joined(answer))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the hub's answer cannot make a config: hub 1: name"),
+            "{e}"
+        );
+        // The working annex as it was; the new keys wait for a retry.
+        let now = snapshot(dir.path());
+        for (name, content) in &before {
+            assert!(
+                now.contains(&(name.clone(), content.clone())),
+                "{name} changed"
+            );
+        }
+        assert!(dir.path().join(PENDING_FILE).exists());
+        assert!(!dir.path().join(format!("{CONFIG_FILE}{NEW}")).exists());
+    }
+
+    #[test]
+    fn each_hub_gets_the_next_device_name() {
+        let name = |s: &str, i: usize| {
+            hub_interface(&InterfaceName::new(s).unwrap(), i).map(|n| n.to_string())
+        };
+        assert_eq!(name("tl0", 0).unwrap(), "tl0");
+        assert_eq!(name("tl0", 1).unwrap(), "tl1");
+        assert_eq!(name("wg9", 2).unwrap(), "wg11");
+        assert_eq!(name("wan", 1).unwrap(), "wan1");
     }
 
     fn token() -> Token {
         Token {
-            endpoints: vec!["hub.example.net:51820".into()],
-            probe_port: 51821,
-            hub_public_key: PrivateKey::generate().public_key(),
-            hub_fingerprint: Fingerprint::from_bytes([3; 32]),
+            hubs: vec![TokenHub {
+                endpoints: vec!["hub.example.net:51820".into()],
+                probe_port: 51821,
+                public_key: PrivateKey::generate().public_key(),
+                fingerprint: Fingerprint::from_bytes([3; 32]),
+            }],
             site: Name::new("annex-9").unwrap(),
             secret: super::super::token::Secret::generate(),
             expires: 0,
@@ -644,6 +990,7 @@ mod tests {
             routes: vec!["10.50.0.0/24".parse().unwrap()],
             keepalive: 25,
             checks: vec![],
+            hubs: vec![],
         }
     }
 

@@ -70,6 +70,30 @@ pub struct Settings {
     /// absent from an older hub's answer.
     #[serde(default)]
     pub checks: Vec<crate::config::EnrollmentCheck>,
+    /// Every hub the annex reaches, the answering (main) hub first, then
+    /// its `[[follower]]`s. Absent from an older hub's answer: the only
+    /// hub is then the token's, named `hub_name` at `hub_address` (which
+    /// a hub still sends, for older annexes).
+    #[serde(default)]
+    pub hubs: Vec<HubSettings>,
+}
+
+/// One hub as an enrolled annex needs it (its `[[hub]]` table): text from
+/// the network, checked by `join` before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubSettings {
+    pub name: String,
+    /// Public WireGuard endpoints, `host:port`, preferred first.
+    pub endpoints: Vec<String>,
+    /// WireGuard public key, base64.
+    pub public_key: String,
+    /// Probe certificate, `sha256:...`.
+    pub fingerprint: String,
+    /// Tunnel address.
+    pub address: IpAddr,
+    pub probe_port: u16,
+    /// `[[hub]] priority`: lower is preferred.
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

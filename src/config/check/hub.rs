@@ -23,12 +23,7 @@ pub(super) fn hub(
         tunnel,
         base,
     );
-    let site_certificates: Vec<(usize, Fingerprint)> = seen
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some((i, s.certificate?)))
-        .collect();
-    let follow = follow(c, raw, &site_certificates);
+    let follow = follow(c, raw, &seen, tunnel);
     let mut sites = SiteSet::new();
     // Conflicts between sites were reported field by field above.
     if complete && c.problems.len() == before {

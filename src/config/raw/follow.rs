@@ -21,4 +21,10 @@ pub struct RawFollower {
     pub name: Option<String>,
     /// The follower's probe certificate, `sha256:...`.
     pub certificate: Option<String>,
+    /// What annexes need of the follower (put in enrollment settings).
+    pub public_key: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub address: Option<String>,
+    pub probe_port: Option<i64>,
+    pub priority: Option<i64>,
 }

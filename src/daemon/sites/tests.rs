@@ -130,6 +130,7 @@ impl Hub {
                     .fingerprint(),
                     probe_port: 51821,
                     address: self.config.tunnel.address,
+                    followers: hub.followers.clone(),
                 },
                 supervisor,
                 follow: hub.follow.clone(),

@@ -30,6 +30,7 @@ fn hub() -> HubIdentity {
         fingerprint: Fingerprint::from_bytes([7; 32]),
         probe_port: 51821,
         address: "10.99.0.1/24".parse().unwrap(),
+        followers: vec![],
     }
 }
 
@@ -137,8 +138,13 @@ fn add_reserves_the_first_free_address_and_issues_a_token() {
     let token = added(&mut roster, &hub);
     assert_eq!(token.site, name("annex-7"));
     assert_eq!(token.expires, NOW + 3600);
-    assert_eq!(token.hub_public_key, hub.public_key);
-    assert_eq!(token.endpoints, vec!["198.18.0.2:51820".to_string()]);
+    assert_eq!(token.hubs.len(), 1, "the issuing hub only");
+    assert_eq!(token.issuer().public_key, hub.public_key);
+    assert_eq!(token.issuer().fingerprint, hub.fingerprint);
+    assert_eq!(
+        token.issuer().endpoints,
+        vec!["198.18.0.2:51820".to_string()]
+    );
     let entry = roster.registry().get(&name("annex-7")).unwrap();
     assert_eq!(entry.address.to_string(), "10.99.0.2");
     assert_eq!(
@@ -502,4 +508,80 @@ fn a_reload_is_refused_whole_when_a_table_takes_an_enrolled_name() {
     assert_eq!(changed, None);
     assert_eq!(roster.source_of(&name("annex-8")), SiteSource::Config);
     assert_eq!(roster.active().len(), 2);
+}
+
+/// A backup hub (`[[follower]]`) at 10.99.0.2.
+fn follower(address: &str) -> crate::config::FollowerConfig {
+    crate::config::FollowerConfig {
+        name: name("backup"),
+        certificate: Fingerprint::from_bytes([9; 32]),
+        public_key: PrivateKey::generate().public_key(),
+        endpoints: vec![Endpoint::parse("198.18.1.2:51820").unwrap()],
+        address: address.parse().unwrap(),
+        probe_port: 51821,
+        priority: 1,
+    }
+}
+
+#[test]
+fn the_pool_never_hands_out_a_followers_address() {
+    let mut roster = roster();
+    let hub = HubIdentity {
+        followers: vec![follower("10.99.0.2")],
+        ..hub()
+    };
+    added(&mut roster, &hub);
+    let entry = roster.registry().get(&name("annex-7")).unwrap();
+    assert_eq!(entry.address.to_string(), "10.99.0.3");
+}
+
+#[test]
+fn the_settings_name_every_hub_the_main_hub_first() {
+    let mut roster = roster();
+    let backup = follower("10.99.0.254");
+    let hub = HubIdentity {
+        followers: vec![backup.clone()],
+        ..hub()
+    };
+    let token = added(&mut roster, &hub);
+    let annex = Annex::with(&token);
+    let entry = joined(&mut roster, &annex, &hub);
+    let s = roster.settings_for(&entry, &hub).unwrap();
+    // What an older annex reads.
+    assert_eq!(s.hub_name, "hub");
+    assert_eq!(s.hub_address.to_string(), "10.99.0.1");
+    let names: Vec<&str> = s.hubs.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["hub", "backup"]);
+    let main = &s.hubs[0];
+    assert_eq!(main.public_key, hub.public_key.to_string());
+    assert_eq!(main.fingerprint, hub.fingerprint.to_string());
+    assert_eq!(main.endpoints, token.issuer().endpoints);
+    assert_eq!(main.address.to_string(), "10.99.0.1");
+    assert_eq!((main.probe_port, main.priority), (51821, 0));
+    let b = &s.hubs[1];
+    assert_eq!(b.public_key, backup.public_key.to_string());
+    assert_eq!(b.fingerprint, backup.certificate.to_string());
+    assert_eq!(b.endpoints, vec!["198.18.1.2:51820".to_string()]);
+    assert_eq!(b.address.to_string(), "10.99.0.254");
+    assert_eq!((b.probe_port, b.priority), (51821, 1));
+}
+
+#[test]
+fn a_site_enrolled_at_a_followers_address_before_it_was_listed_is_named() {
+    let mut roster = roster();
+    // Enrolled while the hub listed no follower: it gets 10.99.0.2.
+    added(&mut roster, &hub());
+    assert!(roster.at_follower_addresses(&[]).is_empty());
+    let backup = follower("10.99.0.2");
+    assert_eq!(
+        roster.at_follower_addresses(std::slice::from_ref(&backup)),
+        vec![(name("annex-7"), name("backup"))]
+    );
+    assert!(roster
+        .at_follower_addresses(&[follower("10.99.0.254")])
+        .is_empty());
+    // Revoked: it no longer takes the address.
+    let (registry, _) = roster.revoke(&name("annex-7"), NOW).unwrap();
+    roster.commit(registry);
+    assert!(roster.at_follower_addresses(&[backup]).is_empty());
 }
