@@ -218,7 +218,7 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
             }
             let from = before.map_or(Attachment::Silent, |b| b.0.clone());
             if from != a {
-                tracing::info!(site = %site, from = %from.describe(), to = %a.describe(), route_metric = metric.map_or(0, |m| m), "site attachment changed");
+                tracing::info!(site = %site, from = from.describe().as_str(), to = a.describe().as_str(), route_metric = metric.unwrap_or(0), "site attachment changed");
             }
             shown.insert(site.clone(), (a.clone(), metric));
             changes.push((site, a, metric));
