@@ -162,7 +162,9 @@ pub(super) struct ReturnPath {
 /// Evaluates and writes until `stop`.
 pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
     let mut table = ReturnTable::default();
-    let mut shown: HashMap<Name, (Attachment, Option<u32>)> = HashMap::new();
+    // What the status shows of each site, and the site it was shown for
+    // (a site changed by a reload is a new status line: shown again).
+    let mut shown: HashMap<Name, (Site, Attachment, Option<u32>)> = HashMap::new();
     let mut handshakes: HashMap<PublicKey, SystemTime> = HashMap::new();
     let mut handshakes_read: Option<Instant> = None;
     let mut tick = tokio::time::interval(EVALUATE_EVERY);
@@ -206,22 +208,23 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
                     routing::return_routes(site, &path.interface, metric),
                 );
             }
-            attachments.push((site.name.clone(), a));
+            attachments.push((site, a));
         }
         table.reconcile(&path.net, &want).await;
         let mut changes = Vec::new();
         for (site, a) in attachments {
-            let metric = table.metric(&site);
-            let before = shown.get(&site);
-            if before.is_some_and(|b| b.0 == a && b.1 == metric) {
+            let name = &site.name;
+            let metric = table.metric(name);
+            let before = shown.get(name).filter(|b| &b.0 == site);
+            if before.is_some_and(|b| b.1 == a && b.2 == metric) {
                 continue;
             }
-            let from = before.map_or(Attachment::Silent, |b| b.0.clone());
+            let from = before.map_or(Attachment::Silent, |b| b.1.clone());
             if from != a {
-                tracing::info!(site = %site, from = from.describe().as_str(), to = a.describe().as_str(), route_metric = metric.unwrap_or(0), "site attachment changed");
+                tracing::info!(site = %name, from = from.describe().as_str(), to = a.describe().as_str(), route_metric = metric.unwrap_or(0), "site attachment changed");
             }
-            shown.insert(site.clone(), (a.clone(), metric));
-            changes.push((site, a, metric));
+            shown.insert(name.clone(), (site.clone(), a.clone(), metric));
+            changes.push((name.clone(), a, metric));
         }
         shown.retain(|s, _| sites.iter().any(|site| &site.name == s));
         if !changes.is_empty() {
