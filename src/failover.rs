@@ -34,6 +34,7 @@ use crate::decision::{
 use crate::netlink::Netlink;
 use crate::probe::budget::Budget;
 use crate::probe::prober::{Connection, Refusal, ReportForHub};
+use crate::probe::wire::Report;
 use crate::routing::{self, NextHop, RouteSpec};
 use crate::telemetry::Telemetry;
 use crate::tunnel;
@@ -65,21 +66,34 @@ struct Published {
     hub: usize,
 }
 
+/// The path to a hub other than the active one that a report would take:
+/// the uplink its tunnel uses ([`Engine::tunnel_uplink`]), whether that
+/// path is up, and whether that uplink is metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StandbyPath {
+    uplink: usize,
+    up: bool,
+    metered: bool,
+}
+
 /// The uplink whose prober sends the report to hub `h`, if that hub gets
-/// it: the active hub, over the active path, at every report (a new
-/// active hub at once, since a switch is published at once); the hub
-/// just `left`, once, over the uplink its tunnel uses, so that it learns
-/// at once that the annex went to another hub. Other hubs hear nothing.
-fn report_over(
-    h: usize,
-    active: PathId,
-    left: Option<usize>,
-    tunnel_uplink: usize,
-) -> Option<usize> {
+/// it now. Every hub must know whether it is the annex's active hub (its
+/// table 116, `docs/backup-site.md`):
+/// - the active hub: over the active path, at every report (a new active
+///   hub at once, since a switch is published at once);
+/// - another hub: over the path its tunnel uses, when that path is up,
+///   at every report if its uplink is not metered; over a metered uplink
+///   only at a switch of hub (`switched`), once: never periodically over
+///   the 4G (its bill);
+/// - the hub just `left`: once, over its tunnel's path whatever its state
+///   (a path down by its SLA may still carry it), so that it stops
+///   counting the annex as attached at once.
+fn report_over(h: usize, active: PathId, left: Option<usize>, path: StandbyPath) -> Option<usize> {
+    let switched = left.is_some();
     if h == active.hub {
         Some(active.uplink)
-    } else if left == Some(h) {
-        Some(tunnel_uplink)
+    } else if left == Some(h) || (path.up && (switched || !path.metered)) {
+        Some(path.uplink)
     } else {
         None
     }
@@ -257,7 +271,7 @@ pub struct Failover {
     pub intervals: Vec<watch::Sender<Duration>>,
     pub telemetry: std::sync::Arc<Telemetry>,
     /// One per hub: the report for that hub, and the prober that carries
-    /// it (the active hub's; once, the hub just left: [`report_over`]).
+    /// it (the active path's, and the standby hubs': [`report_over`]).
     pub reports: Vec<watch::Sender<ReportForHub>>,
     /// Reloaded `[failover]` and `[probe]` settings.
     pub settings: watch::Receiver<(Policy, ProbeConfig)>,
@@ -359,22 +373,35 @@ impl Failover {
         let last_report = &mut last.report;
         if now || last_report.elapsed() >= REPORT_PERIOD {
             *last_report = Instant::now();
-            let datagram = self
-                .telemetry
-                .report()
-                .encode_fitting()
-                .map(bytes::Bytes::from);
-            if datagram.is_none() {
-                tracing::debug!("the report for the hub is too large: not sent");
-            }
+            let report = self.telemetry.report();
+            let several = self.reports.len() > 1;
             let left = (last.hub != active.hub).then_some(last.hub);
             last.hub = active.hub;
             for (h, reports) in self.reports.iter().enumerate() {
-                let out = match report_over(h, active, left, engine.tunnel_uplink(h)) {
-                    Some(uplink) => ReportForHub {
-                        uplink,
-                        datagram: datagram.clone(),
-                    },
+                let uplink = engine.tunnel_uplink(h);
+                let path = StandbyPath {
+                    uplink,
+                    up: engine.quality(PathId::new(h, uplink)).health == Health::Up,
+                    metered: self.metered.get(uplink).copied().unwrap_or(true),
+                };
+                let out = match report_over(h, active, left, path) {
+                    Some(uplink) => {
+                        // Each hub is told whether it is the active one
+                        // (with one hub, a report without paths says it).
+                        let datagram = Report {
+                            here: several.then_some(h == active.hub),
+                            ..report.clone()
+                        }
+                        .encode_fitting()
+                        .map(bytes::Bytes::from);
+                        if datagram.is_none() {
+                            tracing::debug!(
+                                hub = h,
+                                "the report for the hub is too large: not sent"
+                            );
+                        }
+                        ReportForHub { uplink, datagram }
+                    }
                     None => ReportForHub {
                         uplink: active.uplink,
                         datagram: None,
@@ -878,17 +905,34 @@ mod tests {
     }
 
     #[test]
-    fn the_report_goes_to_the_active_hub_and_once_to_the_hub_just_left() {
+    fn the_report_goes_to_the_active_hub_and_to_standby_hubs_never_periodically_over_the_4g() {
         let on = PathId::new(1, 0);
-        // Steady on (backup, fiber): only the backup hub hears it.
-        assert_eq!(report_over(1, on, None, 0), Some(0));
-        assert_eq!(report_over(0, on, None, 0), None);
-        // Just left the main hub, whose tunnel is over the 4G: it hears
-        // the report naming the backup hub once, over the 4G.
-        assert_eq!(report_over(0, on, Some(0), 1), Some(1));
-        assert_eq!(report_over(1, on, Some(0), 1), Some(0));
-        // A third hub hears nothing.
-        assert_eq!(report_over(2, on, Some(0), 0), None);
+        let path = |uplink: usize, up: bool, metered: bool| StandbyPath {
+            uplink,
+            up,
+            metered,
+        };
+        let fiber_up = path(0, true, false);
+        let lte_up = path(1, true, true);
+        // The active hub, over the active path, whatever the other paths.
+        assert_eq!(report_over(1, on, None, path(1, false, true)), Some(0));
+        assert_eq!(report_over(1, on, Some(0), fiber_up), Some(0));
+        // Steady on (backup, fiber): the main hub hears every report over
+        // its tunnel's fiber while that path is up ...
+        assert_eq!(report_over(0, on, None, fiber_up), Some(0));
+        // ... nothing while it is not ...
+        assert_eq!(report_over(0, on, None, path(0, false, false)), None);
+        // ... and never periodically over the 4G.
+        assert_eq!(report_over(0, on, None, lte_up), None);
+        // At a switch of hub, every hub with an up path hears it at once,
+        // over the 4G too (once: the next reports are periodic).
+        assert_eq!(report_over(2, on, Some(0), lte_up), Some(1));
+        assert_eq!(report_over(2, on, Some(0), fiber_up), Some(0));
+        assert_eq!(report_over(2, on, Some(0), path(1, false, true)), None);
+        // The hub just left hears it once over its tunnel's path, even
+        // down (by its SLA, it may still carry the report).
+        assert_eq!(report_over(0, on, Some(0), path(1, false, true)), Some(1));
+        assert_eq!(report_over(0, on, Some(0), path(0, false, false)), Some(0));
     }
 
     #[test]

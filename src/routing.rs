@@ -15,7 +15,10 @@
 //! - rules: `fwmark M_WG + 16 h → T_WG + 16 h`, `fwmark M_WG + 1 + i →
 //!   T_WG + 1 + i` (priorities `P + 16 h`, `P + 1 + i`).
 //!
-//! Hub: main table: every site's LAN prefix → tunnel interface.
+//! Hub: main table: every site's LAN prefix → tunnel interface; table
+//! [`RETURN_TABLE`] (116): every site with a session here, its LAN
+//! prefixes and tunnel address → tunnel interface, metric 100 (attached)
+//! or 1000 ([`return_routes`], written by `daemon::return_path`).
 //!
 //! Every route and rule carries protocol [`PROTOCOL`], so that a later start
 //! can find and remove what a crashed run left, and nothing else.
@@ -33,6 +36,11 @@ pub const PROTOCOL: u8 = 116;
 pub const MAIN_TABLE: u32 = 254;
 /// The kernel's local table (this host's own addresses).
 pub const LOCAL_TABLE: u32 = 255;
+/// The hub's table of return routes: per site, its LAN prefixes and its
+/// tunnel address, metric 100 when attached here, 1000 with a session
+/// only; read by the hub's BGP daemon (`config/bird/hub.conf`), never by
+/// the hub's own forwarding. Only `daemon::return_path` writes it.
+pub const RETURN_TABLE: u32 = 116;
 
 /// A route of the kernel that townlink did not make (any protocol but
 /// [`PROTOCOL`]), as read from the main and local tables.
@@ -91,6 +99,10 @@ pub struct RouteSpec {
     /// `None`: directly on the link (scope link), e.g. the tunnel or a
     /// point-to-point 4G interface.
     pub gateway: Option<IpAddr>,
+    /// The route's metric (`priority`); `None`: the kernel's default (0).
+    /// Two routes to one destination with different metrics are two
+    /// routes (table [`RETURN_TABLE`]).
+    pub metric: Option<u32>,
 }
 
 /// A policy rule townlink owns: `fwmark → table`.
@@ -130,6 +142,7 @@ pub fn tunnel_uplink_route(
         table: routing.hub_table(hub),
         interface: hop.interface.clone(),
         gateway: hop.gateway,
+        metric: None,
     }
 }
 
@@ -153,6 +166,7 @@ pub fn hub_routes_via(annex: &AnnexConfig, tunnel_address: IpNet, active: usize)
         table: MAIN_TABLE,
         interface: annex.hubs[h].interface.as_str().to_string(),
         gateway: None,
+        metric: None,
     };
     let several = annex.hubs.len() > 1;
     let mut routes: Vec<RouteSpec> = Vec::new();
@@ -209,6 +223,7 @@ pub fn annex_plan(
             table: routing.uplink_table(i),
             interface: hop.interface.clone(),
             gateway: hop.gateway,
+            metric: None,
         });
         rules.push(RuleSpec {
             fwmark: routing.uplink_fwmark(i),
@@ -240,6 +255,23 @@ pub fn site_routes(site: &Site, tunnel_interface: &str) -> Vec<RouteSpec> {
             table: MAIN_TABLE,
             interface: tunnel_interface.to_string(),
             gateway: None,
+            metric: None,
+        })
+        .collect()
+}
+
+/// A hub's routes of one site in [`RETURN_TABLE`], for its BGP daemon to
+/// announce (`docs/backup-site.md`): the site's tunnel address (/32,
+/// /128) and LAN prefixes through the tunnel, with `metric` (the MED).
+pub fn return_routes(site: &Site, tunnel_interface: &str, metric: u32) -> Vec<RouteSpec> {
+    site.allowed_ips()
+        .into_iter()
+        .map(|prefix| RouteSpec {
+            destination: prefix,
+            table: RETURN_TABLE,
+            interface: tunnel_interface.to_string(),
+            gateway: None,
+            metric: Some(metric),
         })
         .collect()
 }
@@ -529,5 +561,44 @@ mod two_hubs {
         let t = |hub| tunnel_uplink_route(&routing, hub, &hops()[1], false);
         assert_eq!((t(0).table, t(1).table), (7400, 7416));
         assert_eq!(t(1).interface, "eth1");
+    }
+
+    #[test]
+    fn a_sites_return_routes_are_its_address_and_lans_in_table_116_with_the_metric() {
+        let site = Site {
+            name: crate::sites::Name::new("annex-1").unwrap(),
+            public_key: crate::keys::PrivateKey::generate().public_key(),
+            address: "10.99.0.2".parse().unwrap(),
+            lan: vec![
+                "192.168.1.0/24".parse().unwrap(),
+                "192.168.11.0/24".parse().unwrap(),
+            ],
+            certificate: None,
+        };
+        let routes = return_routes(&site, "tl0", 1000);
+        let seen: Vec<(String, u32, &str, Option<u32>)> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.destination.to_string(),
+                    r.table,
+                    r.interface.as_str(),
+                    r.metric,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("10.99.0.2/32".to_string(), 116, "tl0", Some(1000)),
+                ("192.168.1.0/24".to_string(), 116, "tl0", Some(1000)),
+                ("192.168.11.0/24".to_string(), 116, "tl0", Some(1000)),
+            ]
+        );
+        assert!(routes.iter().all(|r| r.gateway.is_none()));
+        // The main table's routes of the site are unchanged, no metric.
+        assert!(site_routes(&site, "tl0")
+            .iter()
+            .all(|r| r.table == MAIN_TABLE && r.metric.is_none()));
     }
 }

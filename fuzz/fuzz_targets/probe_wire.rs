@@ -30,9 +30,14 @@ fuzz_target!(|data: &[u8]| {
         if let Some(again) = report.encode() {
             assert_eq!(Report::parse(&again), Some(report.clone()), "round trip");
         }
-        // What an annex sends when its paths do not fit still reads.
+        // What an annex sends when its paths do not fit still reads, and
+        // still tells its receiver whether it is the active hub.
         if let Some(fitted) = report.encode_fitting() {
-            assert!(Report::parse(&fitted).is_some(), "a fitted report reads");
+            let fitted = Report::parse(&fitted).expect("a fitted report reads");
+            assert_eq!(fitted.here, report.here, "`here` is kept");
+            if report.here.is_some() {
+                assert_eq!(fitted.names_receiver(), report.names_receiver());
+            }
         }
     }
     let _ = wire::parse_echo(data);

@@ -89,6 +89,11 @@ fn describe(s: &SiteInfo, now: f64) -> String {
         Some(path) => format!("{detail}; tunnel on {path}"),
         None => detail,
     };
+    // A running hub: whether the site is attached to it.
+    let detail = match &s.attachment {
+        Some(a) => format!("{detail}; {}", a.words()),
+        None => detail,
+    };
     format!(
         "{:<16} {:<10} {:<9} {:<15} {:<20} {detail}",
         s.name,
@@ -122,6 +127,7 @@ fn show(s: &SiteInfo, now: f64) -> String {
         ("joined", stamp(s.joined_at)),
         ("revoked", stamp(s.revoked_at)),
         ("tunnel on", s.tunnel_on.clone()),
+        ("attachment", s.attachment.as_ref().map(|a| a.words())),
     ];
     if s.certificate.is_none() && !matches!(s.state, SiteState::Pending | SiteState::Revoked) {
         fields[5].1 = Some("none: its probes are refused".into());
@@ -362,6 +368,7 @@ mod tests {
             public_key: None,
             certificate: Some("sha256:ab".into()),
             tunnel_on: None,
+            attachment: None,
         };
         let line = describe(&s, 2_000.0);
         assert!(line.ends_with("(10s ago)"), "{line}");
@@ -378,5 +385,27 @@ mod tests {
         assert_eq!(json["tunnel_on"], "backup/fiber");
         s.tunnel_on = None;
         assert!(serde_json::to_value(&s).unwrap().get("tunnel_on").is_none());
+        // A running hub says whether the site is attached to it.
+        assert!(serde_json::to_value(&s)
+            .unwrap()
+            .get("attachment")
+            .is_none());
+        s.attachment = Some(crate::sites::attachment::AttachmentView {
+            state: "elsewhere".into(),
+            hub: Some("backup".into()),
+            route_metric: Some(1000),
+        });
+        let line = describe(&s, 2_000.0);
+        assert!(
+            line.ends_with("(10s ago); on hub backup (route metric 1000)"),
+            "{line}"
+        );
+        assert!(
+            show(&s, 2_000.0).contains("  attachment         on hub backup (route metric 1000)\n")
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["attachment"]["state"], "elsewhere");
+        assert_eq!(json["attachment"]["hub"], "backup");
+        assert_eq!(json["attachment"]["route_metric"], 1000);
     }
 }

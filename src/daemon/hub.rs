@@ -1,6 +1,7 @@
 //! The hub's start-up: its sites (config and registry, see [`super::sites`]),
-//! the QUIC responder (probes and enrollment), and a monitor of the sites'
-//! tunnel endpoints.
+//! the QUIC responder (probes and enrollment), the return path (which
+//! sites are attached here, table 116: [`super::return_path`]) and a
+//! monitor of the sites' tunnel endpoints.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::return_path::ReturnPath;
 use super::sites::{HubIdentity, HubSites, HubSitesSetup, SiteDeps};
 use super::Running;
 use crate::config::{Config, HubConfig};
@@ -36,6 +38,7 @@ pub(super) async fn start(
     let allowed = Arc::new(AllowedSites::default());
     let sessions = Arc::new(Sessions::default());
     let monitor = sources.subscribe();
+    let (installed, installed_sites) = watch::channel(Vec::new());
     let sites = HubSites::start(
         hub.sites.clone(),
         HubSitesSetup {
@@ -47,6 +50,7 @@ pub(super) async fn start(
                 sessions: sessions.clone(),
                 telemetry: running.telemetry.clone(),
                 collector: sources,
+                installed,
             },
             enrollment: hub.enrollment.clone(),
             hub: HubIdentity {
@@ -91,6 +95,14 @@ pub(super) async fn start(
         "probe responder listening (probes and enrollment)"
     );
     let enroller_sites = sites.clone();
+    let return_path = ReturnPath {
+        net: running.net.clone(),
+        tunnel: tunnel.clone(),
+        interface: config.tunnel.interface.to_string(),
+        sessions: sessions.clone(),
+        sites: installed_sites,
+        telemetry: running.telemetry.clone(),
+    };
     let context = Context {
         allowed,
         sessions,
@@ -130,6 +142,11 @@ pub(super) async fn start(
         "probe responder",
         &running.stop,
         responder::serve(endpoint, context, running.stop.clone()),
+    );
+    running.supervisor.service(
+        "return path",
+        &running.stop,
+        super::return_path::run(return_path, running.stop.clone()),
     );
     running.supervisor.service(
         "site monitor",

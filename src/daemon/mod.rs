@@ -13,6 +13,7 @@ mod budgets;
 mod follow;
 mod hub;
 mod reload;
+mod return_path;
 mod sites;
 mod supervisor;
 

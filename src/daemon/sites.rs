@@ -116,6 +116,8 @@ pub struct SiteDeps {
     pub sessions: Arc<Sessions>,
     pub telemetry: Arc<Telemetry>,
     pub collector: watch::Sender<CollectorTargets>,
+    /// The installed sites, for the return path (`super::return_path`).
+    pub installed: watch::Sender<Vec<Site>>,
 }
 
 impl SiteDeps {
@@ -163,6 +165,8 @@ impl SiteDeps {
                 .map(|s| (s.public_key, s.name.to_string()))
                 .collect();
         });
+        self.installed
+            .send_replace(active.iter().cloned().collect());
     }
 
     /// What no site's LAN may take on this hub now: the tunnel network,
@@ -423,6 +427,7 @@ impl HubSites {
         let mut list = roster.list(&handshakes, unix_now());
         for site in &mut list {
             site.tunnel_on = self.deps.telemetry.site_tunnel_on(&site.name);
+            site.attachment = self.deps.telemetry.site_attachment(&site.name);
         }
         list
     }

@@ -596,6 +596,7 @@ impl Roster {
                     public_key: Some(s.public_key.to_string()),
                     certificate: s.certificate.map(|f| f.to_string()),
                     tunnel_on: None,
+                    attachment: None,
                 }
             })
             .collect();
@@ -704,6 +705,7 @@ pub fn info_of(e: &Entry, last_handshake: Option<u64>, now: u64) -> SiteInfo {
         public_key: None,
         certificate: None,
         tunnel_on: None,
+        attachment: None,
     };
     match &e.state {
         EntryState::Pending { expires, .. } => info.expires = Some(*expires),

@@ -57,6 +57,13 @@ fn oif_of(msg: &RouteMessage) -> Option<u32> {
     })
 }
 
+/// " metric N" for a route with a metric, as `ip route` writes it.
+fn metric_words(spec: &RouteSpec) -> String {
+    spec.metric
+        .map(|m| format!(" metric {m}"))
+        .unwrap_or_default()
+}
+
 impl Netlink {
     async fn route_message(&self, spec: &RouteSpec) -> Result<RouteMessage> {
         let index = self.require_link(&spec.interface).await?;
@@ -66,6 +73,10 @@ impl Netlink {
             .output_interface(index)
             .table_id(spec.table)
             .protocol(RouteProtocol::Other(PROTOCOL));
+        let builder = match spec.metric {
+            Some(metric) => builder.priority(metric),
+            None => builder,
+        };
         let builder = match spec.gateway {
             Some(gw) => builder
                 .gateway(gw)
@@ -76,7 +87,9 @@ impl Netlink {
     }
 
     /// Installs a route, replacing any route to the same destination in the
-    /// same table (one netlink message: this is how failover switches).
+    /// same table with the same metric (one netlink message: this is how
+    /// failover switches). A route with another metric stays: changing a
+    /// metric is adding the new route, then deleting the old one.
     pub async fn replace_route(&self, spec: &RouteSpec) -> Result<()> {
         let msg = self.route_message(spec).await?;
         self.handle
@@ -86,8 +99,11 @@ impl Netlink {
             .execute()
             .await
             .map_err(request(format!(
-                "installing route {} dev {} table {}",
-                spec.destination, spec.interface, spec.table
+                "installing route {} dev {} table {}{}",
+                spec.destination,
+                spec.interface,
+                spec.table,
+                metric_words(spec)
             )))
     }
 
@@ -188,8 +204,9 @@ impl Netlink {
             .collect())
     }
 
-    /// Removes one of townlink's routes (e.g. a revoked site's LAN); a
-    /// route that is already gone is fine.
+    /// Removes one of townlink's routes (e.g. a revoked site's LAN), the
+    /// one with its metric when it has one; a route that is already gone
+    /// is fine.
     pub async fn delete_route(&self, spec: &RouteSpec) -> Result<()> {
         let msg = self.route_message(spec).await?;
         match self.handle.route().del(msg).execute().await {
@@ -197,8 +214,11 @@ impl Netlink {
             // ESRCH: no such route.
             Err(e) if kernel_refused(&e, libc::ESRCH) => Ok(()),
             Err(e) => Err(request(format!(
-                "removing route {} dev {} table {}",
-                spec.destination, spec.interface, spec.table
+                "removing route {} dev {} table {}{}",
+                spec.destination,
+                spec.interface,
+                spec.table,
+                metric_words(spec)
             ))(e)),
         }
     }

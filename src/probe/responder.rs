@@ -180,22 +180,85 @@ pub type Enroller = Arc<
 >;
 
 /// The live probe connections of every site, so that revoking a site
-/// closes them at once.
+/// closes them at once; and what the responder last heard of each site
+/// ([`Heard`]), for the hub's view of which sites are attached to it.
 #[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<Name, Vec<quinn::Connection>>>);
+pub struct Sessions {
+    connections: Mutex<HashMap<Name, Vec<quinn::Connection>>>,
+    heard: Mutex<HashMap<Name, Heard>>,
+    /// Woken at every report.
+    reports: tokio::sync::Notify,
+}
+
+/// What the responder last heard of a site, on any of its probe
+/// connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// The last datagram (probe, hello or report).
+    pub datagram: Option<Instant>,
+    /// The last report: whether it names this hub as the active one
+    /// ([`Report::names_receiver`]), and the active hub it names (the
+    /// annex's name for it).
+    pub report: Option<(bool, Option<String>)>,
+}
 
 impl Sessions {
     fn track(&self, site: &Name, conn: &quinn::Connection) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(site.clone()).or_default();
         list.retain(|c| c.close_reason().is_none());
         list.push(conn.clone());
     }
 
-    /// Closes every probe connection of `site`; returns how many were open.
+    /// A datagram from `site` at `at`.
+    fn datagram(&self, site: &Name, at: Instant) {
+        let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(site) {
+            Some(h) => h.datagram = Some(at),
+            None => {
+                map.insert(
+                    site.clone(),
+                    Heard {
+                        datagram: Some(at),
+                        report: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A report from `site` (after its datagram): kept, and told.
+    fn report(&self, site: &Name, report: &Report) {
+        let said = (report.names_receiver(), report.hub.clone());
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(site.clone())
+            .or_default()
+            .report = Some(said);
+        self.reports.notify_one();
+    }
+
+    /// What was heard of every site since the responder started.
+    pub fn heard(&self) -> HashMap<Name, Heard> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Returns at the next report of any site (or at once if one came
+    /// since the last call).
+    pub async fn report_arrived(&self) {
+        self.reports.notified().await
+    }
+
+    /// Closes every probe connection of `site` and forgets what was heard
+    /// of it; returns how many connections were open.
     pub fn close_site(&self, site: &Name) -> usize {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(site);
         let list = self
-            .0
+            .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(site)
@@ -609,7 +672,9 @@ async fn echo(
                 Err(_) => return,
             },
         };
+        let at = Instant::now();
         if let Some(reply) = wire::echo_for(&datagram) {
+            context.sessions.datagram(site, at);
             if conn
                 .send_datagram(bytes::Bytes::copy_from_slice(&reply))
                 .is_ok()
@@ -617,8 +682,11 @@ async fn echo(
                 counters.echoed.inc();
             }
         } else if let Some(reply) = wire::instance_for(&datagram, context.instance) {
+            context.sessions.datagram(site, at);
             let _ = conn.send_datagram(bytes::Bytes::copy_from_slice(&reply));
         } else if let Some(report) = Report::parse(&datagram) {
+            context.sessions.datagram(site, at);
+            context.sessions.report(site, &report);
             context.events.site_report(site, report);
         } else {
             counters.garbage.inc();
@@ -795,6 +863,89 @@ mod tests {
             .expect("refused at once");
         assert!(format!("{reason}").contains("unknown follower"), "{reason}");
         assert_eq!(counters.refused.get(), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_responder_records_when_it_last_heard_a_site_and_what_it_reported() {
+        let hub = Identity::generate("hub").unwrap();
+        let annex = Identity::generate("annex-1").unwrap();
+        let site = Name::new("annex-1").unwrap();
+        let counters = Arc::new(ResponderCounters::default());
+        let endpoint = endpoint("127.0.0.1:0".parse().unwrap(), &hub, &counters).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let allowed = Arc::new(AllowedSites::default());
+        allowed.set([(annex.fingerprint(), site.clone())]);
+        let sessions = Arc::new(Sessions::default());
+        let context = Context {
+            allowed,
+            sessions: sessions.clone(),
+            counters: counters.clone(),
+            events: Arc::new(NoEvents),
+            enroll: None,
+            sync: None,
+            instance: 7,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(endpoint, context, stop.clone()));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rustls = tls::client_config(&annex, hub.fingerprint()).unwrap();
+        let config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap(),
+        ));
+        let conn = client
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(sessions.heard().get(&site), None, "nothing heard yet");
+        // A probe: heard (once echoed, the responder has recorded it).
+        let before = Instant::now();
+        let p = wire::Probe {
+            seq: 1,
+            stamp_us: 0,
+        };
+        conn.send_datagram(bytes::Bytes::copy_from_slice(&wire::probe(p)))
+            .unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(2), conn.read_datagram())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(wire::parse_echo(&echo), Some(p));
+        let heard = sessions.heard()[&site].clone();
+        assert!(heard.datagram.is_some_and(|t| t >= before), "{heard:?}");
+        assert_eq!(heard.report, None);
+        // A report naming another hub: kept, and told at once.
+        let report = Report {
+            active: "fiber".into(),
+            hub: Some("backup".into()),
+            uplinks: vec![wire::Uplink {
+                name: "fiber".into(),
+                state: "up".into(),
+                ..wire::Uplink::default()
+            }],
+            here: Some(false),
+            ..Report::default()
+        };
+        conn.send_datagram(report.encode().unwrap().into()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), sessions.report_arrived())
+            .await
+            .expect("told of the report");
+        let heard = sessions.heard()[&site].clone();
+        assert_eq!(heard.report, Some((false, Some("backup".to_string()))));
+        // Garbage is not a sign of life.
+        let last = heard.datagram;
+        conn.send_datagram(bytes::Bytes::from_static(b"garbage"))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while counters.garbage.get() == 0 {
+            assert!(Instant::now() < deadline, "garbage not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sessions.heard()[&site].datagram, last);
+        // A revoked site is forgotten.
+        assert_eq!(sessions.close_site(&site), 1);
+        assert_eq!(sessions.heard().get(&site), None);
         stop.cancel();
     }
 }

@@ -50,7 +50,11 @@ fn version_1() -> u32 {
 ///
 /// - version 1 (`v` absent): `active` (the uplink) and `uplinks`;
 /// - version 2: `v`, `hub` (the active hub, as the annex's `[[hub]] name`)
-///   and, with several hubs, `paths`: every hub over every uplink.
+///   and, with several hubs, `paths`: every hub over every uplink; and
+///   `here`, whether the hub receiving the report is the annex's active
+///   hub (an annex with several hubs sends a report to each: the hub does
+///   not know the name the annex gives it). Without `here` (an annex with
+///   one hub, or from before it), a report without `paths` means "here".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     #[serde(default = "version_1")]
@@ -65,6 +69,10 @@ pub struct Report {
     /// Every path, each with its `hub` (version 2, several hubs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<Uplink>,
+    /// Whether the receiving hub is the active one (version 2, several
+    /// hubs; see [`Report::names_receiver`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub here: Option<bool>,
 }
 
 impl Default for Report {
@@ -75,6 +83,7 @@ impl Default for Report {
             hub: None,
             uplinks: Vec::new(),
             paths: Vec::new(),
+            here: None,
         }
     }
 }
@@ -106,6 +115,14 @@ impl Uplink {
 }
 
 impl Report {
+    /// Whether the report says that the hub receiving it is the annex's
+    /// active hub: its `here`; without it, a report that lists no paths
+    /// (an annex with one hub, or a version-1 report). A report with
+    /// paths but no `here` (an annex from before `here`) cannot tell.
+    pub fn names_receiver(&self) -> bool {
+        self.here.unwrap_or(self.paths.is_empty())
+    }
+
     /// The datagram; `None` if it would be larger than [`MAX_REPORT`].
     pub fn encode(&self) -> Option<Vec<u8>> {
         let mut b = vec![REPORT];
@@ -354,6 +371,53 @@ mod tests {
         let fitted = Report::parse(&big.encode_fitting().expect("fits without paths")).unwrap();
         assert!(fitted.paths.is_empty());
         assert_eq!(fitted.hub.as_deref(), Some("hub-with-a-long-name-0"));
+    }
+
+    #[test]
+    fn a_report_says_whether_its_receiver_is_the_active_hub() {
+        let path = |hub: &str, name: &str| Uplink {
+            name: name.into(),
+            hub: Some(hub.into()),
+            state: "up".into(),
+            ..Uplink::default()
+        };
+        let mut r = Report {
+            active: "fiber".into(),
+            hub: Some("main".into()),
+            uplinks: vec![path("main", "fiber")],
+            paths: vec![path("main", "fiber"), path("backup", "fiber")],
+            here: Some(false),
+            ..Report::default()
+        };
+        let b = r.encode().unwrap();
+        let text = std::str::from_utf8(&b[1..]).unwrap();
+        assert!(text.ends_with(",\"here\":false}"), "{text}");
+        let read = Report::parse(&b).unwrap();
+        assert_eq!(read, r);
+        assert!(!read.names_receiver());
+        r.here = Some(true);
+        assert!(Report::parse(&r.encode().unwrap())
+            .unwrap()
+            .names_receiver());
+        // `here` survives the fitting of a report too large for its paths.
+        let fitted = Report {
+            paths: Vec::new(),
+            ..r.clone()
+        };
+        assert!(fitted.names_receiver());
+        r.here = Some(false);
+        let fitted = Report::parse(&r.encode_fitting().unwrap()).unwrap();
+        assert!(!fitted.names_receiver());
+        // Without `here`: a report without paths (one hub, or version 1)
+        // names its receiver; one with paths (an annex from before `here`)
+        // does not.
+        r.here = None;
+        assert!(!r.names_receiver());
+        r.paths.clear();
+        assert!(r.names_receiver());
+        let mut old = vec![REPORT];
+        old.extend_from_slice(br#"{"active":"fiber","uplinks":[{"name":"fiber","state":"up"}]}"#);
+        assert!(Report::parse(&old).unwrap().names_receiver());
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct SiteInfo {
     /// several hubs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_on: Option<String>,
+    /// Whether it is attached to this hub (a running hub's sites).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<super::attachment::AttachmentView>,
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! config today, the enrollment registry later. Every insertion is checked
 //! against the sites already present, so that no source can create two sites
 //! with the same name, key or tunnel address, or overlapping LAN prefixes.
-//! [`info`]: what the hub tells of a site (`site list`, status words).
+//! [`info`]: what the hub tells of a site (`site list`, status words);
+//! [`attachment`]: whether a site is attached to this hub (table 116).
 
+pub mod attachment;
 pub mod info;
 
 pub use info::{SiteInfo, SiteSource, SiteState};

@@ -9,6 +9,7 @@ use super::{now, peer, Telemetry};
 use crate::decision::Health;
 use crate::probe::responder::{self, ResponderCounters};
 use crate::probe::wire::Report;
+use crate::sites::attachment::Attachment;
 use crate::sites::{Name, SiteSource};
 
 impl Telemetry {
@@ -37,6 +38,7 @@ impl Telemetry {
                     ..PeerView::default()
                 },
                 report: None,
+                attachment: AttachmentView::default(),
             });
             s.sites.sort_by(|a, b| a.name.cmp(&b.name));
         }
@@ -52,21 +54,64 @@ impl Telemetry {
             site: name.to_string(),
         });
         let mut s = self.status();
+        // Under the status lock, as `site_attachments` sets them.
+        let site = SiteLabels {
+            site: name.to_string(),
+        };
+        m.site_attached.remove(&site);
+        m.site_return_route_metric.remove(&site);
         if let Some(i) = s.sites.iter().position(|v| v.name == name) {
             let view = s.sites.remove(i);
             for u in view.report.iter().flat_map(|r| &r.uplinks) {
                 Self::remove_site_uplink(m, name, &u.name);
             }
         }
+        Self::count_attached(m, &s);
+    }
+
+    fn count_attached(m: &Metrics, s: &Status) {
+        let n = s
+            .sites
+            .iter()
+            .filter(|v| v.attachment.state == "attached")
+            .count();
+        m.sites_attached.set(n as i64);
+    }
+
+    /// The attachment of sites to this hub and the metric of their routes
+    /// in table 116 (`daemon::return_path`, at each change). A site the
+    /// hub no longer has is ignored.
+    pub fn site_attachments(&self, changes: &[(Name, Attachment, Option<u32>)]) {
+        let m = &self.metrics;
+        let mut s = self.status();
+        for (site, attachment, metric) in changes {
+            let Some(view) = s.sites.iter_mut().find(|v| v.name == site.as_str()) else {
+                continue;
+            };
+            view.attachment = AttachmentView::from((attachment, *metric));
+            let l = SiteLabels {
+                site: site.to_string(),
+            };
+            m.site_attached
+                .get_or_create(&l)
+                .set((*attachment == Attachment::Attached) as i64);
+            m.site_return_route_metric
+                .get_or_create(&l)
+                .set(metric.map_or(0, i64::from));
+        }
+        Self::count_attached(m, &s);
     }
 
     pub(super) fn site_series(m: &Metrics, site: &str) {
         let _ = m.peer_last_handshake.get_or_create(&peer(site));
         let _ = m.peer_receive.get_or_create(&peer(site));
         let _ = m.peer_transmit.get_or_create(&peer(site));
-        let _ = m.site_report.get_or_create(&SiteLabels {
+        let l = SiteLabels {
             site: site.to_string(),
-        });
+        };
+        let _ = m.site_report.get_or_create(&l);
+        let _ = m.site_attached.get_or_create(&l);
+        let _ = m.site_return_route_metric.get_or_create(&l);
     }
 
     /// A report from the annex of `site` (authenticated by its certificate).
@@ -140,6 +185,12 @@ impl Telemetry {
             uplinks: report.uplinks.into_iter().map(view_of).collect(),
             paths: report.paths.into_iter().map(view_of).collect(),
         });
+    }
+
+    /// A site's attachment to this hub, if the hub has the site.
+    pub fn site_attachment(&self, site: &str) -> Option<AttachmentView> {
+        let s = self.status();
+        Some(s.sites.iter().find(|v| v.name == site)?.attachment.clone())
     }
 
     /// The path a site's annex last reported its tunnel on, as

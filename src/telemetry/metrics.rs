@@ -167,6 +167,10 @@ pub struct Metrics {
     pub site_uplink_up: Family<SiteUplinkLabels, Gauge>,
     pub site_uplink_rtt: Family<SiteUplinkLabels, FloatGauge>,
     pub site_uplink_loss: Family<SiteUplinkLabels, FloatGauge>,
+    // Hub: which sites are attached here, and their table-116 routes.
+    pub site_attached: Family<SiteLabels, Gauge>,
+    pub sites_attached: Gauge,
+    pub site_return_route_metric: Family<SiteLabels, Gauge>,
     // Hub: the probe responder.
     pub responder_connections: Family<ResultLabels, Counter>,
     pub responder_garbage: Counter,
@@ -434,6 +438,24 @@ impl Metrics {
                 "site_uplink_loss_ratio",
                 "Probe loss the site's annex reports for this uplink, 0 to 1",
                 m.site_uplink_loss,
+            );
+            register(
+                r_,
+                "site_attached",
+                "1 when the site is attached to this hub (its report names this hub and it was heard within 1 s)",
+                m.site_attached,
+            );
+            register(
+                r_,
+                "sites_attached",
+                "Sites attached to this hub",
+                m.sites_attached,
+            );
+            register(
+                r_,
+                "site_return_route_metric",
+                "Metric (BGP MED) of the site's routes in table 116: 100 attached here, 1000 session only, 0 none",
+                m.site_return_route_metric,
             );
             register(
                 r_,

@@ -259,6 +259,7 @@ impl Telemetry {
                             ..PeerView::default()
                         },
                         report: None,
+                        attachment: AttachmentView::default(),
                     });
                 }
                 RouterRole::Hub

@@ -9,6 +9,7 @@ use std::fmt::{self, Write as _};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Health;
+pub use crate::sites::attachment::AttachmentView;
 use crate::sites::{SiteSource, SiteState};
 
 /// What a router runs as (`role` of the status, of `townlink_build_info`).
@@ -256,6 +257,9 @@ pub struct SiteView {
     pub peer: PeerView,
     /// What the annex last reported over its probe connection.
     pub report: Option<SiteReportView>,
+    /// Whether it is attached to this hub, and its table-116 routes.
+    #[serde(default)]
+    pub attachment: AttachmentView,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -575,7 +579,12 @@ impl Status {
             )?;
         }
         if self.role == RouterRole::Hub {
-            writeln!(o, "sites ({})", self.sites.len())?;
+            let attached = self
+                .sites
+                .iter()
+                .filter(|s| s.attachment.state == "attached")
+                .count();
+            writeln!(o, "sites ({}, {attached} attached here)", self.sites.len())?;
             for s in &self.sites {
                 let report = match &s.report {
                     Some(r) => {
@@ -593,9 +602,10 @@ impl Status {
                     }
                     None => "no report".into(),
                 };
+                let attachment = s.attachment.words();
                 writeln!(
                     o,
-                    "  {:<12} {:<10} {:<12} {:<22} handshake {}  {report}",
+                    "  {:<12} {:<10} {:<12} {:<22} handshake {}  {attachment}; {report}",
                     s.name,
                     SiteState::from_handshake(
                         s.source.never_connected(),

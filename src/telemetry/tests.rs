@@ -884,3 +884,73 @@ fn the_hub_shows_which_hub_a_site_with_several_uses() {
     assert!(text.contains(" on fiber rtt"), "{text}");
     assert_eq!(hub.site_tunnel_on(site.as_str()), None);
 }
+
+#[test]
+fn the_hub_shows_which_sites_are_attached_here_from_the_first_scrape() {
+    use crate::sites::attachment::Attachment;
+    let dir = dir_with_key();
+    let config = hub_example_with_sites(dir.path()).unwrap();
+    let hub = Telemetry::new(&config);
+    let site = hub_config_site(&config);
+    // From the first scrape: not attached, no route.
+    let text = hub.encode();
+    assert!(
+        text.contains(&format!("townlink_site_attached{{site=\"{site}\"}} 0")),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "townlink_site_return_route_metric{{site=\"{site}\"}} 0"
+    )));
+    assert!(text.contains("townlink_sites_attached 0"), "{text}");
+    let now = super::now();
+    let rendered = hub.snapshot().render(now);
+    assert!(
+        rendered.contains("sites (2, 0 attached here)"),
+        "{rendered}"
+    );
+    // Attached here.
+    hub.site_attachments(&[(site.clone(), Attachment::Attached, Some(100))]);
+    let text = hub.encode();
+    assert!(text.contains(&format!("townlink_site_attached{{site=\"{site}\"}} 1")));
+    assert!(text.contains(&format!(
+        "townlink_site_return_route_metric{{site=\"{site}\"}} 100"
+    )));
+    assert!(text.contains("townlink_sites_attached 1"), "{text}");
+    let rendered = hub.snapshot().render(now);
+    assert!(
+        rendered.contains("sites (2, 1 attached here)"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("attached here (route metric 100); no report"),
+        "{rendered}"
+    );
+    // On another hub, named by its report.
+    let elsewhere = Attachment::Elsewhere {
+        hub: Some("backup".into()),
+    };
+    hub.site_attachments(&[(site.clone(), elsewhere, Some(1000))]);
+    let rendered = hub.snapshot().render(now);
+    assert!(
+        rendered.contains("sites (2, 0 attached here)"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("on hub backup (route metric 1000)"),
+        "{rendered}"
+    );
+    let json = serde_json::to_value(hub.snapshot()).unwrap();
+    assert_eq!(json["sites"][0]["attachment"]["state"], "elsewhere");
+    assert_eq!(json["sites"][0]["attachment"]["hub"], "backup");
+    assert_eq!(json["sites"][0]["attachment"]["route_metric"], 1000);
+    assert!(hub.encode().contains("townlink_sites_attached 0"));
+    // A site the hub does not have changes nothing; a removed site's
+    // series go with it.
+    hub.site_attachments(&[(Name::new("ghost").unwrap(), Attachment::Attached, Some(100))]);
+    assert!(!hub.encode().contains("ghost"));
+    hub.site_attachments(&[(site.clone(), Attachment::Attached, Some(100))]);
+    hub.remove_site(site.as_str());
+    let text = hub.encode();
+    assert!(!text.contains(&format!("site=\"{site}\"")), "{text}");
+    assert!(text.contains("townlink_sites_attached 0"), "{text}");
+}

@@ -118,6 +118,7 @@ impl Hub {
                     sessions: Arc::default(),
                     telemetry: Telemetry::new(&self.config),
                     collector: watch::channel(CollectorTargets::default()).0,
+                    installed: watch::channel(Vec::new()).0,
                 },
                 enrollment: hub.enrollment.clone(),
                 hub: HubIdentity {

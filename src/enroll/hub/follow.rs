@@ -180,6 +180,7 @@ pub(super) fn info_of_synced(
         public_key: None,
         certificate: None,
         tunnel_on: None,
+        attachment: None,
     };
     match &s.state {
         SyncedState::Pending { expires } => info.expires = Some(*expires),
