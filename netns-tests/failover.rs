@@ -919,3 +919,194 @@ fn a_restart_of_the_backup_hub_moves_nothing() {
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
     assert!(backup.daemon.log_text().contains("annex-1"));
 }
+
+/// The metric of annex 1's routes (its LAN 192.168.1.0/24 and its tunnel
+/// address 10.99.0.2) in the table 116 of the hub in namespace `ns`: the
+/// lowest of each (the one BIRD announces), `None` for none; both must
+/// agree, else `Some(0)` (a moment between two writes).
+fn return_metric(ns: &str) -> Option<u64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ip", "-j", "route", "show", "table", "116",
+        ])
+        .output()
+        .unwrap();
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let lowest = |dst: &str| {
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["dst"] == dst && r["dev"] == "tl0" && r["protocol"] == "116")
+            .map(|r| r["metric"].as_u64().unwrap_or(0))
+            .min()
+    };
+    match (lowest("192.168.1.0/24"), lowest("10.99.0.2")) {
+        (a, b) if a == b => a,
+        _ => Some(0),
+    }
+}
+
+/// Polls `ns`'s table 116 until annex 1's routes have `metric`; the time.
+fn wait_for_return_metric(ns: &str, metric: Option<u64>, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = return_metric(ns);
+        if now == metric {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}: table 116 has annex-1 at {now:?}, not {metric:?} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every change of annex 1's metric in each hub's table 116, polled every
+/// 20 ms in a thread until [`Watch::stop`].
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Vec<Option<u64>>>>,
+}
+
+impl Watch {
+    fn start(namespaces: &[&str]) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let namespaces: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<Vec<Option<u64>>> = vec![Vec::new(); namespaces.len()];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (ns, seen) in namespaces.iter().zip(&mut seen) {
+                    let m = return_metric(ns);
+                    // A moment between two writes (both metrics) is no change.
+                    if m != Some(0) && seen.last() != Some(&m) {
+                        seen.push(m);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        Watch { stop, thread }
+    }
+
+    /// The metrics each hub's table went through, in order.
+    fn stop(self) -> Vec<Vec<Option<u64>>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Issue 18, step 4 (the hubs' side of tests 2 and 3): each hub's table
+/// 116 follows the hub the annex uses. Both up: the main hub has annex 1
+/// at metric 100, the backup hub at 1000 (a session, the annex's report
+/// naming the main hub). The main hub's WAN blackholed: the annex goes to
+/// the backup hub, which attaches it at once (metric 100); the main hub,
+/// which never hears it leave, detaches it when its probes stop (1 s) and
+/// keeps metric 1000 (its handshake is young). The main hub back: each
+/// goes back, exactly once. Then a site removed on a hub loses its routes
+/// there.
+#[test]
+fn the_hubs_return_routes_follow_the_annex_to_the_backup_hub_and_back_once() {
+    let (wan, backup, stream, main, annex) = two_hubs_running();
+    let (main_ns, backup_ns) = (wan.hub.name.clone(), backup.ns.name.clone());
+    wait_for_return_metric(&main_ns, Some(100), Duration::from_secs(5));
+    wait_for_return_metric(&backup_ns, Some(1000), Duration::from_secs(5));
+    // What each hub shows.
+    let attachment = |socket: &std::path::Path| {
+        let (_, out, _) = testbed::status(socket, true);
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        s["sites"]
+            .as_array()
+            .and_then(|sites| sites.iter().find(|v| v["name"] == "annex-1"))
+            .map(|v| v["attachment"].clone())
+            .unwrap_or_default()
+    };
+    let main_socket = wan.dir.path().join("hub.sock");
+    let backup_socket = wan.dir.path().join("backup.sock");
+    let a = attachment(&main_socket);
+    assert_eq!(
+        (&a["state"], &a["route_metric"]),
+        (&"attached".into(), &100.into()),
+        "{a}"
+    );
+    let a = attachment(&backup_socket);
+    assert_eq!(a["state"], "elsewhere", "{a}");
+    assert_eq!(a["hub"], "main", "{a}");
+    assert_eq!(a["route_metric"], 1000, "{a}");
+    let (_, text, _) = testbed::status(&main_socket, false);
+    assert!(text.contains("1 attached here)"), "{text}");
+
+    let watch = Watch::start(&[&main_ns, &backup_ns]);
+    let cut = Instant::now();
+    let blackhole = Impairment::blackhole(&wan.core, "hub0");
+    let on_backup = wait_for_return_metric(&backup_ns, Some(100), Duration::from_secs(2)) - cut;
+    let main_detached = wait_for_return_metric(&main_ns, Some(1000), Duration::from_secs(2)) - cut;
+    eprintln!(
+        "main hub's WAN blackholed: backup hub at metric 100 after {on_backup:?}, main hub at 1000 after {main_detached:?}"
+    );
+    stream
+        .wait_for_echoes(100, Duration::from_secs(20))
+        .unwrap();
+    eprintln!(
+        "main hub's WAN blackholed: gap seen by the LAN stream {:?}",
+        stream.longest_gap_since(cut)
+    );
+    assert_eq!(records_device(&wan), "tl1");
+    wan.daemons[main]
+        .wait_for_log(
+            &[
+                "site attachment changed",
+                "site=annex-1",
+                "from=\"attached here\"",
+                "to=\"session only\"",
+            ],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    // The main hub keeps its session route while cut off.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(return_metric(&main_ns), Some(1000));
+    assert_eq!(return_metric(&backup_ns), Some(100));
+
+    drop(blackhole);
+    let restored = Instant::now();
+    let back = wait_for_records_device(&wan, "tl0", Duration::from_secs(60));
+    let main_back = wait_for_return_metric(&main_ns, Some(100), Duration::from_secs(2)) - back;
+    let backup_back = wait_for_return_metric(&backup_ns, Some(1000), Duration::from_secs(2)) - back;
+    eprintln!(
+        "annex back on the main hub {:?} after the restore; then main hub at metric 100 after {main_back:?}, backup hub at 1000 after {backup_back:?}",
+        back - restored
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = watch.stop();
+    assert_eq!(
+        seen,
+        vec![
+            vec![Some(100), Some(1000), Some(100)],
+            vec![Some(1000), Some(100), Some(1000)]
+        ],
+        "metrics of annex-1 in table 116 (main hub, backup hub)"
+    );
+    let switches = wan.daemons[annex].log_lines(&["failover from="]);
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+
+    // A site removed on the backup hub (its [[site]] table deleted,
+    // reloaded) loses its routes there at once.
+    let text = std::fs::read_to_string(&backup.config).unwrap();
+    let start = text.find("[[site]]\nname = \"annex-1\"").unwrap();
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + 2 + i);
+    std::fs::write(
+        &backup.config,
+        format!("{}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    // `ip netns exec` execs townlink: the PID is townlink's own.
+    unsafe { libc::kill(backup.daemon.pid(), libc::SIGHUP) };
+    wait_for_return_metric(&backup_ns, None, Duration::from_secs(5));
+    assert_eq!(return_metric(&main_ns), Some(100));
+}

@@ -147,6 +147,41 @@ impl ReturnTable {
     }
 }
 
+/// What the status shows of each site (its attachment and route metric),
+/// and the site it was shown for: a site changed by a reload (removed
+/// and added again) is a new status line, shown again.
+#[derive(Debug, Default)]
+pub(super) struct Shown(HashMap<Name, (Site, Attachment, Option<u32>)>);
+
+impl Shown {
+    /// The evaluation of every installed site: what the status must be
+    /// told (logging each change of attachment); sites no longer
+    /// installed are forgotten.
+    pub(super) fn update(
+        &mut self,
+        now: &[(&Site, Attachment, Option<u32>)],
+    ) -> Vec<(Name, Attachment, Option<u32>)> {
+        let mut changes = Vec::new();
+        for (site, a, metric) in now {
+            let name = &site.name;
+            let before = self.0.get(name).filter(|b| &b.0 == *site);
+            if before.is_some_and(|b| &b.1 == a && &b.2 == metric) {
+                continue;
+            }
+            let from = before.map_or(Attachment::Silent, |b| b.1.clone());
+            if &from != a {
+                tracing::info!(site = %name, from = from.describe().as_str(), to = a.describe().as_str(), route_metric = metric.unwrap_or(0), "site attachment changed");
+            }
+            self.0
+                .insert(name.clone(), ((*site).clone(), a.clone(), *metric));
+            changes.push((name.clone(), a.clone(), *metric));
+        }
+        self.0
+            .retain(|name, _| now.iter().any(|(site, _, _)| &site.name == name));
+        changes
+    }
+}
+
 /// What the return path reads and where it writes.
 pub(super) struct ReturnPath {
     pub net: Netlink,
@@ -162,7 +197,7 @@ pub(super) struct ReturnPath {
 /// Evaluates and writes until `stop`.
 pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
     let mut table = ReturnTable::default();
-    let mut shown: HashMap<Name, (Attachment, Option<u32>)> = HashMap::new();
+    let mut shown = Shown::default();
     let mut handshakes: HashMap<PublicKey, SystemTime> = HashMap::new();
     let mut handshakes_read: Option<Instant> = None;
     let mut tick = tokio::time::interval(EVALUATE_EVERY);
@@ -206,24 +241,14 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
                     routing::return_routes(site, &path.interface, metric),
                 );
             }
-            attachments.push((site.name.clone(), a));
+            attachments.push((site, a));
         }
         table.reconcile(&path.net, &want).await;
-        let mut changes = Vec::new();
-        for (site, a) in attachments {
-            let metric = table.metric(&site);
-            let before = shown.get(&site);
-            if before.is_some_and(|b| b.0 == a && b.1 == metric) {
-                continue;
-            }
-            let from = before.map_or(Attachment::Silent, |b| b.0.clone());
-            if from != a {
-                tracing::info!(site = %site, from = %from.describe(), to = %a.describe(), route_metric = metric.map_or(0, |m| m), "site attachment changed");
-            }
-            shown.insert(site.clone(), (a.clone(), metric));
-            changes.push((site, a, metric));
-        }
-        shown.retain(|s, _| sites.iter().any(|site| &site.name == s));
+        let now: Vec<(&Site, Attachment, Option<u32>)> = attachments
+            .into_iter()
+            .map(|(site, a)| (site, a, table.metric(&site.name)))
+            .collect();
+        let changes = shown.update(&now);
         if !changes.is_empty() {
             path.telemetry.site_attachments(&changes);
         }
@@ -366,5 +391,56 @@ mod tests {
         assert_eq!(fake.take().len(), 4);
         assert_eq!(table.metric(&a.name), Some(100));
         assert!(table.failing.is_empty());
+    }
+
+    #[test]
+    fn the_status_is_told_each_change_and_a_site_changed_by_a_reload_again() {
+        let mut shown = Shown::default();
+        let a = site("annex-1", "10.99.0.2", "192.168.1.0/24");
+        let b = site("annex-2", "10.99.0.3", "192.168.2.0/24");
+        let names = |c: Vec<(Name, Attachment, Option<u32>)>| -> Vec<String> {
+            c.into_iter()
+                .map(|(n, a, m)| format!("{n} {} {m:?}", a.as_str()))
+                .collect()
+        };
+        // The first evaluation: every site.
+        let now = [
+            (&a, Attachment::Session, Some(1000)),
+            (&b, Attachment::Silent, None),
+        ];
+        assert_eq!(
+            names(shown.update(&now)),
+            ["annex-1 session Some(1000)", "annex-2 silent None"]
+        );
+        // Nothing changed: nothing told.
+        assert!(shown.update(&now).is_empty());
+        // A change of attachment, and of the route's metric only (the
+        // kernel took the new routes at a later evaluation).
+        let now = [
+            (&a, Attachment::Attached, Some(1000)),
+            (&b, Attachment::Silent, None),
+        ];
+        assert_eq!(names(shown.update(&now)), ["annex-1 attached Some(1000)"]);
+        let now = [
+            (&a, Attachment::Attached, Some(100)),
+            (&b, Attachment::Silent, None),
+        ];
+        assert_eq!(names(shown.update(&now)), ["annex-1 attached Some(100)"]);
+        // annex-2 changed by a reload (a new LAN): a new status line,
+        // told again though its attachment is the same.
+        let b2 = site("annex-2", "10.99.0.3", "192.168.22.0/24");
+        let now = [
+            (&a, Attachment::Attached, Some(100)),
+            (&b2, Attachment::Silent, None),
+        ];
+        assert_eq!(names(shown.update(&now)), ["annex-2 silent None"]);
+        // A removed site is forgotten: back, it is told again.
+        let now = [(&a, Attachment::Attached, Some(100))];
+        assert!(shown.update(&now).is_empty());
+        let now = [
+            (&a, Attachment::Attached, Some(100)),
+            (&b2, Attachment::Silent, None),
+        ];
+        assert_eq!(names(shown.update(&now)), ["annex-2 silent None"]);
     }
 }
