@@ -23,7 +23,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{link, Impairment, Netns, RECORDS};
+use super::{
+    link, write_identity, write_key, Daemon, Impairment, Netns, HUB_PORT, PROBE_PORT, RECORDS,
+};
 
 /// The shipped configurations, read at build time: one source for the
 /// technician and the tests.
@@ -398,6 +400,8 @@ pub struct DataCentre {
     pub core: Netns,
     /// How long after the three BIRDs were started every session was Established.
     pub bgp_up: Duration,
+    /// The prefix of every namespace name of this topology (`tlPID-N`).
+    pub prefix: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -526,6 +530,7 @@ impl DataCentre {
             records,
             core,
             bgp_up: Duration::ZERO,
+            prefix,
             dir,
         };
         let within = Duration::from_secs(30);
@@ -646,11 +651,331 @@ impl DataCentre {
     }
 }
 
-impl Drop for DataCentre {
-    fn drop(&mut self) {
-        // Every BIRD before any namespace goes (fields drop afterwards).
+impl DataCentre {
+    /// A new namespace of this topology, named `PREFIX-ROLE`.
+    pub fn netns(&self, role: &str) -> Netns {
+        Netns::new(format!("{}-{role}", self.prefix))
+    }
+
+    /// Stops every BIRD (by PID); idempotent.
+    pub fn stop_birds(&mut self) {
         self.main.bird.shut_down();
         self.backup.bird.shut_down();
         self.dc_bird.shut_down();
+    }
+}
+
+impl Drop for DataCentre {
+    fn drop(&mut self) {
+        // Every BIRD before any namespace goes (fields drop afterwards).
+        self.stop_birds();
+    }
+}
+
+/// The tunnel addresses of the two hubs.
+pub const MAIN_TUNNEL: &str = "10.99.0.1";
+pub const BACKUP_TUNNEL: &str = "10.99.0.254";
+/// What both hubs route for the annexes: the records network and the
+/// other annexes' LANs.
+const HUB_ROUTES: &str = r#"["10.50.0.0/24", "192.168.0.0/16"]"#;
+
+/// townlink on one hub of a [`BackupSite`]: its files and every process
+/// started from them (the last one is the current one; the earlier ones
+/// keep their logs, printed when a test panics). Started again with the
+/// same files, as systemd would.
+pub struct HubTownlink {
+    /// "hub-main" or "hub-backup": names the files.
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub runs: Vec<Daemon>,
+}
+
+impl HubTownlink {
+    /// Starts townlink in `ns` and waits until it says it is up.
+    pub fn start(&mut self, ns: &Netns) {
+        let log = self
+            .config
+            .with_file_name(format!("{}-{}.log", self.name, self.runs.len()));
+        let daemon = Daemon::start(ns, &self.config, log);
+        let up = daemon.wait_for_log(&["townlink is up"], Duration::from_secs(20));
+        self.runs.push(daemon);
+        up.unwrap();
+    }
+
+    /// The running process.
+    pub fn daemon(&self) -> &Daemon {
+        self.runs.last().expect("started")
+    }
+
+    /// SIGKILL: the hub's townlink crashes (its tunnel interface goes
+    /// with it; the hub's BIRD stays up).
+    pub fn kill(&mut self) {
+        self.runs.last_mut().expect("started").kill();
+    }
+
+    /// SIGTERM, waiting for a clean exit.
+    pub fn stop(&mut self) {
+        let status = self
+            .runs
+            .last_mut()
+            .expect("started")
+            .stop(Duration::from_secs(10));
+        assert!(status.success(), "{} stopped with {status}", self.name);
+    }
+
+    /// `townlink site ARGS --socket <this hub's socket>`: (exit code,
+    /// stdout, stderr).
+    pub fn site(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(super::townlink_bin())
+            .arg("site")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run townlink site");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `site list --json` on this hub: the site named `name`, if listed.
+    pub fn listed_site(&self, name: &str) -> Option<serde_json::Value> {
+        let (code, out, err) = self.site(&["list", "--json"]);
+        assert_eq!(code, 0, "site list on {}: {err}", self.name);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("site list JSON");
+        list.as_array()?.iter().find(|s| s["name"] == name).cloned()
+    }
+
+    /// `townlink status --json` of this hub.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out, err) = super::status(&self.socket, true);
+        assert_eq!(code, 0, "status of {}: {err}", self.name);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+}
+
+/// The backup site with townlink (issue 18): the [`DataCentre`] bed, each
+/// hub namespace also running townlink as a hub on its WAN side (`core0`),
+/// and annex 1 with fiber and 4G (NAT) as in [`super::Wan`].
+///
+/// ```text
+///                 ┌── hub-main   (townlink + BIRD) ──┐           ┌── fiber ──┐
+///  records ── dc ─┤                                   ├── core ──┤           ├── annex1 ── lan1
+///   (BIRD)        └── hub-backup (townlink + BIRD) ──┘           └── 4g NAT ─┘
+/// ```
+/// hub-main enrolls (`[enrollment]`) and lists hub-backup as its
+/// `[[follower]]`; hub-backup follows it (`[follow]`, over the WAN). The
+/// annex is enrolled by `townlink site add` on hub-main and `townlink
+/// join`: its config has both hubs (`tl0` main, preferred; `tl1` backup).
+/// The records server sits behind the dc, which learns the annexes' LANs
+/// by BGP only: no static return path.
+///
+/// Dropping it stops the daemons (annex, then hubs), then every BIRD, then
+/// deletes the namespaces, also when a test panics.
+pub struct BackupSite {
+    /// townlink on annex 1, every run (the last is the current one).
+    pub annex_runs: Vec<Daemon>,
+    pub main: HubTownlink,
+    pub backup: HubTownlink,
+    pub annex: super::Annex,
+    pub isp_fiber: Netns,
+    pub isp_4g: Netns,
+    pub dcn: DataCentre,
+    /// How long the enrollment took: `site add` on hub-main, `join` on
+    /// the annex, until hub-backup listed the site as joined.
+    pub enrolled_in: Duration,
+}
+
+impl BackupSite {
+    /// Builds the bed, starts both hubs' townlink, enrolls annex 1
+    /// (LAN 192.168.1.0/24) on hub-main and waits until hub-backup has it;
+    /// the annex is not started.
+    pub fn build() -> BackupSite {
+        let dcn = DataCentre::build();
+        let ns = |role: &str| dcn.netns(role);
+        let (isp_fiber, isp_4g) = super::isps(&dcn.core, &ns);
+        let (annex_ns, lan) = super::annex_namespaces(&dcn.core, &isp_fiber, &isp_4g, 1, &ns);
+        let dir = dcn.dir.path().to_path_buf();
+
+        write_key(&dir.join("hub-main.key"));
+        let main_fp = write_identity(&dir, "hub-main-probe");
+        let backup_key = write_key(&dir.join("hub-backup.key"));
+        let backup_fp = write_identity(&dir, "hub-backup-probe");
+        let hub_config = |name: &str, tunnel: &str, rest: String| {
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "role = \"hub\"\nstate_directory = \"{name}-state\"\n\n\
+                     [tunnel]\ninterface = \"tl0\"\nprivate_key_file = \"{name}.key\"\n\
+                     address = \"{tunnel}/24\"\nlisten_port = {HUB_PORT}\n\n\
+                     [probe]\ncertificate_file = \"{name}-probe.crt\"\n\
+                     key_file = \"{name}-probe.key\"\nlisten_port = {PROBE_PORT}\n\n\
+                     [control]\nsocket = \"{name}.sock\"\n\n{rest}"
+                ),
+            )
+            .expect("hub config");
+            HubTownlink {
+                name: name.to_string(),
+                config,
+                socket: dir.join(format!("{name}.sock")),
+                runs: Vec::new(),
+            }
+        };
+        let main = hub_config(
+            "hub-main",
+            MAIN_TUNNEL,
+            format!(
+                "[enrollment]\nregistry = \"hub-main-sites.json\"\n\
+                 endpoints = [\"{}:{HUB_PORT}\"]\nroutes = {HUB_ROUTES}\n\n\
+                 [[follower]]\nname = \"backup\"\ncertificate = \"{backup_fp}\"\n\
+                 public_key = \"{}\"\nendpoints = [\"{}:{HUB_PORT}\"]\n\
+                 address = \"{BACKUP_TUNNEL}\"\n",
+                dcn.main.wan_address,
+                backup_key.public_key(),
+                dcn.backup.wan_address,
+            ),
+        );
+        let backup = hub_config(
+            "hub-backup",
+            BACKUP_TUNNEL,
+            format!(
+                "[follow]\nname = \"main\"\nendpoint = \"{}:{PROBE_PORT}\"\n\
+                 fingerprint = \"{main_fp}\"\n",
+                dcn.main.wan_address
+            ),
+        );
+        let mut site = BackupSite {
+            annex_runs: Vec::new(),
+            main,
+            backup,
+            annex: super::Annex {
+                ns: annex_ns,
+                lan,
+                config: PathBuf::new(),
+                lan_host: "192.168.1.10".to_string(),
+            },
+            isp_fiber,
+            isp_4g,
+            dcn,
+            enrolled_in: Duration::ZERO,
+        };
+        site.main.start(&site.dcn.main.ns);
+        site.backup.start(&site.dcn.backup.ns);
+
+        let started = Instant::now();
+        let (code, out, err) =
+            site.main
+                .site(&["add", "annex-1", "--lan", "192.168.1.0/24", "--json"]);
+        assert_eq!(code, 0, "site add annex-1: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("site add JSON");
+        let token = v["token"].as_str().expect("token").to_string();
+        let (code, out, err) = super::join_annex(&mut site.annex, 1, &dir, &token);
+        assert_eq!(code, 0, "join: {out}{err}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while site
+            .backup
+            .listed_site("annex-1")
+            .is_none_or(|s| s["state"] != "joined")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "hub-backup does not list annex-1 as joined"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        site.enrolled_in = started.elapsed();
+        site
+    }
+
+    /// Starts townlink on the annex.
+    pub fn start_annex(&mut self) {
+        let log = self
+            .dcn
+            .dir
+            .path()
+            .join(format!("annex1-{}.log", self.annex_runs.len()));
+        self.annex_runs
+            .push(Daemon::start(&self.annex.ns, &self.annex.config, log));
+    }
+
+    /// The annex's current townlink.
+    pub fn annex_daemon(&self) -> &Daemon {
+        self.annex_runs.last().expect("annex started")
+    }
+
+    /// The annex's control socket (as [`super::join_annex`] wrote it).
+    pub fn annex_socket(&self) -> PathBuf {
+        self.dcn.dir.path().join("annex1.sock")
+    }
+
+    /// Starts hub-main's townlink (again).
+    pub fn start_main(&mut self) {
+        self.main.start(&self.dcn.main.ns);
+    }
+
+    /// Starts hub-backup's townlink (again).
+    pub fn start_backup(&mut self) {
+        self.backup.start(&self.dcn.backup.ns);
+    }
+
+    /// The device of the annex's route to the records network: `tl0` on
+    /// hub-main, `tl1` on hub-backup.
+    pub fn records_device(&self) -> String {
+        let routes = self.annex.ns.ip_json(&["route", "show", "10.50.0.0/24"]);
+        routes[0]["dev"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The annex's hub in use, from [`BackupSite::records_device`]:
+    /// "main", "backup" or "" (neither).
+    pub fn annex_hub(&self) -> &'static str {
+        match self.records_device().as_str() {
+            "tl0" => "main",
+            "tl1" => "backup",
+            _ => "",
+        }
+    }
+
+    /// The uplink the session with `hub` leaves by (its table: 7400 for
+    /// the first hub, 7416 for the second).
+    pub fn session_uplink(&self, hub: &str) -> String {
+        let table = if hub == "main" { "7400" } else { "7416" };
+        let routes = self.annex.ns.ip_json(&["route", "show", "table", table]);
+        routes[0]["dev"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// `ip route show table 116` on a hub ("main" or "backup"), as
+    /// (destination, metric) pairs.
+    pub fn table_116(&self, hub: &str) -> Vec<(String, u64)> {
+        let ns = if hub == "main" {
+            &self.dcn.main.ns
+        } else {
+            &self.dcn.backup.ns
+        };
+        ns.ip_json(&["route", "show", "table", "116"])
+            .as_array()
+            .expect("routes")
+            .iter()
+            .map(|r| {
+                (
+                    r["dst"].as_str().unwrap_or_default().to_string(),
+                    r["metric"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for BackupSite {
+    fn drop(&mut self) {
+        // Daemons (annex first, so that no hub sees it leave by its own
+        // death), then every BIRD, then the namespaces (fields).
+        self.annex_runs.clear();
+        self.main.runs.clear();
+        self.backup.runs.clear();
+        self.dcn.stop_birds();
     }
 }

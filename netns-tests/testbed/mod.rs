@@ -317,6 +317,100 @@ pub struct Annex {
     pub lan_host: String,
 }
 
+/// The annexes' carriers on `core` (the internet): `fiber` (198.18.1.2)
+/// and `4g` (198.18.2.2, with the carrier's NAT), both forwarding. `ns`
+/// makes a namespace of the topology from its role.
+pub fn isps(core: &Netns, ns: &impl Fn(&str) -> Netns) -> (Netns, Netns) {
+    let isp_fiber = ns("fiber");
+    let isp_4g = ns("4g");
+    for n in [&isp_fiber, &isp_4g] {
+        n.sysctl("net.ipv4.ip_forward", "1");
+    }
+    link(
+        core,
+        "fib0",
+        "198.18.1.1/24",
+        &isp_fiber,
+        "core0",
+        "198.18.1.2/24",
+    );
+    link(
+        core,
+        "lte0",
+        "198.18.2.1/24",
+        &isp_4g,
+        "core0",
+        "198.18.2.2/24",
+    );
+    isp_fiber.ip(&["route", "add", "default", "via", "198.18.1.1"]);
+    isp_4g.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+    // The carrier's NAT: 4G subscribers leave with the carrier's address.
+    isp_4g.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "core0",
+        "-j",
+        "MASQUERADE",
+    ]);
+    (isp_fiber, isp_4g)
+}
+
+/// Annex `n`'s namespaces (1-based): the router `annexN` with `fiber0`
+/// (198.18.1N.2 behind `isp_fiber`, its default route) and `lte0`
+/// (100.64.N.2 behind `isp_4g`'s NAT), and the LAN `lanN` (192.168.N.0/24,
+/// the host at .10, the annex at .1); `core` routes 198.18.1N.0/24 to the
+/// fiber carrier. Returns (annex, LAN).
+pub fn annex_namespaces(
+    core: &Netns,
+    isp_fiber: &Netns,
+    isp_4g: &Netns,
+    n: usize,
+    ns: &impl Fn(&str) -> Netns,
+) -> (Netns, Netns) {
+    let fiber_net = format!("198.18.1{n}");
+    core.ip(&[
+        "route",
+        "add",
+        &format!("{fiber_net}.0/24"),
+        "via",
+        "198.18.1.2",
+    ]);
+    let a = ns(&format!("annex{n}"));
+    let lan = ns(&format!("lan{n}"));
+    link(
+        isp_fiber,
+        &format!("a{n}"),
+        &format!("{fiber_net}.1/24"),
+        &a,
+        "fiber0",
+        &format!("{fiber_net}.2/24"),
+    );
+    link(
+        isp_4g,
+        &format!("a{n}"),
+        &format!("100.64.{n}.1/24"),
+        &a,
+        "lte0",
+        &format!("100.64.{n}.2/24"),
+    );
+    a.ip(&["route", "add", "default", "via", &format!("{fiber_net}.1")]);
+    link(
+        &a,
+        "lan0",
+        &format!("192.168.{n}.1/24"),
+        &lan,
+        "eth0",
+        &format!("192.168.{n}.10/24"),
+    );
+    lan.ip(&["route", "add", "default", "via", &format!("192.168.{n}.1")]);
+
+    (a, lan)
+}
+
 /// The whole WAN. Field order is drop order: daemons before namespaces.
 pub struct Wan {
     pub daemons: Vec<Daemon>,
@@ -355,9 +449,8 @@ impl Wan {
         let hub = ns("hub");
         let records = ns("records");
         let core = ns("core");
-        let isp_fiber = ns("fiber");
-        let isp_4g = ns("4g");
-        for n in [&hub, &core, &isp_fiber, &isp_4g] {
+        let (isp_fiber, isp_4g) = isps(&core, &ns);
+        for n in [&hub, &core] {
             n.sysctl("net.ipv4.ip_forward", "1");
         }
         link(
@@ -378,79 +471,13 @@ impl Wan {
             &format!("{RECORDS}/24"),
         );
         records.ip(&["route", "add", "default", "via", "10.50.0.1"]);
-        link(
-            &core,
-            "fib0",
-            "198.18.1.1/24",
-            &isp_fiber,
-            "core0",
-            "198.18.1.2/24",
-        );
-        link(
-            &core,
-            "lte0",
-            "198.18.2.1/24",
-            &isp_4g,
-            "core0",
-            "198.18.2.2/24",
-        );
-        isp_fiber.ip(&["route", "add", "default", "via", "198.18.1.1"]);
-        isp_4g.ip(&["route", "add", "default", "via", "198.18.2.1"]);
-        // The carrier's NAT: 4G subscribers leave with the carrier's address.
-        isp_4g.exec(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "core0",
-            "-j",
-            "MASQUERADE",
-        ]);
-
         let hub_key = write_key(&dir.path().join("hub.key"));
         let hub_fp = write_identity(dir.path(), "hub-probe");
         let mut sites = String::new();
         let mut list = Vec::new();
         for n in 1..=annexes {
             let fiber_net = format!("198.18.1{n}");
-            core.ip(&[
-                "route",
-                "add",
-                &format!("{fiber_net}.0/24"),
-                "via",
-                "198.18.1.2",
-            ]);
-            let a = ns(&format!("annex{n}"));
-            let lan = ns(&format!("lan{n}"));
-            link(
-                &isp_fiber,
-                &format!("a{n}"),
-                &format!("{fiber_net}.1/24"),
-                &a,
-                "fiber0",
-                &format!("{fiber_net}.2/24"),
-            );
-            link(
-                &isp_4g,
-                &format!("a{n}"),
-                &format!("100.64.{n}.1/24"),
-                &a,
-                "lte0",
-                &format!("100.64.{n}.2/24"),
-            );
-            a.ip(&["route", "add", "default", "via", &format!("{fiber_net}.1")]);
-            link(
-                &a,
-                "lan0",
-                &format!("192.168.{n}.1/24"),
-                &lan,
-                "eth0",
-                &format!("192.168.{n}.10/24"),
-            );
-            lan.ip(&["route", "add", "default", "via", &format!("192.168.{n}.1")]);
-
+            let (a, lan) = annex_namespaces(&core, &isp_fiber, &isp_4g, n, &ns);
             let key = write_key(&dir.path().join(format!("annex{n}.key")));
             let cert = write_identity(dir.path(), &format!("annex{n}-probe"));
             if !options.enrolled_sites {
@@ -604,38 +631,8 @@ socket = "annex{n}.sock"
     /// On success, annex `n` runs from the written config (with its own
     /// control socket added).
     pub fn join(&mut self, n: usize, token: &str) -> (i32, String, String) {
-        let dir = self.join_dir(n);
-        let out = self.annex(n).ns.run_output(&[
-            townlink_bin().to_str().expect("UTF-8 path"),
-            "join",
-            token,
-            "--dir",
-            dir.to_str().expect("UTF-8 path"),
-            "--uplink",
-            &format!("fiber=fiber0,gateway=198.18.1{n}.1"),
-            "--uplink",
-            &format!("lte=lte0,gateway=100.64.{n}.1,metered"),
-        ]);
-        let result = (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        if result.0 == 0 {
-            let config = dir.join("townlink.toml");
-            let mut text = format!(
-                "state_directory = \"{}\"\n{}",
-                self.dir.path().join(format!("annex{n}-state")).display(),
-                std::fs::read_to_string(&config).expect("written config")
-            );
-            text.push_str(&format!(
-                "\n[control]\nsocket = \"{}\"\n",
-                self.dir.path().join(format!("annex{n}.sock")).display()
-            ));
-            std::fs::write(&config, text).expect("config");
-            self.annexes[n - 1].config = config;
-        }
-        result
+        let dir = self.dir.path().to_path_buf();
+        join_annex(&mut self.annexes[n - 1], n, &dir, token)
     }
 
     /// `townlink join TOKEN --force` inside annex `n`'s namespace into
@@ -665,6 +662,46 @@ socket = "annex{n}.sock"
     pub fn annex(&self, n: usize) -> &Annex {
         &self.annexes[n - 1]
     }
+}
+
+/// `townlink join TOKEN` inside annex `n`'s namespace (1-based), with
+/// both uplinks named (the 4G metered), into `DIR/annexN-joined`:
+/// (exit code, stdout, stderr). On success the written config gets a
+/// state directory and a control socket of its own under `dir`
+/// (`annexN-state`, `annexN.sock`), and becomes `annex.config`.
+pub fn join_annex(annex: &mut Annex, n: usize, dir: &Path, token: &str) -> (i32, String, String) {
+    let join_dir = dir.join(format!("annex{n}-joined"));
+    let out = annex.ns.run_output(&[
+        townlink_bin().to_str().expect("UTF-8 path"),
+        "join",
+        token,
+        "--dir",
+        join_dir.to_str().expect("UTF-8 path"),
+        "--uplink",
+        &format!("fiber=fiber0,gateway=198.18.1{n}.1"),
+        "--uplink",
+        &format!("lte=lte0,gateway=100.64.{n}.1,metered"),
+    ]);
+    let result = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    if result.0 == 0 {
+        let config = join_dir.join("townlink.toml");
+        let mut text = format!(
+            "state_directory = \"{}\"\n{}",
+            dir.join(format!("annex{n}-state")).display(),
+            std::fs::read_to_string(&config).expect("written config")
+        );
+        text.push_str(&format!(
+            "\n[control]\nsocket = \"{}\"\n",
+            dir.join(format!("annex{n}.sock")).display()
+        ));
+        std::fs::write(&config, text).expect("config");
+        annex.config = config;
+    }
+    result
 }
 
 /// A TCP echo server listening in `ns` on `addr`; runs until the process ends.
