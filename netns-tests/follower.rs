@@ -198,6 +198,14 @@ fn wan_with_backup() -> (Wan, Backup) {
 fn the_backup_hub_follows_joins_and_removals_and_keeps_them_while_the_main_hub_is_down() {
     let (mut wan, mut backup) = wan_with_backup();
     backup.start();
+    // Its start-up line names the copy it serves, not an `[enrollment]
+    // registry` it never reads.
+    let installed = backup.daemon().log_lines(&["sites installed"]);
+    assert_eq!(installed.len(), 1, "{installed:?}");
+    assert!(
+        installed[0].contains("backup-state/followed-sites.json"),
+        "{installed:?}"
+    );
     let main_socket = wan.dir.path().join("hub.sock");
 
     // 1. site add + join on the main hub: the backup hub has annex-1

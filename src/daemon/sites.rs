@@ -268,10 +268,16 @@ impl HubSites {
                  serve it: run `townlink site remove {site}` and enroll it again"
             );
         }
+        // A follower's registry is its copy of the main hub's, not the
+        // `[enrollment] registry` file it never reads.
+        let shown = match follow {
+            Some(_) => state_directory.join(follow::FOLLOWED_FILE),
+            None => registry_path.clone(),
+        };
         tracing::info!(
             sites = roster.active().len(),
             pending = roster.pending(),
-            registry = %registry_path.display(),
+            registry = %shown.display(),
             "sites installed"
         );
         let sites = Arc::new(HubSites {
