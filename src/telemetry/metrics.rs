@@ -52,6 +52,12 @@ pub struct PathStateLabels {
     pub state: String,
 }
 
+/// A hub of an annex (its `[[hub]] name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HubLabels {
+    pub hub: String,
+}
+
 /// A switch from one path to another: the uplinks, the hubs, the reason class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailoverLabels {
@@ -148,6 +154,8 @@ pub struct Metrics {
     pub uplink_probe_budget: Family<UplinkLabels, FloatGauge>,
     pub uplink_probe_budget_available: Family<UplinkLabels, FloatGauge>,
     pub uplink_probe_budget_limited: Family<UplinkLabels, Gauge>,
+    // Annex: its hubs.
+    pub hub_preferred: Family<HubLabels, Gauge>,
     // Annex: failovers.
     pub failovers: Family<FailoverLabels, Counter>,
     pub last_failover: FloatGauge,
@@ -394,6 +402,12 @@ impl Metrics {
                 "uplink_probe_budget_limited",
                 "1 while the probe budget delays the uplink's probes or connection attempts, else 0",
                 m.uplink_probe_budget_limited,
+            );
+            register(
+                r_,
+                "hub_preferred",
+                "1 for the hub the tunnel uses when every hub is reachable (lowest priority, then first), else 0",
+                m.hub_preferred,
             );
             register(
                 r_,

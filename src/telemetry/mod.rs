@@ -145,6 +145,11 @@ impl Telemetry {
                     let _ = m.uplink_transmit.get_or_create(&l);
                 }
                 for (h, hub) in annex.hubs.iter().enumerate() {
+                    m.hub_preferred
+                        .get_or_create(&HubLabels {
+                            hub: hub.name.to_string(),
+                        })
+                        .set((h == active_hub) as i64);
                     status.hubs.push(HubView {
                         name: hub.name.to_string(),
                         interface: hub.interface.to_string(),

@@ -255,6 +255,7 @@ fn each_role_exports_its_own_families_only() {
     for f in families(&hub) {
         assert!(
             !f.starts_with("townlink_uplink_")
+                && f != "townlink_hub_preferred"
                 && !f.starts_with("townlink_failovers")
                 && !f.starts_with("townlink_last_failover"),
             "hub exports the annex's {f}"
@@ -612,6 +613,15 @@ fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
     ));
     // Uplink series stay per uplink.
     assert!(text.contains("townlink_uplink_metered{uplink=\"lte\"} 1"));
+    // One series per hub says which is preferred.
+    assert!(
+        text.contains("townlink_hub_preferred{hub=\"main\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("townlink_hub_preferred{hub=\"backup\"} 0"),
+        "{text}"
+    );
 
     // The main hub dies: backup/fiber becomes active, main/fiber down.
     let q = |health| crate::decision::Quality {
@@ -659,6 +669,11 @@ fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
     assert!(text.contains(
         "townlink_failovers_total{from=\"fiber\",to=\"fiber\",reason=\"hub_down\",from_hub=\"main\",to_hub=\"backup\"} 1"
     ), "{text}");
+    // A switch of hub leaves the preferred hub as it is.
+    assert!(
+        text.contains("townlink_hub_preferred{hub=\"main\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"backup\"} 1"));
     assert!(text.contains("townlink_uplink_active{uplink=\"fiber\",hub=\"main\"} 0"));
     assert!(text.contains("townlink_uplink_state{uplink=\"fiber\",hub=\"main\",state=\"down\"} 1"));
@@ -696,6 +711,42 @@ fn with_two_hubs_every_path_has_its_series_and_a_hub_switch_names_both_hubs() {
     assert_eq!(
         (f.from_hub.as_deref(), f.to_hub.as_deref()),
         (Some("main"), Some("backup"))
+    );
+}
+
+#[test]
+fn the_preferred_hub_is_the_lowest_priority_then_the_first() {
+    let dir = dir_with_key();
+    // (townlink_hub_preferred of main and backup, status' preferred flags)
+    let preferred = |main: u32, backup: u32| {
+        let mut config = two_hubs(dir.path());
+        let Role::Annex(a) = &mut config.role else {
+            panic!("annex expected")
+        };
+        a.hubs[0].priority = main;
+        a.hubs[1].priority = backup;
+        let t = Telemetry::new(&config);
+        let text = t.encode();
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("townlink_hub_preferred{hub=\""))
+            .collect();
+        series.sort();
+        let shown: Vec<bool> = t.snapshot().hubs.iter().map(|h| h.preferred).collect();
+        (series.join(", "), shown)
+    };
+    // The backup hub by its priority; on a tie, the first in the file.
+    assert_eq!(
+        preferred(3, 1),
+        ("backup\"} 1, main\"} 0".to_string(), vec![false, true])
+    );
+    assert_eq!(
+        preferred(2, 2),
+        ("backup\"} 0, main\"} 1".to_string(), vec![true, false])
+    );
+    assert_eq!(
+        preferred(0, 1),
+        ("backup\"} 0, main\"} 1".to_string(), vec![true, false])
     );
 }
 
