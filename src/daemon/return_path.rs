@@ -230,6 +230,7 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
                 datagram: h
                     .and_then(|h| h.datagram)
                     .map(|t| now.saturating_duration_since(t)),
+                gap_since_report: h.map_or(Duration::ZERO, |h| h.gap_since_report),
                 // A handshake "in the future" (the clock stepped back) is fresh.
                 handshake: handshakes
                     .get(&site.public_key)

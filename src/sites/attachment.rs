@@ -5,10 +5,14 @@
 //! - **attached**: the site's latest report names this hub as its active
 //!   one (`probe::wire::Report::names_receiver`: for an annex with one
 //!   hub, any report) and a datagram came from the site within
-//!   [`ATTACH_FRESH`]. The active path is probed every 100 ms: a second
-//!   of silence is ten lost probes in a row, so a hub that loses the
-//!   site's fast probes (its WAN cut) detaches it within a second even if
-//!   it never hears the site leave;
+//!   [`ATTACH_FRESH`], with no silence that long since that report
+//!   arrived. The active path is probed every 100 ms: a second of silence
+//!   is ten lost probes in a row, so a hub that loses the site's fast
+//!   probes (its WAN cut) detaches it within a second even if it never
+//!   hears the site leave. After such a gap the report is stale (the site
+//!   may have left meanwhile, and its report saying so been lost): the
+//!   hub waits for a new one (every 5 s on the active path, and at every
+//!   new probe connection) before it attaches the site again;
 //! - otherwise, **elsewhere** when the site has a WireGuard session with
 //!   this hub (a handshake younger than [`SESSION_FRESH`]) and its latest
 //!   report names another hub; **session** when it has a session but no
@@ -40,6 +44,9 @@ pub struct Evidence {
     pub report: Option<(bool, Option<String>)>,
     /// Since the last datagram from the site (any probe connection).
     pub datagram: Option<Duration>,
+    /// The longest silence between two datagrams from the site since its
+    /// latest report arrived.
+    pub gap_since_report: Duration,
     /// Since the last WireGuard handshake with the site.
     pub handshake: Option<Duration>,
 }
@@ -65,7 +72,7 @@ impl Attachment {
     pub fn of(e: &Evidence) -> Attachment {
         let fresh = |age: Option<Duration>, limit: Duration| age.is_some_and(|a| a < limit);
         let here = matches!(e.report, Some((true, _)));
-        if here && fresh(e.datagram, ATTACH_FRESH) {
+        if here && fresh(e.datagram, ATTACH_FRESH) && e.gap_since_report < ATTACH_FRESH {
             return Attachment::Attached;
         }
         if !fresh(e.handshake, SESSION_FRESH) {
@@ -176,6 +183,7 @@ mod tests {
         Evidence {
             report: report.map(|(here, hub)| (here, hub.map(String::from))),
             datagram,
+            gap_since_report: Duration::ZERO,
             handshake,
         }
     }
@@ -206,6 +214,38 @@ mod tests {
             Attachment::of(&evidence(here, Some(ATTACH_FRESH), Some(200 * S))),
             Attachment::Silent
         );
+    }
+
+    #[test]
+    fn a_report_from_before_a_gap_does_not_attach_until_a_new_one() {
+        let here = Some((true, Some("main")));
+        // The hub's WAN was cut for 10 s, and is back: the site's
+        // (standby) probes arrive again, but its last report is from
+        // before the cut; the one saying it left was lost meanwhile.
+        let back = Evidence {
+            gap_since_report: 10 * S,
+            ..evidence(here, Some(50 * MS), Some(20 * S))
+        };
+        assert_eq!(Attachment::of(&back), Attachment::Session);
+        assert_eq!(Attachment::of(&back).metric(), Some(SESSION_METRIC));
+        // Any silence as long as the freshness window is such a gap.
+        let just = Evidence {
+            gap_since_report: ATTACH_FRESH,
+            ..back.clone()
+        };
+        assert_eq!(Attachment::of(&just), Attachment::Session);
+        // Shorter silences (a few lost probes) are no gap.
+        let short = Evidence {
+            gap_since_report: ATTACH_FRESH - MS,
+            ..back.clone()
+        };
+        assert_eq!(Attachment::of(&short), Attachment::Attached);
+        // A new report naming this hub (its gap restarts at zero) attaches.
+        let renewed = Evidence {
+            gap_since_report: Duration::ZERO,
+            ..back
+        };
+        assert_eq!(Attachment::of(&renewed), Attachment::Attached);
     }
 
     #[test]
