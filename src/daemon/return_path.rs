@@ -227,6 +227,7 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
             let h = heard.get(&site.name);
             let evidence = Evidence {
                 report: h.and_then(|h| h.report.clone()),
+                every: h.and_then(|h| h.every),
                 datagram: h
                     .and_then(|h| h.datagram)
                     .map(|t| now.saturating_duration_since(t)),

@@ -200,6 +200,9 @@ pub struct Heard {
     /// ([`Report::names_receiver`]), and the active hub it names (the
     /// annex's name for it).
     pub report: Option<(bool, Option<String>)>,
+    /// The active path's probe interval the last report states
+    /// ([`Report::every`]).
+    pub every: Option<Duration>,
     /// The longest silence between two datagrams since the last report
     /// arrived (zero at the report): a report from before a gap in the
     /// site's datagrams may be stale (`sites::attachment`).
@@ -233,6 +236,7 @@ impl Sessions {
             let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             let h = map.entry(site.clone()).or_default();
             h.report = Some(said);
+            h.every = report.every();
             h.gap_since_report = Duration::ZERO;
         }
         self.reports.notify_one();
