@@ -544,6 +544,13 @@ fn a_blackholed_main_hub_is_left_by_the_annex_and_the_dc_and_returned_to_once() 
         annex[0].0 >= HOLDDOWN,
         "returned before the hold-down: {seen:?}"
     );
+    // hub-main's last report from the annex is from before the blackhole:
+    // it attaches the annex again only on a new report, when the annex
+    // is back, not as soon as the annex's standby probes reach it again.
+    assert!(
+        dc[0].0 >= annex[0].0.saturating_sub(Duration::from_millis(500)),
+        "the dc left hub-backup before the annex did: {seen:?}"
+    );
     assert_eq!(switches(&site).len(), 2, "{:#?}", switches(&site));
     stream.wait_for_echoes(50, Duration::from_secs(5)).unwrap();
 }

@@ -376,6 +376,10 @@ impl Failover {
             let report = self.telemetry.report();
             let several = self.reports.len() > 1;
             let left = (last.hub != active.hub).then_some(last.hub);
+            // The active path's probe interval, as the prober is (or is
+            // about to be) told: the active hub's freshness window.
+            let every = interval(engine, active, self.calm(active.hub), &self.probe);
+            let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
             last.hub = active.hub;
             for (h, reports) in self.reports.iter().enumerate() {
                 let uplink = engine.tunnel_uplink(h);
@@ -390,6 +394,7 @@ impl Failover {
                         // (with one hub, a report without paths says it).
                         let datagram = Report {
                             here: several.then_some(h == active.hub),
+                            every_ms: Some(every_ms),
                             ..report.clone()
                         }
                         .encode_fitting()

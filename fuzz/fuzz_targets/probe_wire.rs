@@ -5,6 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use townlink::probe::wire::{self, Report};
+use townlink::sites::attachment::{self, WINDOW_MAX, WINDOW_MIN};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(echo) = wire::echo_for(data) {
@@ -27,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
                     .any(|p| p.name == report.active && p.hub == report.hub),
             "the active path is listed"
         );
+        // Whatever interval it states, the hub's window is bounded.
+        let window = attachment::fresh_window(report.every());
+        assert!((WINDOW_MIN..=WINDOW_MAX).contains(&window), "{window:?}");
         if let Some(again) = report.encode() {
             assert_eq!(Report::parse(&again), Some(report.clone()), "round trip");
         }
@@ -35,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         if let Some(fitted) = report.encode_fitting() {
             let fitted = Report::parse(&fitted).expect("a fitted report reads");
             assert_eq!(fitted.here, report.here, "`here` is kept");
+            assert_eq!(fitted.every_ms, report.every_ms, "`every_ms` is kept");
             if report.here.is_some() {
                 assert_eq!(fitted.names_receiver(), report.names_receiver());
             }

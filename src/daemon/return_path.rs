@@ -227,9 +227,11 @@ pub(super) async fn run(path: ReturnPath, stop: CancellationToken) {
             let h = heard.get(&site.name);
             let evidence = Evidence {
                 report: h.and_then(|h| h.report.clone()),
+                every: h.and_then(|h| h.every),
                 datagram: h
                     .and_then(|h| h.datagram)
                     .map(|t| now.saturating_duration_since(t)),
+                gap_since_report: h.map_or(Duration::ZERO, |h| h.gap_since_report),
                 // A handshake "in the future" (the clock stepped back) is fresh.
                 handshake: handshakes
                     .get(&site.public_key)

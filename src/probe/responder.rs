@@ -200,6 +200,13 @@ pub struct Heard {
     /// ([`Report::names_receiver`]), and the active hub it names (the
     /// annex's name for it).
     pub report: Option<(bool, Option<String>)>,
+    /// The active path's probe interval the last report states
+    /// ([`Report::every`]).
+    pub every: Option<Duration>,
+    /// The longest silence between two datagrams since the last report
+    /// arrived (zero at the report): a report from before a gap in the
+    /// site's datagrams may be stale (`sites::attachment`).
+    pub gap_since_report: Duration,
 }
 
 impl Sessions {
@@ -213,29 +220,25 @@ impl Sessions {
     /// A datagram from `site` at `at`.
     fn datagram(&self, site: &Name, at: Instant) {
         let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(site) {
-            Some(h) => h.datagram = Some(at),
-            None => {
-                map.insert(
-                    site.clone(),
-                    Heard {
-                        datagram: Some(at),
-                        report: None,
-                    },
-                );
-            }
+        let h = map.entry(site.clone()).or_default();
+        // Datagrams of several connections are handled by several tasks:
+        // `at` may be a little older than the last one recorded.
+        if let Some(last) = h.datagram {
+            h.gap_since_report = h.gap_since_report.max(at.saturating_duration_since(last));
         }
+        h.datagram = Some(h.datagram.map_or(at, |last| last.max(at)));
     }
 
     /// A report from `site` (after its datagram): kept, and told.
     fn report(&self, site: &Name, report: &Report) {
         let said = (report.names_receiver(), report.hub.clone());
-        self.heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(site.clone())
-            .or_default()
-            .report = Some(said);
+        {
+            let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            let h = map.entry(site.clone()).or_default();
+            h.report = Some(said);
+            h.every = report.every();
+            h.gap_since_report = Duration::ZERO;
+        }
         self.reports.notify_one();
     }
 
@@ -718,6 +721,42 @@ mod tests {
         }
         assert_eq!(l.allow(t0 + LOG_WINDOW), Some(25));
         assert_eq!(l.allow(t0 + LOG_WINDOW), Some(0));
+    }
+
+    #[test]
+    fn the_longest_silence_since_the_last_report_is_kept() {
+        let sessions = Sessions::default();
+        let site = Name::new("annex-1").unwrap();
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let report = Report {
+            active: "fiber".into(),
+            uplinks: vec![wire::Uplink {
+                name: "fiber".into(),
+                state: "up".into(),
+                ..wire::Uplink::default()
+            }],
+            ..Report::default()
+        };
+        sessions.datagram(&site, t0);
+        sessions.report(&site, &report);
+        sessions.datagram(&site, t0 + ms(100));
+        // Another connection's task, a little late: no gap, and the last
+        // datagram stays the newest.
+        sessions.datagram(&site, t0 + ms(90));
+        sessions.datagram(&site, t0 + ms(300));
+        let h = sessions.heard()[&site].clone();
+        assert_eq!(h.gap_since_report, ms(200));
+        assert_eq!(h.datagram, Some(t0 + ms(300)));
+        // A cut of 10 s: kept until the next report, whatever comes after.
+        sessions.datagram(&site, t0 + ms(10_300));
+        sessions.datagram(&site, t0 + ms(10_400));
+        assert_eq!(sessions.heard()[&site].gap_since_report, ms(10_000));
+        sessions.datagram(&site, t0 + ms(12_000));
+        sessions.report(&site, &report);
+        assert_eq!(sessions.heard()[&site].gap_since_report, Duration::ZERO);
+        sessions.datagram(&site, t0 + ms(12_100));
+        assert_eq!(sessions.heard()[&site].gap_since_report, ms(100));
     }
 
     /// A hub's responder on a loopback port, enrollment answering at once.

@@ -21,6 +21,8 @@
 //! name of the connection's certificate, never a name in the report.
 //! Anything else is garbage: the hub drops and counts it.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::sites::Name;
@@ -55,6 +57,8 @@ fn version_1() -> u32 {
 ///   hub (an annex with several hubs sends a report to each: the hub does
 ///   not know the name the annex gives it). Without `here` (an annex with
 ///   one hub, or from before it), a report without `paths` means "here".
+///   Also `every_ms`, the active path's probe interval: the hub's
+///   freshness window follows it (absent: an annex from before it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     #[serde(default = "version_1")]
@@ -73,6 +77,11 @@ pub struct Report {
     /// hubs; see [`Report::names_receiver`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub here: Option<bool>,
+    /// The active path's probe interval, in milliseconds (version 2,
+    /// optional): how often the active hub should hear the annex (see
+    /// [`Report::every`]). Absent from an annex from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
 }
 
 impl Default for Report {
@@ -84,6 +93,7 @@ impl Default for Report {
             uplinks: Vec::new(),
             paths: Vec::new(),
             here: None,
+            every_ms: None,
         }
     }
 }
@@ -121,6 +131,13 @@ impl Report {
     /// paths but no `here` (an annex from before `here`) cannot tell.
     pub fn names_receiver(&self) -> bool {
         self.here.unwrap_or(self.paths.is_empty())
+    }
+
+    /// The active path's probe interval the report states (any `u64` of
+    /// milliseconds reads: the hub bounds what it derives from it, see
+    /// `sites::attachment::fresh_window`); `None`: not stated.
+    pub fn every(&self) -> Option<Duration> {
+        self.every_ms.map(Duration::from_millis)
     }
 
     /// The datagram; `None` if it would be larger than [`MAX_REPORT`].
@@ -418,6 +435,61 @@ mod tests {
         let mut old = vec![REPORT];
         old.extend_from_slice(br#"{"active":"fiber","uplinks":[{"name":"fiber","state":"up"}]}"#);
         assert!(Report::parse(&old).unwrap().names_receiver());
+    }
+
+    #[test]
+    fn a_report_states_the_active_paths_interval_and_reads_without_it() {
+        let r = Report {
+            active: "fiber".into(),
+            uplinks: vec![Uplink {
+                name: "fiber".into(),
+                state: "up".into(),
+                ..Uplink::default()
+            }],
+            every_ms: Some(100),
+            ..Report::default()
+        };
+        let b = r.encode().unwrap();
+        assert!(std::str::from_utf8(&b[1..])
+            .unwrap()
+            .ends_with(",\"every_ms\":100}"));
+        let read = Report::parse(&b).unwrap();
+        assert_eq!(read.every(), Some(Duration::from_millis(100)));
+        // An older annex's report: no interval.
+        let mut old = vec![REPORT];
+        old.extend_from_slice(
+            br#"{"v":2,"active":"fiber","uplinks":[{"name":"fiber","state":"up"}],"here":true}"#,
+        );
+        assert_eq!(Report::parse(&old).unwrap().every(), None);
+        // Any u64 reads (the hub bounds what it makes of it); what is no
+        // u64 makes the report garbage, like any malformed field.
+        let with = |every: &str| {
+            let mut b = vec![REPORT];
+            b.extend_from_slice(
+                format!(
+                    r#"{{"active":"f","uplinks":[{{"name":"f","state":"up"}}],"every_ms":{every}}}"#
+                )
+                .as_bytes(),
+            );
+            Report::parse(&b)
+        };
+        assert_eq!(
+            with("18446744073709551615").unwrap().every(),
+            Some(Duration::from_millis(u64::MAX))
+        );
+        assert_eq!(with("0").unwrap().every(), Some(Duration::ZERO));
+        assert_eq!(with("-1"), None);
+        assert_eq!(with("1e30"), None);
+        assert_eq!(with("18446744073709551616"), None);
+        // What an older hub reads: the fields it knows.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Before {
+            active: String,
+            here: Option<bool>,
+        }
+        let before: Before = serde_json::from_slice(&b[1..]).unwrap();
+        assert_eq!(before.active, "fiber");
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //!
 //! - **attached**: the site's latest report names this hub as its active
 //!   one (`probe::wire::Report::names_receiver`: for an annex with one
-//!   hub, any report) and a datagram came from the site within
-//!   [`ATTACH_FRESH`]. The active path is probed every 100 ms: a second
-//!   of silence is ten lost probes in a row, so a hub that loses the
-//!   site's fast probes (its WAN cut) detaches it within a second even if
-//!   it never hears the site leave;
+//!   hub, any report) and a datagram came from the site within the
+//!   freshness window ([`fresh_window`]: five probe intervals of the
+//!   active path, as the report states it), with no silence that long
+//!   since that report arrived. Five probes lost in a row: a hub that
+//!   loses the site's fast probes (its WAN cut) detaches it within the
+//!   window (0.5 s at the default 100 ms) even if it never hears the site
+//!   leave. After such a gap the report is stale (the site may have left
+//!   meanwhile, and its report saying so been lost): the hub waits for a
+//!   new one (every 5 s on the active path, and at every new probe
+//!   connection) before it attaches the site again;
 //! - otherwise, **elsewhere** when the site has a WireGuard session with
 //!   this hub (a handshake younger than [`SESSION_FRESH`]) and its latest
 //!   report names another hub; **session** when it has a session but no
@@ -21,8 +26,28 @@
 
 use std::time::Duration;
 
-/// A datagram at least this recent is needed to be attached.
+/// The freshness window of a report that states no probe interval (an
+/// annex from before `every_ms`).
 pub const ATTACH_FRESH: Duration = Duration::from_secs(1);
+/// The freshness window in probe intervals of the active path.
+pub const WINDOW_PROBES: u32 = 5;
+/// The shortest freshness window (a 20 ms interval: scheduling delays
+/// on a busy hub must not read as lost probes).
+pub const WINDOW_MIN: Duration = Duration::from_millis(300);
+/// The longest freshness window (a 10 s interval would give 50 s; a
+/// value from the wire is bounded by it).
+pub const WINDOW_MAX: Duration = Duration::from_secs(60);
+
+/// The freshness window for a site whose report states the active path's
+/// probe interval `every`: [`WINDOW_PROBES`] intervals within
+/// [`WINDOW_MIN`]..=[`WINDOW_MAX`]; [`ATTACH_FRESH`] without one. Any
+/// value gives a bounded window (it comes from the wire).
+pub fn fresh_window(every: Option<Duration>) -> Duration {
+    every.map_or(ATTACH_FRESH, |e| {
+        e.saturating_mul(WINDOW_PROBES)
+            .clamp(WINDOW_MIN, WINDOW_MAX)
+    })
+}
 /// A WireGuard handshake younger than this is a session (WireGuard's
 /// REJECT_AFTER_TIME: an older one carries no traffic any more).
 pub const SESSION_FRESH: Duration = Duration::from_secs(180);
@@ -38,8 +63,13 @@ pub struct Evidence {
     /// the hub it names (the annex's name for it); `None`: no report since
     /// the hub started.
     pub report: Option<(bool, Option<String>)>,
+    /// The active path's probe interval its latest report states.
+    pub every: Option<Duration>,
     /// Since the last datagram from the site (any probe connection).
     pub datagram: Option<Duration>,
+    /// The longest silence between two datagrams from the site since its
+    /// latest report arrived.
+    pub gap_since_report: Duration,
     /// Since the last WireGuard handshake with the site.
     pub handshake: Option<Duration>,
 }
@@ -65,7 +95,8 @@ impl Attachment {
     pub fn of(e: &Evidence) -> Attachment {
         let fresh = |age: Option<Duration>, limit: Duration| age.is_some_and(|a| a < limit);
         let here = matches!(e.report, Some((true, _)));
-        if here && fresh(e.datagram, ATTACH_FRESH) {
+        let window = fresh_window(e.every);
+        if here && fresh(e.datagram, window) && e.gap_since_report < window {
             return Attachment::Attached;
         }
         if !fresh(e.handshake, SESSION_FRESH) {
@@ -175,7 +206,9 @@ mod tests {
     ) -> Evidence {
         Evidence {
             report: report.map(|(here, hub)| (here, hub.map(String::from))),
+            every: None,
             datagram,
+            gap_since_report: Duration::ZERO,
             handshake,
         }
     }
@@ -206,6 +239,84 @@ mod tests {
             Attachment::of(&evidence(here, Some(ATTACH_FRESH), Some(200 * S))),
             Attachment::Silent
         );
+    }
+
+    #[test]
+    fn a_report_from_before_a_gap_does_not_attach_until_a_new_one() {
+        let here = Some((true, Some("main")));
+        // The hub's WAN was cut for 10 s, and is back: the site's
+        // (standby) probes arrive again, but its last report is from
+        // before the cut; the one saying it left was lost meanwhile.
+        let back = Evidence {
+            gap_since_report: 10 * S,
+            ..evidence(here, Some(50 * MS), Some(20 * S))
+        };
+        assert_eq!(Attachment::of(&back), Attachment::Session);
+        assert_eq!(Attachment::of(&back).metric(), Some(SESSION_METRIC));
+        // Any silence as long as the freshness window is such a gap.
+        let just = Evidence {
+            gap_since_report: ATTACH_FRESH,
+            ..back.clone()
+        };
+        assert_eq!(Attachment::of(&just), Attachment::Session);
+        // Shorter silences (a few lost probes) are no gap.
+        let short = Evidence {
+            gap_since_report: ATTACH_FRESH - MS,
+            ..back.clone()
+        };
+        assert_eq!(Attachment::of(&short), Attachment::Attached);
+        // A new report naming this hub (its gap restarts at zero) attaches.
+        let renewed = Evidence {
+            gap_since_report: Duration::ZERO,
+            ..back
+        };
+        assert_eq!(Attachment::of(&renewed), Attachment::Attached);
+    }
+
+    #[test]
+    fn the_window_is_five_probe_intervals_bounded() {
+        assert_eq!(fresh_window(Some(100 * MS)), 500 * MS);
+        assert_eq!(fresh_window(Some(20 * MS)), WINDOW_MIN);
+        assert_eq!(fresh_window(Some(Duration::ZERO)), WINDOW_MIN);
+        assert_eq!(fresh_window(Some(10 * S)), 50 * S);
+        assert_eq!(fresh_window(Some(13 * S)), WINDOW_MAX);
+        // Whatever the wire says: no overflow, no panic.
+        assert_eq!(fresh_window(Some(Duration::MAX)), WINDOW_MAX);
+        assert_eq!(
+            fresh_window(Some(Duration::from_millis(u64::MAX))),
+            WINDOW_MAX
+        );
+        // An annex from before `every_ms`.
+        assert_eq!(fresh_window(None), ATTACH_FRESH);
+    }
+
+    #[test]
+    fn the_window_follows_the_stated_interval() {
+        let here = Some((true, Some("main")));
+        let at = |every: Option<Duration>, silent: Duration, gap: Duration| {
+            Attachment::of(&Evidence {
+                every,
+                gap_since_report: gap,
+                ..evidence(here, Some(silent), Some(10 * S))
+            })
+        };
+        // 100 ms probes: detached after 0.5 s of silence, not 1 s.
+        assert_eq!(
+            at(Some(100 * MS), 499 * MS, Duration::ZERO),
+            Attachment::Attached
+        );
+        assert_eq!(
+            at(Some(100 * MS), 500 * MS, Duration::ZERO),
+            Attachment::Session
+        );
+        // A gap of 0.5 s since the report makes it stale too.
+        assert_eq!(at(Some(100 * MS), 10 * MS, 500 * MS), Attachment::Session);
+        // 2 s probes: 8 s of silence is four lost probes, still attached.
+        assert_eq!(at(Some(2 * S), 8 * S, 8 * S), Attachment::Attached);
+        assert_eq!(at(Some(2 * S), 10 * S, Duration::ZERO), Attachment::Session);
+        // No interval stated: 1 s.
+        assert_eq!(at(None, 999 * MS, 999 * MS), Attachment::Attached);
+        assert_eq!(at(None, ATTACH_FRESH, Duration::ZERO), Attachment::Session);
     }
 
     #[test]
