@@ -11,27 +11,34 @@
 //!   (IP bytes, both directions), per hour and per 30-day month.
 //!
 //!
-//! Then on a second bed with a backup hub (issue 18; flap damping off
-//! likewise), the annex on (main, fiber):
+//! Then on the backup-site bed (issue 18; `BackupSite` of
+//! netns-tests/testbed/bgp.rs: hub-main and hub-backup each running
+//! townlink and BIRD, the data centre's router learning the annex's LAN
+//! by BGP only, with BFD; the annex enrolled on hub-main with both hubs;
+//! flap damping off likewise), the annex on (main, fiber):
 //! - STANDBY_MINUTES minutes (default 10; or STANDBY_SECONDS seconds) of
 //!   standby with both hubs up: every byte the 4G carries (counted in the
 //!   carrier's namespace, IP headers included, both directions: what the
 //!   carrier bills), split into probes (UDP 51821, both hubs) and
 //!   WireGuard (UDP 51820: keepalives and handshakes of both devices,
 //!   none expected while the fiber is up), per 30-day month;
-//! - HUB_EVENTS (default 10) SIGKILLs of the main hub, then as many
+//! - HUB_EVENTS (default 10) SIGKILLs of hub-main's townlink, then as many
 //!   blackholes of its WAN link (at the core): the gap of the LAN stream,
-//!   the time until the annex's records route is on the backup hub's
-//!   device; then the main hub back (restarted, or unblocked) and the
-//!   return to it; any switch but the one away and the one back is a
-//!   false switch (and any during the standby).
+//!   the time until the annex's records route is on hub-backup's device,
+//!   and the data centre's convergence (the cut → the dc's kernel route
+//!   to the annex's LAN via hub-backup; both routes polled every ~5-10
+//!   ms); then hub-main back (restarted, or unblocked) and both returns,
+//!   timed from then; any switch of hub or uplink but the one away and
+//!   the one back is a false switch (and any during the standby), any
+//!   other change of the dc's route an extra dc move.
 //!
 //! EVENTS=0 LOSS_SECONDS=0 skips the first bed, HUB_EVENTS=0
 //! STANDBY_SECONDS=0 the second.
 //!
-//! Exits non-zero when a blackhole or a hub failure causes no switch, a
-//! main hub back gets no return, or when anything it needs fails (a daemon
-//! that does not start, a stream that gets no echo).
+//! Exits non-zero when a blackhole or a hub failure causes no switch (of
+//! the annex and of the dc), a main hub back gets no return (of both), or
+//! when anything it needs fails (a daemon that does not start, a stream
+//! that gets no echo).
 //!
 //! Run it with `sudo scripts/bench-failover`; CI runs it with EVENTS=1
 //! LOSS_SECONDS=10 HUB_EVENTS=1 STANDBY_SECONDS=10.
@@ -40,9 +47,9 @@ mod testbed;
 
 use std::time::{Duration, Instant};
 
+use testbed::bgp::BackupSite;
 use testbed::{
-    udp_echo_server, Daemon, Impairment, Netns, Options, UdpStream, Wan, HUB_PORT, PROBE_PORT,
-    RECORDS,
+    udp_echo_server, Impairment, Netns, Options, UdpStream, Wan, HUB_PORT, PROBE_PORT, RECORDS,
 };
 
 fn env(name: &str, default: u64) -> u64 {
@@ -249,7 +256,7 @@ fn bench(events: usize, loss_seconds: u64) -> i32 {
     0
 }
 
-/// The options of both beds: the default settings but flap damping, off
+/// The options of the one-hub bed: the default settings but flap damping, off
 /// (a series of cuts a few seconds apart is what damping exists to calm).
 fn damping_off() -> Options {
     Options {
@@ -258,90 +265,92 @@ fn damping_off() -> Options {
     }
 }
 
-/// A backup hub next to the bed's hub, as `BackupHub` in
-/// netns-tests/failover.rs (a local copy: the bench needs only its start):
-/// its own namespace on the core (198.18.3.2), its own link to the records
-/// server, every annex of the bed as a `[[site]]` (the main hub's,
-/// copied), and the records server's replies to the annexes' LANs routed
-/// through it (a static return path: the data centre's BGP is the hubs'
-/// side, netns-tests/backup_site.rs). Field order is drop order: the
-/// daemon before its namespace.
-struct BackupHub {
-    _daemon: Daemon,
-    _ns: Netns,
+/// The annex's LAN host on the backup-site bed: the dc's route to it is
+/// the return path.
+const SITE_HOST: &str = "192.168.1.10";
+
+/// Flap damping off for an annex that `join` configured (its config has
+/// no `[failover]` table), as [`damping_off`] for the one-hub bed.
+const DAMPING_OFF: &str = "\n[failover]\nmax_holddown = \"10s\"\nprobation = \"0s\"\n";
+
+/// What a user's traffic depends on: the hub the annex sends to (its
+/// route to the records network: "main", "backup" or "") and the hub the
+/// dc sends the answers to (its kernel route to the annex's LAN host;
+/// None: unreachable).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct View {
+    annex: &'static str,
+    dc: Option<&'static str>,
 }
 
-fn start_backup_hub(wan: &Wan) -> BackupHub {
-    use testbed::{link, write_identity, write_key};
-    let ns = Netns::new(wan.hub.name.replace("-hub", "-backup"));
-    link(
-        &wan.core,
-        "hub1",
-        "198.18.3.1/24",
-        &ns,
-        "core0",
-        "198.18.3.2/24",
-    );
-    ns.ip(&["route", "add", "default", "via", "198.18.3.1"]);
-    link(
-        &ns,
-        "rec0",
-        "10.52.0.1/24",
-        &wan.records,
-        "eth1",
-        "10.52.0.10/24",
-    );
-    ns.ip(&["route", "add", "10.50.0.0/24", "via", "10.52.0.10"]);
-    wan.records
-        .ip(&["route", "add", "192.168.0.0/16", "via", "10.52.0.1"]);
-    let dir = wan.dir.path();
-    let public = write_key(&dir.join("backup.key")).public_key();
-    let fingerprint = write_identity(dir, "backup-probe");
-    let config = dir.join("backup.toml");
-    let text = std::fs::read_to_string(&wan.hub_config)
-        .expect("hub config")
-        .replace("\"hub.key\"", "\"backup.key\"")
-        .replace("\"hub-probe.", "\"backup-probe.")
-        .replace("\"hub.sock\"", "\"backup.sock\"")
-        .replace("\"hub-sites.json\"", "\"backup-sites.json\"")
-        .replace("\"hub-state\"", "\"backup-state\"")
-        .replace("198.18.0.2:", "198.18.3.2:")
-        .replace("\"10.99.0.1/24\"", "\"10.99.0.254/24\"");
-    std::fs::write(&config, text).expect("backup hub config");
-    for annex in &wan.annexes {
-        let mut text = std::fs::read_to_string(&annex.config).expect("annex config");
-        text.push_str(&format!(
-            "\n[[hub]]\nname = \"backup\"\ninterface = \"tl1\"\npublic_key = \"{public}\"\n\
-             endpoint = \"198.18.3.2:{HUB_PORT}\"\naddress = \"10.99.0.254\"\n\
-             routes = [\"10.50.0.0/24\", \"192.168.0.0/16\"]\nfingerprint = \"{fingerprint}\"\n"
-        ));
-        std::fs::write(&annex.config, text).expect("annex config");
-    }
-    let daemon = Daemon::start(&ns, &config, dir.join("backup.log"));
-    BackupHub {
-        _daemon: daemon,
-        _ns: ns,
-    }
+const HOME: View = View {
+    annex: "main",
+    dc: Some("main"),
+};
+const AWAY: View = View {
+    annex: "backup",
+    dc: Some("backup"),
+};
+
+/// The changes of the annex's hub and of the dc's route seen by
+/// [`watch`], each with its time since the watch's `since` (the time of
+/// the poll that saw it: exact to one poll period).
+#[derive(Debug, Default)]
+struct Seen {
+    annex: Vec<(Duration, &'static str)>,
+    dc: Vec<(Duration, Option<&'static str>)>,
+    polls: u32,
+    longest_poll: Duration,
+    /// How long it polled.
+    watched: Duration,
 }
 
-/// The device of annex 1's route to the records network: the active
-/// hub's (tl0 the main hub's, tl1 the backup hub's).
-fn records_device(wan: &Wan) -> String {
-    let routes = wan.annex(1).ns.ip_json(&["route", "show", "10.50.0.0/24"]);
-    routes[0]["dev"].as_str().unwrap_or_default().to_string()
-}
-
-/// Polls annex 1's records route every 10 ms until it is on `device`.
-fn wait_for_records_device(wan: &Wan, device: &str, within: Duration) -> Result<Instant, String> {
-    let deadline = Instant::now() + within;
+/// Polls the annex's records route and the dc's route to the annex's LAN
+/// (one `ip` command each, a 2 ms pause between polls: every ~5-10 ms)
+/// from `from` on, until `done` holds, then `settle` more; the changes
+/// are timed from `since`. Err when `done` never holds within `within`.
+fn watch(
+    site: &BackupSite,
+    since: Instant,
+    from: View,
+    within: Duration,
+    settle: Duration,
+    done: impl Fn(View) -> bool,
+) -> Result<Seen, String> {
+    let mut seen = Seen::default();
+    let mut last = from;
+    let mut settled: Option<Instant> = None;
+    let started = Instant::now();
     loop {
-        if records_device(wan) == device {
-            return Ok(Instant::now());
+        let polled = Instant::now();
+        let annex = site.annex_hub();
+        let annex_at = since.elapsed();
+        let dc = site.dcn.dc_route(SITE_HOST);
+        let dc_at = since.elapsed();
+        seen.polls += 1;
+        seen.longest_poll = seen.longest_poll.max(polled.elapsed());
+        if annex != last.annex {
+            seen.annex.push((annex_at, annex));
         }
-        if Instant::now() > deadline {
-            return Err(format!("records network not on {device} within {within:?}"));
+        if dc != last.dc {
+            seen.dc.push((dc_at, dc));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        last = View { annex, dc };
+        match settled {
+            None if done(last) => settled = Some(Instant::now()),
+            Some(t) if t.elapsed() >= settle => {
+                seen.watched = started.elapsed();
+                return Ok(seen);
+            }
+            None if started.elapsed() > within => {
+                return Err(format!(
+                    "not done within {within:?}: now {last:?}; annex {:?}, dc {:?}",
+                    seen.annex, seen.dc
+                ))
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -367,7 +376,7 @@ impl std::ops::Sub for Carrier {
 /// Counting rules (no target: they only count) in the carrier's FORWARD
 /// chain, named by their comments: everything to and from annex 1's 4G,
 /// its probes and its WireGuard.
-fn count_carrier(wan: &Wan) {
+fn count_carrier(isp_4g: &Netns) {
     let (probe, wg) = (PROBE_PORT.to_string(), HUB_PORT.to_string());
     let rules: [(&str, &[&str]); 6] = [
         ("tl-total", &["-i", "a1"]),
@@ -381,15 +390,13 @@ fn count_carrier(wan: &Wan) {
         let mut args = vec!["iptables", "-I", "FORWARD"];
         args.extend(matches);
         args.extend(["-m", "comment", "--comment", name]);
-        let out = wan.isp_4g.exec(&args);
+        let out = isp_4g.exec(&args);
         assert!(out.status.success(), "iptables {args:?}");
     }
 }
 
-fn carrier(wan: &Wan) -> Carrier {
-    let out = wan
-        .isp_4g
-        .exec(&["iptables", "-L", "FORWARD", "-v", "-x", "-n"]);
+fn carrier(isp_4g: &Netns) -> Carrier {
+    let out = isp_4g.exec(&["iptables", "-L", "FORWARD", "-v", "-x", "-n"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let sum = |name: &str| -> u64 {
         text.lines()
@@ -411,10 +418,12 @@ fn mb_per_month(bytes: u64, over: Duration) -> f64 {
 /// A failure of the main hub.
 #[derive(Clone, Copy, PartialEq)]
 enum Cut {
-    /// SIGKILL of its townlink (tunnel and probe responder gone at once);
-    /// back: started again.
+    /// SIGKILL of hub-main's townlink (its tunnel, its probe responder and
+    /// its table-116 routes gone at once; its BIRD stays up); back:
+    /// started again.
     Kill,
-    /// Everything to and from its WAN link dropped at the core; back:
+    /// Everything to and from hub-main's WAN link dropped at the core
+    /// (its townlink and its BGP session with the dc alive); back:
     /// unblocked.
     Blackhole,
 }
@@ -422,179 +431,240 @@ enum Cut {
 /// One hub failure, as measured.
 struct HubEvent {
     /// The longest time without echo from the cut until the stream flows
-    /// through the backup hub.
+    /// through hub-backup.
     gap: Duration,
-    /// Cut → the records route on the backup hub's device.
+    /// Cut → the annex's records route on hub-backup's device (`tl1`).
     switch: Duration,
-    /// Main hub back → the records route on its device again.
+    /// Cut → the dc's kernel route to the annex's LAN via hub-backup: the
+    /// data centre's convergence.
+    dc: Duration,
+    /// hub-main back (restart issued, or WAN unblocked) → the annex's
+    /// records route on `tl0` again.
     back: Duration,
-    /// The longest time without echo from the main hub back to the return.
+    /// hub-main back → the dc's route via hub-main again.
+    dc_back: Duration,
+    /// The longest time without echo from hub-main back to the return.
     return_gap: Duration,
-    /// Switches but the one away and the one back.
+    /// Switches of hub or uplink in the annex's log but the one away and
+    /// the one back.
     false_switches: usize,
+    /// Changes of the dc's route but the one away and the one back.
+    dc_extra: usize,
+    /// The views' longest poll (two `ip` commands), their count and how
+    /// long they were polled.
+    longest_poll: Duration,
+    polls: u32,
+    watched: Duration,
 }
 
-/// Cuts the main hub (`wan.daemons[*main]`), measures the switch to the
-/// backup hub, brings the main hub back (a new daemon index in `main`
-/// after a kill) and measures the return.
-fn hub_event(
-    wan: &mut Wan,
-    main: &mut usize,
-    annex: usize,
-    stream: &UdpStream,
-    cut: Cut,
-) -> Result<HubEvent, String> {
-    let before = wan.daemons[annex].log_lines(&["failover from="]).len();
+/// The annex's switches so far (its log).
+fn switches(site: &BackupSite) -> Vec<String> {
+    site.annex_daemon().log_lines(&["failover from="])
+}
+
+/// Cuts hub-main, measures the annex's and the dc's moves to hub-backup,
+/// brings hub-main back and measures both returns.
+fn hub_event(site: &mut BackupSite, stream: &UdpStream, cut: Cut) -> Result<HubEvent, String> {
+    let before = switches(site).len();
+    let now = View {
+        annex: site.annex_hub(),
+        dc: site.dcn.dc_route(SITE_HOST),
+    };
+    if now != HOME {
+        return Err(format!("not on hub-main before the cut: {now:?}"));
+    }
+    let within = Duration::from_secs(10);
+    // Views polled 2 s more once both are on hub-backup: a late move
+    // shows; then the stream must flow through hub-backup.
+    let settle = Duration::from_secs(2);
     let at = Instant::now();
-    let (switched, restored) = match cut {
+    let (away, flows, gap, restored) = match cut {
         Cut::Kill => {
-            wan.daemons[*main].kill();
-            let switched = wait_for_records_device(wan, "tl1", Duration::from_secs(10));
-            // The stream resumes (or the failure is seen) before the
-            // main hub is back.
-            let flows = stream.wait_for_echoes(100, Duration::from_secs(20));
-            *main = wan.start_hub();
+            site.main.kill();
+            let away = watch(site, at, HOME, within, settle, |v| v == AWAY);
+            let flows = stream.wait_for_echoes(50, Duration::from_secs(20));
+            let gap = stream.longest_gap_since(at);
             let restored = Instant::now();
-            flows?;
-            (switched, restored)
+            site.start_main();
+            (away, flows, gap, restored)
         }
         Cut::Blackhole => {
-            let blackhole = Impairment::blackhole(&wan.core, "hub0");
-            let switched = wait_for_records_device(wan, "tl1", Duration::from_secs(10));
-            let flows = stream.wait_for_echoes(100, Duration::from_secs(20));
-            drop(blackhole);
+            let blackhole = Impairment::blackhole(&site.dcn.core, "main0");
+            let away = watch(site, at, HOME, within, settle, |v| v == AWAY);
+            let flows = stream.wait_for_echoes(50, Duration::from_secs(20));
+            let gap = stream.longest_gap_since(at);
             let restored = Instant::now();
-            flows?;
-            (switched, restored)
+            drop(blackhole);
+            (away, flows, gap, restored)
         }
     };
-    let gap = stream.longest_gap_since(at);
-    let switched = switched.map_err(|e| format!("no switch to the backup hub: {e}"))?;
-    let back = wait_for_records_device(wan, "tl0", Duration::from_secs(90))
-        .map_err(|e| format!("no return to the main hub: {e}"))?;
-    stream.wait_for_echoes(100, Duration::from_secs(10))?;
+    let away = away.map_err(|e| format!("no move to hub-backup: {e}"))?;
+    flows.map_err(|e| format!("the stream does not flow through hub-backup: {e}"))?;
+    // hub-main back: the annex returns after its hold-down (plus, after a
+    // restart, its new probe connection); then 3 s more, so that a late
+    // switch shows before the next cut.
+    let home = watch(
+        site,
+        restored,
+        AWAY,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+        |v| v == HOME,
+    )
+    .map_err(|e| format!("no return to hub-main: {e}"))?;
+    stream.wait_for_echoes(50, Duration::from_secs(10))?;
     let return_gap = stream.longest_gap_since(restored);
-    // Let the main hub's paths fill their windows with fresh samples, and
-    // show any late switch, before the next cut.
-    std::thread::sleep(Duration::from_secs(3));
-    let switches = wan.daemons[annex].log_lines(&["failover from="]);
-    let new = &switches[before.min(switches.len())..];
-    let away = new
+
+    let all = switches(site);
+    let new = &all[before.min(all.len())..];
+    let left = new
         .iter()
         .position(|l| l.contains("from=main/fiber") && l.contains("to=backup/fiber"));
-    let home = away.and_then(|a| {
+    let returned = left.and_then(|a| {
         new[a + 1..]
             .iter()
             .position(|l| l.contains("from=backup/fiber") && l.contains("to=main/fiber"))
     });
-    let expected = away.is_some() as usize + home.is_some() as usize;
-    if new.len() > expected {
+    let expected = left.is_some() as usize + returned.is_some() as usize;
+    let dc_changes = away.dc.len() + home.dc.len();
+    if new.len() > expected || dc_changes > 2 || away.annex.len() + home.annex.len() > 2 {
         for l in new {
             println!("      {l}");
         }
+        println!(
+            "      annex {:?} then {:?}; dc {:?} then {:?}",
+            away.annex, home.annex, away.dc, home.dc
+        );
     }
-    if wan.annex(1).tunnel_uplink() != "fiber0" {
-        return Err("the main hub's session is no longer on the fiber".into());
+    if site.session_uplink("main") != "fiber0" {
+        return Err("the session with hub-main is no longer on the fiber".into());
     }
+    // The last change of each in a phase is the one to where the phase
+    // ended (its `done`).
+    let last = |v: &[(Duration, _)]| v.last().map(|(t, _)| *t).unwrap_or_default();
     Ok(HubEvent {
         gap,
-        switch: switched - at,
-        back: back - restored,
+        switch: away.annex.last().map(|(t, _)| *t).unwrap_or_default(),
+        dc: last(&away.dc),
+        back: home.annex.last().map(|(t, _)| *t).unwrap_or_default(),
+        dc_back: last(&home.dc),
         return_gap,
         false_switches: new.len() - expected,
+        dc_extra: dc_changes.saturating_sub(2),
+        longest_poll: away.longest_poll.max(home.longest_poll),
+        polls: away.polls + home.polls,
+        watched: away.watched + home.watched,
     })
 }
 
-/// The bed with a backup hub: the standby 4G's cost, then the hub
-/// failures; 0 when every failure caused a switch and a return.
+/// The backup-site bed (netns-tests/testbed/bgp.rs `BackupSite`: both hubs
+/// running townlink and BIRD, the dc told by BGP, the annex enrolled on
+/// hub-main with both hubs, fiber and 4G behind the carrier's NAT): the
+/// standby 4G's cost, then the hub failures; 0 when every failure caused
+/// a move and a return.
 fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
-    let mut wan = Wan::build_with(1, &damping_off());
-    // A router with strict reverse-path filtering, as in the failover
-    // tests: replies come back through the backup hub (the bed's static
-    // return path) while the records network is on the main hub's device.
-    wan.annex(1).ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
-    count_carrier(&wan);
-    let echo = udp_echo_server(&wan.records, &format!("{RECORDS}:7002"));
-    let mut main = wan.start_hub();
-    let _backup = start_backup_hub(&wan);
-    let annex = wan.start_annex(1);
+    let mut site = BackupSite::build();
+    let mut text = std::fs::read_to_string(&site.annex.config).expect("annex config");
+    text.push_str(DAMPING_OFF);
+    std::fs::write(&site.annex.config, text).expect("annex config");
+    count_carrier(&site.isp_4g);
+    let echo = udp_echo_server(&site.dcn.records, &format!("{RECORDS}:7002"));
+    site.start_annex();
     for path in ["main/fiber", "backup/fiber", "main/lte", "backup/lte"] {
-        wan.daemons[annex]
+        site.annex_daemon()
             .wait_for_log(
                 &["uplink state", &format!("uplink={path}"), "to=\"up\""],
                 Duration::from_secs(60),
             )
             .expect("every path up");
     }
-    let stream = UdpStream::start(&wan.annex(1).lan, echo, 50);
+    let stream = UdpStream::start(&site.annex.lan, echo, 50);
     stream
         .wait_for_echoes(50, Duration::from_secs(20))
         .expect("stream flows");
-    assert_eq!(
-        records_device(&wan),
-        "tl0",
-        "the annex starts on the main hub"
-    );
-    assert_eq!(wan.annex(1).tunnel_uplink(), "fiber0");
+    if let Err(e) = watch(
+        &site,
+        Instant::now(),
+        HOME,
+        Duration::from_secs(10),
+        Duration::ZERO,
+        |v| v == HOME,
+    ) {
+        eprintln!("error: the annex and the dc do not start on hub-main: {e}");
+        return 1;
+    }
+    assert_eq!(site.session_uplink("main"), "fiber0");
     // Both 4G paths are up, so probes went through the carrier: if the
     // counting rules saw none, the figures below would be a silent 0.
-    if carrier(&wan).probes == 0 {
+    if carrier(&site.isp_4g).probes == 0 {
         eprintln!("error: no probe bytes counted on the 4G although its paths are up: the counting rules match nothing");
         return 1;
     }
 
-    println!("== two hubs: {standby_seconds} s of standby, both hubs up, the annex on main/fiber");
-    let switches_before = wan.daemons[annex].log_lines(&["failover from="]).len();
-    let counted = carrier(&wan);
+    println!("== two hubs (BGP bed): {standby_seconds} s of standby, both hubs up, the annex on main/fiber");
+    let switches_before = switches(&site).len();
+    let counted = carrier(&site.isp_4g);
     let started = Instant::now();
     let mut standby_moves = 0;
     while started.elapsed() < Duration::from_secs(standby_seconds) {
         std::thread::sleep(Duration::from_secs(1));
-        if records_device(&wan) != "tl0" || wan.annex(1).tunnel_uplink() != "fiber0" {
+        let now = View {
+            annex: site.annex_hub(),
+            dc: site.dcn.dc_route(SITE_HOST),
+        };
+        if now != HOME || site.session_uplink("main") != "fiber0" {
             standby_moves += 1;
         }
     }
     let standby = started.elapsed();
-    let spent = carrier(&wan) - counted;
-    let standby_switches =
-        wan.daemons[annex].log_lines(&["failover from="]).len() - switches_before;
+    let spent = carrier(&site.isp_4g) - counted;
+    let standby_switches = switches(&site).len() - switches_before;
     // The backup hub's session (its table) stays on the fiber.
-    let backup_table = wan.annex(1).ns.ip_json(&["route", "show", "table", "7416"]);
-    let backup_session = backup_table[0]["dev"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let backup_session = site.session_uplink("backup");
 
     let mut code = 0;
     let mut results: Vec<(Cut, HubEvent)> = Vec::new();
     for (cut, what) in [
-        (Cut::Kill, "SIGKILL of the main hub"),
-        (Cut::Blackhole, "blackhole of the main hub's WAN"),
+        (Cut::Kill, "SIGKILL of hub-main's townlink"),
+        (Cut::Blackhole, "blackhole of hub-main's WAN"),
     ] {
         if hub_events == 0 {
             break;
         }
-        println!("== two hubs: {hub_events} × {what}, then back (50 packets/s LAN stream)");
+        println!(
+            "== two hubs (BGP bed): {hub_events} × {what}, then back (50 packets/s LAN stream)"
+        );
         for i in 0..hub_events {
-            match hub_event(&mut wan, &mut main, annex, &stream, cut) {
+            match hub_event(&mut site, &stream, cut) {
                 Ok(e) => {
                     println!(
-                        "   event {:2}: gap {:>7}, switch {:>7}, back after {:>7} (gap {:>6}), false switches {}",
+                        "   event {:2}: gap {:>7}, annex on hub-backup {:>7}, dc {:>7}; back: annex {:>7}, dc {:>7} (gap {:>6}); false switches {}, extra dc moves {}",
                         i + 1,
                         ms(e.gap),
                         ms(e.switch),
+                        ms(e.dc),
                         ms(e.back),
+                        ms(e.dc_back),
                         ms(e.return_gap),
-                        e.false_switches
+                        e.false_switches,
+                        e.dc_extra,
                     );
                     results.push((cut, e));
                 }
                 Err(e) => {
                     println!("   event {:2}: {e}", i + 1);
                     code = 1;
-                    // The next cut needs the annex on the main hub again.
-                    if wait_for_records_device(&wan, "tl0", Duration::from_secs(90)).is_err() {
-                        println!("   the annex does not come back to the main hub: stopping");
+                    // The next cut needs everything back on hub-main (a
+                    // killed hub-main was started again before any error).
+                    if let Err(e) = watch(
+                        &site,
+                        Instant::now(),
+                        AWAY,
+                        Duration::from_secs(90),
+                        Duration::ZERO,
+                        |v| v == HOME,
+                    ) {
+                        println!("   not back on hub-main ({e}): stopping");
                         break;
                     }
                 }
@@ -604,7 +674,7 @@ fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
 
     println!();
     println!(
-        "failover benchmark with a backup hub, default settings, flap damping off ({} hub events)",
+        "failover benchmark with a backup hub (BGP bed), default settings, flap damping off ({} hub events)",
         results.len()
     );
     println!(
@@ -615,7 +685,7 @@ fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
             .unwrap_or_else(|| "?".into())
     );
     println!(
-        "{:<44} {:>9} {:>9} {:>9}   target",
+        "{:<46} {:>9} {:>9} {:>9}   target",
         "", "median", "p95", "max"
     );
     let row = |label: &str, mut v: Vec<Duration>, target: &str| {
@@ -636,7 +706,7 @@ fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
             ),
         };
         println!(
-            "{label:<44} {:>9} {:>9} {:>9}   {verdict}",
+            "{label:<46} {:>9} {:>9} {:>9}   {verdict}",
             ms(median),
             ms(percentile(&v, 0.95)),
             ms(*v.last().expect("not empty")),
@@ -650,35 +720,62 @@ fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
             .collect()
     };
     row(
-        "hub failure gap (both series)",
+        "hub failure gap (both series; verdicts below)",
         of(None, |e| e.gap),
-        "median < 1 s",
-    );
-    row(
-        "  gap, SIGKILL of the main hub",
-        of(Some(Cut::Kill), |e| e.gap),
         "",
     );
-    row(
-        "  gap, blackhole of its WAN",
-        of(Some(Cut::Blackhole), |e| e.gap),
-        "",
-    );
-    row(
-        "switch (cut -> records route on tl1)",
-        of(None, |e| e.switch),
-        "",
-    );
-    row(
-        "return (main hub back -> route on tl0)",
-        of(None, |e| e.back),
-        "",
-    );
-    row("gap at the return", of(None, |e| e.return_gap), "");
+    for (cut, name) in [(Cut::Kill, "SIGKILL"), (Cut::Blackhole, "blackhole")] {
+        if !results.iter().any(|(k, _)| *k == cut) {
+            continue;
+        }
+        println!("{name} of hub-main ({}):", of(Some(cut), |e| e.gap).len());
+        row(
+            "  gap seen by the LAN stream",
+            of(Some(cut), |e| e.gap),
+            "median < 1 s",
+        );
+        row(
+            "  annex on hub-backup (cut -> route on tl1)",
+            of(Some(cut), |e| e.switch),
+            "",
+        );
+        row(
+            "  dc convergence (cut -> dc route via backup)",
+            of(Some(cut), |e| e.dc),
+            "",
+        );
+        row(
+            "  annex back (hub-main back -> route on tl0)",
+            of(Some(cut), |e| e.back),
+            "",
+        );
+        row(
+            "  dc back (hub-main back -> dc via main)",
+            of(Some(cut), |e| e.dc_back),
+            "",
+        );
+        row("  gap at the return", of(Some(cut), |e| e.return_gap), "");
+    }
+    let polls: u32 = results.iter().map(|(_, e)| e.polls).sum();
+    let longest_poll = results
+        .iter()
+        .map(|(_, e)| e.longest_poll)
+        .max()
+        .unwrap_or_default();
+    let watched: Duration = results.iter().map(|(_, e)| e.watched).sum();
+    if polls > 0 {
+        println!(
+            "routes polled every {:.1} ms on average ({polls} polls of the annex's and the dc's, one `ip` each), the longest poll {}",
+            watched.as_secs_f64() * 1000.0 / f64::from(polls),
+            ms(longest_poll)
+        );
+    }
     let false_switches: usize = results.iter().map(|(_, e)| e.false_switches).sum();
+    let dc_extra: usize = results.iter().map(|(_, e)| e.dc_extra).sum();
     println!(
-        "false switches: {} in the hub events, {} (log) / {} (route checks) in {:.1} min of standby   target 0: {}",
+        "false switches: {} in the hub events (extra dc moves {}), {} (log) / {} (route checks) in {:.1} min of standby   target 0: {}",
         false_switches,
+        dc_extra,
         standby_switches,
         standby_moves,
         standby.as_secs_f64() / 60.0,
@@ -701,7 +798,7 @@ fn two_hubs(hub_events: usize, standby_seconds: u64) -> i32 {
             spent.total - spent.probes - spent.wireguard,
             if month(spent.total) < 30.0 { "met" } else { "NOT met" }
         );
-        println!("the backup hub's tunnel (table 7416) during the standby: on {backup_session}");
+        println!("the backup hub's session (table 7416) during the standby: on {backup_session}");
     }
     code
 }
