@@ -489,7 +489,8 @@ impl Failover {
             to = %engine.name(d.to),
             class = d.class.as_str(),
             reason = %d.reason,
-            switch_ms = started.elapsed().as_secs_f64() * 1000.0,
+            // Two decimals: the raw float printed 0.23725100000000002.
+            switch_ms = %format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
             applied = ok,
             "failover"
         );
